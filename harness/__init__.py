@@ -1,0 +1,3 @@
+"""Concept-revival harness for pruning-based unlearning in text-to-image diffusion models."""
+
+__version__ = "0.1.0"

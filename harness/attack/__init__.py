@@ -1,0 +1,1 @@
+"""The revival attack: mask detection, matrix completion, sign retention, magnitudes, baselines."""

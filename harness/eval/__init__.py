@@ -1,0 +1,1 @@
+"""Prompt suites, generation, image shards, metrics and reports."""

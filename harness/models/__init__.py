@@ -1,0 +1,1 @@
+"""Loading and saving checkpoints and pipelines; naming target layers; the miniature zoo."""

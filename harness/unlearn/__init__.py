@@ -1,0 +1,1 @@
+"""Unlearning methods (one module each), their registry, and the Gaussian-obfuscation defense."""
