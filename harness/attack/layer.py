@@ -1,0 +1,95 @@
+"""Reviving one layer: pruned positions -> completion -> Top-K signs -> magnitudes."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from harness.attack.baselines import ideal_case, quant4
+from harness.attack.completion import reference_code_impute, soft_impute
+from harness.attack.magnitudes import magnitudes
+from harness.attack.signs import sign_agreement, top_k_keep
+from harness.errors import HarnessError
+from harness.recipe import AttackSettings
+
+
+@dataclass
+class LayerJob:
+    """One layer's inputs: the unlearned weight, its pruned positions, the original if known."""
+
+    name: str
+    weight: torch.Tensor
+    pruned: torch.Tensor
+    original: torch.Tensor | None = None
+
+
+@dataclass
+class LayerOutcome:
+    """The revived weight and the layer's line of the report."""
+
+    name: str
+    weight: torch.Tensor
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def layer_generator(seed: int, name: str) -> torch.Generator:
+    """A generator that depends only on the seed and the layer's name, not on sharding."""
+    return torch.Generator().manual_seed((seed << 32) ^ zlib.crc32(name.encode()))
+
+
+def revive_layer(job: LayerJob, settings: AttackSettings, device: torch.device) -> LayerOutcome:
+    """Revive one layer on `device`; the result comes back on the CPU in the weight's dtype."""
+    start = time.perf_counter()
+    weight = job.weight.to(device=device, dtype=torch.float32)
+    pruned = job.pruned.to(device)
+    original = job.original.to(device=device, dtype=torch.float32) if job.original is not None else None
+    count = int(pruned.sum())
+    report: dict[str, Any] = {"name": job.name, "shape": list(weight.shape), "pruned": count,
+                              "iterations": 0, "rank": None, "seconds": 0.0}
+    generator = layer_generator(settings.seed, job.name)
+    if settings.strategy == "quant4":
+        revived = quant4(weight)
+    elif count == 0:
+        revived = weight
+        report["note"] = "nothing pruned; left as it is"
+    elif settings.strategy.startswith("ideal-"):
+        if original is None:
+            raise HarnessError(f"strategy '{settings.strategy}' needs --original weights")
+        revived = ideal_case(settings.strategy, weight, pruned, original, generator)
+    else:
+        revived = _attack(weight, pruned, original, settings, generator, report)
+    report["seconds"] = round(time.perf_counter() - start, 4)
+    return LayerOutcome(job.name, revived.to(device="cpu", dtype=job.weight.dtype), report)
+
+
+def _attack(
+    weight: torch.Tensor,
+    pruned: torch.Tensor,
+    original: torch.Tensor | None,
+    settings: AttackSettings,
+    generator: torch.Generator,
+    report: dict[str, Any],
+) -> torch.Tensor:
+    observed = ~pruned
+    known = torch.where(observed, weight, torch.zeros((), device=weight.device))
+    if settings.completion.mode == "reference-code":
+        result = reference_code_impute(known, observed)
+    else:
+        result = soft_impute(known, observed, settings.completion)
+    completed = result.matrix.to(torch.float32)
+    values = completed[pruned]
+    keep = top_k_keep(values, settings.top_k)
+    scale = magnitudes(settings.magnitude, weight, pruned, completed, generator)[pruned]
+    revived_values = torch.where(keep, torch.sign(values) * scale, torch.zeros_like(values))
+    revived = weight.masked_scatter(pruned, revived_values)
+    report.update(iterations=result.iterations, rank=result.rank, kept=int(keep.sum()),
+                  lam=result.lam, objective=result.objective, converged=result.converged)
+    if original is not None:
+        truth = original[pruned]
+        report["sign_accuracy"] = sign_agreement(values, truth)
+        report["sign_accuracy_topk"] = sign_agreement(values[keep], truth[keep])
+    return revived

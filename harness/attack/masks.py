@@ -1,0 +1,36 @@
+"""Finding the pruned positions of a weight matrix: exact zeros, a mask file, or near-zero entries."""
+
+from __future__ import annotations
+
+import torch
+
+from harness.errors import HarnessError
+from harness.recipe import MaskSettings
+
+
+def check_finite(weight: torch.Tensor, where: str) -> None:
+    """Non-finite weights make completion meaningless: refuse them up front."""
+    if not torch.isfinite(weight).all():
+        bad = int((~torch.isfinite(weight)).sum())
+        raise HarnessError(f"{where}: {bad} non-finite weight(s)")
+
+
+def pruned_positions(
+    weight: torch.Tensor,
+    settings: MaskSettings,
+    where: str,
+    mask_from_file: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Boolean mask, True where a weight counts as pruned (the set Omega^c of the paper)."""
+    if settings.kind == "zeros":
+        return weight == 0
+    if settings.kind == "threshold":
+        return weight.abs() <= settings.threshold
+    if mask_from_file is None:
+        raise HarnessError(f"{where}: the mask file {settings.file} has no entry for this layer")
+    if tuple(mask_from_file.shape) != tuple(weight.shape):
+        raise HarnessError(
+            f"{settings.file}: mask for {where} has shape {tuple(mask_from_file.shape)}, "
+            f"the weight has {tuple(weight.shape)}"
+        )
+    return mask_from_file.to(torch.bool)
