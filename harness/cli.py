@@ -16,7 +16,15 @@ from typing import Sequence
 from harness.errors import HarnessError
 
 COMMANDS: dict[str, tuple[str, str]] = {
+    "benchmark": ("harness.experiment.command", "run a recipe's whole benchmark (default: the miniature world's)"),
     "revive": ("harness.attack.command", "revive pruned weights (the attack), layer by layer"),
+    "unlearn": ("harness.unlearn.command", "erase a concept as a recipe says (ConceptPrune, saliency, defense)"),
+    "data": ("harness.eval.commands.data", "list prompt suites, verify local copies, fetch missing ones"),
+    "generate": ("harness.eval.commands.generate", "generate a suite's images with a model into WebDataset shards"),
+    "score": ("harness.eval.commands.score", "score image shards: accuracy, CLIP, FID, NudeNet"),
+    "report": ("harness.eval.report", "write the paper's tables, plots and image grids from run directories"),
+    "slurm": ("harness.slurm.command", "write (and submit) the sbatch scripts of a recipe's benchmark"),
+    "zoo": ("harness.models.zoo.command", "build the miniature world (digits) or describe it"),
 }
 
 

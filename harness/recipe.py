@@ -45,7 +45,7 @@ class CompletionSettings:
     mode: Literal["softimpute", "reference-code"] = "softimpute"
     lambda_ratio: float = 0.02
     """lambda = lambda_ratio * largest singular value of the zero-filled matrix (s1/50)."""
-    path_steps: int = 4
+    path_steps: int = 2
     """Warm starts along a geometric lambda path from s1 down to lambda, this many stages."""
     tol: float = 1e-4
     max_iters: int = 100
@@ -85,11 +85,24 @@ class AttackSettings:
 
 
 @dataclass
+class VariantSettings:
+    """One revival to run and evaluate: a name and what it changes in the recipe's attack."""
+
+    name: str
+    strategy: Strategy | None = None
+    magnitude: Magnitude | None = None
+    top_k: float | None = None
+
+
+@dataclass
 class ConceptSettings:
     """What is erased: a target concept and its kind (which prompt templates apply)."""
 
     target: str
     kind: Literal["object", "artist", "nudity", "digit"]
+    data_dir: str | None = None
+    """Folder of the prompt word lists (things.txt, humans.txt, common_scenes.txt); `--data-dir`
+    overrides it and $HARNESS_DATA_DIR stands in when both are unset."""
 
 
 @dataclass
@@ -111,6 +124,12 @@ class UnlearnSettings:
     method: str
     params: dict[str, Any] = field(default_factory=dict)
     defense: DefenseSettings | None = None
+    layers: list[str] = field(default_factory=lambda: list(SD_FFN_LAYERS))
+    """Glob patterns over UNet parameter names: the weights the method may change."""
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            raise ValueError("layers must name at least one glob pattern")
 
 
 @dataclass
@@ -127,6 +146,8 @@ class GenerationSettings:
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     shard_size: int = 100
     scheduler: str | None = "PNDMScheduler"
+    guidance_policy: Literal["fixed", "row"] = "fixed"
+    """fixed: `guidance` for every prompt; row: a suite row's own guidance where it has one."""
 
 
 @dataclass
@@ -138,6 +159,8 @@ class Recipe:
     concept: ConceptSettings | None = None
     unlearn: UnlearnSettings | None = None
     attack: AttackSettings = field(default_factory=AttackSettings)
+    variants: list[VariantSettings] = field(default_factory=lambda: [VariantSettings(name="nms")])
+    """The revivals the benchmark runs, each evaluated as model `revived-<name>`."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     suites: list[str] = field(default_factory=list)
     source: str = ""

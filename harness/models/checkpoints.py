@@ -46,7 +46,7 @@ def resolve_local(source: str) -> Path:
     path = Path(source).expanduser()
     if path.exists():
         return path
-    if _looks_like_hub_id(source):
+    if is_hub_id(source):
         return _hub_snapshot(source)
     raise HarnessError(f"{source}: no such file or folder")
 
@@ -106,7 +106,10 @@ def _load_weights_only(path: Path) -> dict[str, torch.Tensor]:
     return data
 
 
-def _looks_like_hub_id(source: str) -> bool:
+def is_hub_id(source: str) -> bool:
+    """`owner/name` that is not a local path."""
+    if source.startswith("zoo:") or Path(source).expanduser().exists():
+        return False
     parts = source.split("/")
     return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
 

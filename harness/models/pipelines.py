@@ -10,7 +10,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from harness.errors import HarnessError
-from harness.models.checkpoints import resolve_local
+from harness.models.checkpoints import is_hub_id, resolve_local
 
 log = logging.getLogger(__name__)
 
@@ -19,19 +19,26 @@ def load_pipeline(
     source: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> DiffusionPipeline:
     """A pipeline from a hub id, a local diffusers folder or `zoo:NAME`; safety checker off."""
-    folder = resolve_local(source)
-    index = folder / "model_index.json"
-    if not index.is_file():
-        raise HarnessError(f"{source}: not a pipeline (no model_index.json in {folder})")
-    class_name = json.loads(index.read_text()).get("_class_name", "")
+    if is_hub_id(source):
+        location: str | Path = source
+        class_name = "StableDiffusionPipeline"
+    else:
+        location = resolve_local(source)
+        index = location / "model_index.json"
+        if not index.is_file():
+            raise HarnessError(f"{source}: not a pipeline (no model_index.json in {location})")
+        class_name = json.loads(index.read_text()).get("_class_name", "")
     if class_name == "DigitsPipeline":
         from harness.models.zoo.pipeline import DigitsPipeline
 
-        pipeline = DigitsPipeline.from_pretrained(folder, torch_dtype=dtype)
+        pipeline = DigitsPipeline.from_pretrained(location, dtype=dtype)
     else:
         extra = {"safety_checker": None, "requires_safety_checker": False} if "StableDiffusion" in class_name else {}
-        pipeline = DiffusionPipeline.from_pretrained(folder, torch_dtype=dtype, **extra)
-    log.info("loaded %s from %s", class_name, folder)
+        try:
+            pipeline = DiffusionPipeline.from_pretrained(location, dtype=dtype, **extra)
+        except OSError as error:
+            raise HarnessError(f"{source}: cannot load the pipeline ({str(error).splitlines()[0]})") from None
+    log.info("loaded %s from %s", class_name, location)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device)
 

@@ -1,0 +1,192 @@
+"""Erasure in the miniature world: ConceptPrune per target digit, the Gaussian-obfuscation
+trade-off over sigma_M (paper Fig. 6) and Eq. 7's detectability surface (paper Fig. 7).
+
+For each target digit the world recipe runs unchanged except for `concept.target`
+(`harness.unlearn.run.run_unlearning`); the model is then sampled on the `digits-all-N` suite
+(N prompts per digit, the suite's seeds) and the world's classifier says which digit each image
+shows. "Target share" is the share of target-prompt images classified as the target; "others"
+is the mean accuracy over the other nine digits. Pass: target share <= 1/4 of the pretrained
+one and others >= 85% of pretrained. The defense sweep fills the first target's pruned
+positions with N(0, sigma_M^2) draws (sigma_M^2 = 1e-6 .. 1e-1 as in the paper's text) and
+reports exact zeros left in the target layers, Eq. 7's p(w) and the measured share of pruned
+entries among |w| <= sigma_M, and both accuracies.
+
+    python benchmarks/erasure.py [--targets seven three one] [--per-digit 30] [--out runs/erasure]
+        [--saliency-recipe recipes/digits-saliency-seven.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import platform
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from harness.eval.suites import load_suite
+from harness.models.pipelines import apply_tensors, load_pipeline
+from harness.models.zoo.classifier import load_classifier
+from harness.models.zoo.digits import DIGIT_NAMES
+from harness.models.zoo.world import ensure_world
+from harness.provenance import provenance, write_json_atomic
+from harness.recipe import Recipe, load_recipe
+from harness.unlearn.defense import obfuscate
+from harness.unlearn.detectability import (
+    detectability,
+    empirical_detectability,
+    exact_zeros,
+    modified_share,
+    plot_detectability,
+    unmodified_sigma,
+)
+from harness.unlearn.run import run_unlearning
+
+ROOT = Path(__file__).resolve().parents[1]
+SIGMA_SQUARED = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
+
+
+@torch.no_grad()
+def digit_accuracy(pipeline, classifier, recipe: Recipe, per_digit: int, batch_size: int) -> list[float]:
+    """Per digit, the share of its prompts' images the classifier assigns to it."""
+    suite = load_suite(f"digits-all-{per_digit}")
+    records = list(suite.records)
+    hits = torch.zeros(10)
+    counts = torch.zeros(10)
+    for start in range(0, len(records), batch_size):
+        chunk = records[start : start + batch_size]
+        images = pipeline(
+            [r.prompt for r in chunk],
+            num_inference_steps=recipe.generation.steps,
+            guidance_scale=recipe.generation.guidance,
+            generator=[torch.Generator().manual_seed(r.seed) for r in chunk],
+            output_type="pt",
+        ).images
+        predicted = classifier(images.cpu()).argmax(1)
+        labels = torch.tensor([DIGIT_NAMES.index(r.label) for r in chunk])
+        hits.index_add_(0, labels, (predicted == labels).float())
+        counts.index_add_(0, labels, torch.ones(len(chunk)))
+    return (hits / counts).tolist()
+
+
+def summary(accuracy: list[float], pretrained: list[float], target: int) -> dict:
+    """Target share and the mean over the other digits, each also relative to pretrained."""
+    others = [d for d in range(10) if d != target]
+    mean_others = sum(accuracy[d] for d in others) / 9
+    mean_others_pre = sum(pretrained[d] for d in others) / 9
+    return {
+        "target_share": accuracy[target],
+        "target_share_pretrained": pretrained[target],
+        "target_ratio": accuracy[target] / pretrained[target] if pretrained[target] else float("nan"),
+        "others": mean_others,
+        "others_pretrained": mean_others_pre,
+        "others_ratio": mean_others / mean_others_pre,
+        "worst_other_ratio": min(accuracy[d] / pretrained[d] for d in others if pretrained[d] > 0),
+        "per_digit": accuracy,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default=str(ROOT / "recipes/digits-conceptprune-seven.yaml"))
+    parser.add_argument("--saliency-recipe", default=None, help="also run this saliency recipe per target")
+    parser.add_argument("--targets", nargs="+", default=["seven", "three", "one"])
+    parser.add_argument("--per-digit", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=300)
+    parser.add_argument("--no-defense", action="store_true", help="skip the sigma_M sweep")
+    parser.add_argument("--out", default=str(ROOT / "runs/erasure"))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out = Path(args.out)
+    started = time.time()
+
+    world = ensure_world()
+    classifier = load_classifier(world).eval()
+    base_recipe = load_recipe(args.recipe)
+    pipeline = load_pipeline(base_recipe.model)
+    params = dict(pipeline.unet.named_parameters())
+    pretrained = digit_accuracy(pipeline, classifier, base_recipe, args.per_digit, args.batch_size)
+    print(f"pretrained per-digit accuracy: {[round(a, 3) for a in pretrained]}")
+
+    methods = [("conceptprune", base_recipe)]
+    if args.saliency_recipe:
+        methods.append(("saliency", load_recipe(args.saliency_recipe)))
+    rows = []
+    first: tuple[dict, dict, dict] | None = None  # ConceptPrune on the first target: tensors, masks, original
+    for target in args.targets:
+        digit = DIGIT_NAMES.index(target)
+        for label, recipe in methods:
+            recipe = dataclasses.replace(recipe, concept=dataclasses.replace(recipe.concept, target=target))
+            run_dir = run_unlearning(recipe, out / f"{label}-{target}")
+            tensors = load_file(run_dir / "unlearned.safetensors")
+            masks = {n: m.bool() for n, m in load_file(run_dir / "mask.safetensors").items()}
+            original = {n: params[n].detach().clone() for n in tensors}
+            apply_tensors(pipeline, tensors)
+            accuracy = digit_accuracy(pipeline, classifier, recipe, args.per_digit, args.batch_size)
+            apply_tensors(pipeline, original)
+            fraction = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+            unet_fraction = sum(int(m.sum()) for m in masks.values()) / sum(p.numel() for p in params.values())
+            row = {"method": label, "target": target, "pruned_fraction_layers": fraction,
+                   "pruned_fraction_unet": unet_fraction, **summary(accuracy, pretrained, digit)}
+            row["pass"] = row["target_ratio"] <= 0.25 and row["others_ratio"] >= 0.85
+            rows.append(row)
+            if first is None:
+                first = (tensors, masks, original)
+            print(f"{label} {target}: target {row['target_share_pretrained']:.3f} -> {row['target_share']:.3f}, "
+                  f"others {row['others_pretrained']:.3f} -> {row['others']:.3f}, pruned {100 * fraction:.2f}%")
+
+    print("\n| method | target | pruned (layers) | pruned (UNet) | target share: pretrained -> unlearned (ratio) "
+          "| others: pretrained -> unlearned (ratio) | worst other | pass |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['target']} | {100 * r['pruned_fraction_layers']:.2f}% | "
+              f"{100 * r['pruned_fraction_unet']:.3f}% | {r['target_share_pretrained']:.3f} -> {r['target_share']:.3f} "
+              f"({r['target_ratio']:.2f}) | {r['others_pretrained']:.3f} -> {r['others']:.3f} ({r['others_ratio']:.2f}) "
+              f"| {r['worst_other_ratio']:.2f} | {'yes' if r['pass'] else 'no'} |")
+
+    defense_rows = []
+    if not args.no_defense and first is not None:
+        target = args.targets[0]
+        digit = DIGIT_NAMES.index(target)
+        tensors, masks, original = first
+        sigma_u = unmodified_sigma(tensors, masks)
+        alpha = modified_share(masks)
+        for variance in SIGMA_SQUARED:
+            sigma = variance**0.5
+            defended = obfuscate(tensors, masks, sigma, seed=0)
+            apply_tensors(pipeline, defended)
+            accuracy = digit_accuracy(pipeline, classifier, base_recipe, args.per_digit, args.batch_size)
+            apply_tensors(pipeline, original)
+            s = summary(accuracy, pretrained, digit)
+            defense_rows.append({
+                "sigma_m_squared": variance, "sigma_m": sigma, "exact_zeros": exact_zeros(defended.values()),
+                "p_eq7": float(detectability(sigma, alpha, sigma, sigma_u)),
+                "p_measured": empirical_detectability(defended, masks, sigma), **s,
+            })
+        print(f"\nDefense on '{target}': alpha = {alpha:.4f}, sigma_U = {sigma_u:.4f}, "
+              f"exact zeros without defense = {exact_zeros(tensors.values())}")
+        print("| sigma_M^2 | sigma_M | exact zeros | p(w = sigma_M) Eq. 7 | measured | target share | others |")
+        print("|---|---|---|---|---|---|---|")
+        for r in defense_rows:
+            print(f"| {r['sigma_m_squared']:.0e} | {r['sigma_m']:.4f} | {r['exact_zeros']} | {r['p_eq7']:.3f} | "
+                  f"{r['p_measured']:.3f} | {r['target_share']:.3f} | {r['others']:.3f} |")
+        plot = plot_detectability(out / "detectability.png", sigma_u, [0.01 * sigma_u, 0.1 * sigma_u, sigma_u],
+                                  marker=(alpha, 1e-3**0.5))
+        print(f"\nEq. 7 surface: {plot}")
+
+    seconds = time.time() - started
+    print(f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {seconds:.0f} s")
+    write_json_atomic(out / "erasure.json", {
+        "pretrained": pretrained, "rows": rows, "defense": defense_rows, "seconds": seconds,
+        "config": {k: v for k, v in vars(args).items()}, "seeds": {"suite": f"digits-all-{args.per_digit}", "defense": 0},
+        "provenance": provenance(),
+    })
+
+
+if __name__ == "__main__":
+    main()

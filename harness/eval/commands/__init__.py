@@ -1,0 +1,1 @@
+"""The evaluation stages' commands: `harness data`, `harness generate`, `harness score`."""

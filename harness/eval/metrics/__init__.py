@@ -1,0 +1,3 @@
+"""The metrics `harness score` computes over image shards, each synced across processes."""
+
+METRICS = ("accuracy", "clip", "fid", "nudenet")

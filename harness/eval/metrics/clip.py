@@ -1,0 +1,105 @@
+"""CLIP similarity (raw cosine between a prompt and its image) and the paper's CLIP score (the
+share of prompts whose similarity fell below that of a reference model's image, e.g. the
+original model's: higher means stronger unlearning).
+
+Models by name: a transformers CLIP id or folder (`openai/clip-vit-base-patch32`, the
+protocol's) or `open_clip:ARCH[:TAG]` (`open_clip:ViT-B-32:openai`). Weights from a path: a
+transformers folder, or an open_clip checkpoint file.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchmetrics import Metric
+
+from harness.errors import HarnessError
+
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+
+
+class ClipEncoder:
+    """Cosine similarity of uint8 images (N, C, H, W) with their prompts, batch by batch."""
+
+    def __init__(
+        self, name: str = DEFAULT_CLIP, weights: str | None = None, device: str | torch.device = "cpu"
+    ) -> None:
+        self.name = name
+        self.device = torch.device(device)
+        if name.startswith("open_clip:"):
+            self._load_open_clip(name.removeprefix("open_clip:"), weights)
+        else:
+            self._load_transformers(weights or name)
+
+    def _load_transformers(self, source: str) -> None:
+        from transformers import CLIPModel, CLIPProcessor
+
+        try:
+            self.model = CLIPModel.from_pretrained(source).to(self.device).eval()
+            self.processor = CLIPProcessor.from_pretrained(source)
+        except OSError as error:
+            raise HarnessError(f"clip model '{source}': cannot load ({str(error).splitlines()[0]})") from None
+        self.backend = "transformers"
+
+    def _load_open_clip(self, spec: str, weights: str | None) -> None:
+        import open_clip
+
+        arch, _, tag = spec.partition(":")
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights or tag or None)
+        except (RuntimeError, ValueError, OSError) as error:
+            raise HarnessError(f"clip model 'open_clip:{spec}': cannot load ({str(error).splitlines()[0]})") from None
+        self.model = model.to(self.device).eval()
+        self.preprocess = preprocess
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        self.backend = "open_clip"
+
+    @torch.no_grad()
+    def similarity(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Raw cosine similarity (N,) of each image with its own prompt, on the CPU."""
+        pil = [_to_pil(image) for image in images]
+        if self.backend == "transformers":
+            inputs = self.processor(text=prompts, images=pil, return_tensors="pt", padding=True, truncation=True)
+            out = self.model(**{k: v.to(self.device) for k, v in inputs.items()})
+            image_emb, text_emb = out.image_embeds, out.text_embeds
+        else:
+            pixels = torch.stack([self.preprocess(p) for p in pil]).to(self.device)
+            image_emb = self.model.encode_image(pixels)
+            text_emb = self.model.encode_text(self.tokenizer(prompts).to(self.device))
+        return F.cosine_similarity(image_emb.float(), text_emb.float(), dim=-1).cpu()
+
+
+class ClipScore(Metric):
+    """Mean similarity, and the share of prompts below the reference model's similarity."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("similarity_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("below", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("compared", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, similarity: torch.Tensor, reference: torch.Tensor | None = None) -> None:
+        """Add a batch of similarities and, when given, the reference images' similarities."""
+        self.similarity_sum += similarity.double().sum().to(self.similarity_sum.device)
+        self.count += similarity.numel()
+        if reference is not None:
+            self.below += int((similarity < reference).sum())
+            self.compared += reference.numel()
+
+    def compute(self) -> dict[str, float | None]:
+        """`clip_similarity` and, with a reference, `clip_score`."""
+        result: dict[str, float | None] = {
+            "clip_similarity": float(self.similarity_sum / self.count) if self.count else None
+        }
+        if self.compared:
+            result["clip_score"] = float(self.below) / float(self.compared)
+        return result
+
+
+def _to_pil(image: torch.Tensor) -> Image.Image:
+    array = image.permute(1, 2, 0).numpy()
+    return Image.fromarray(array[:, :, 0]).convert("RGB") if array.shape[2] == 1 else Image.fromarray(array)

@@ -1,0 +1,148 @@
+"""Training the world's generator: DDPM noise prediction on the real digits, text encoder included.
+
+Each training image is paired with one of its digit's prompts, a neutral prompt (10%) or the
+empty prompt (`cond_dropout`, 10%): the empty prompt is what classifier-free guidance subtracts
+at sampling time, so it has to be learned. Noise comes from a DDPM scheduler built from the
+pipeline's own sampling scheduler config, so training and sampling share betas, prediction type
+and clipping. An exponential moving average of the weights is what the world keeps. Generation
+accuracy is measured every `eval_every` steps and returned as the training history.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from torch import nn
+from tqdm.auto import tqdm
+
+from harness.models.zoo.digits import NEUTRAL_PROMPTS, concept_prompts, train_digits
+from harness.models.zoo.pipeline import DigitsPipeline, build_untrained_pipeline
+from harness.models.zoo.quality import generation_accuracy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSettings:
+    """Everything that shapes a training run; recorded in the build report."""
+
+    steps: int = 3000
+    seed: int = 0
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 1e-2
+    ema_decay: float = 0.999
+    cond_dropout: float = 0.1
+    neutral_fraction: float = 0.1
+    eval_every: int = 500
+    eval_per_digit: int = 20
+    eval_guidance: list[float] = field(default_factory=lambda: [1.0, 3.0])
+    eval_steps: int = 25
+
+
+def _prompt_table(pipeline: DigitsPipeline) -> tuple[torch.Tensor, list[list[int]], list[int], int]:
+    """Token ids of every training prompt; per-digit and neutral row indices; the empty prompt's row."""
+    prompts = [""] + list(NEUTRAL_PROMPTS) + [p for d in range(10) for p in concept_prompts(d)]
+    ids = pipeline.tokenizer(
+        prompts, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
+        truncation=True, return_tensors="pt",
+    ).input_ids
+    per_digit = len(concept_prompts(0))
+    first = 1 + len(NEUTRAL_PROMPTS)
+    digit_rows = [list(range(first + d * per_digit, first + (d + 1) * per_digit)) for d in range(10)]
+    return ids, digit_rows, list(range(1, first)), 0
+
+
+def _choose_prompts(
+    labels: torch.Tensor, table: tuple, settings: TrainSettings, rng: random.Random
+) -> torch.Tensor:
+    ids, digit_rows, neutral_rows, empty_row = table
+    rows = []
+    for label in labels.tolist():
+        draw = rng.random()
+        if draw < settings.cond_dropout:
+            rows.append(empty_row)
+        elif draw < settings.cond_dropout + settings.neutral_fraction:
+            rows.append(rng.choice(neutral_rows))
+        else:
+            rows.append(rng.choice(digit_rows[label]))
+    return ids[rows]
+
+
+def _evaluate(pipeline: DigitsPipeline, classifier: nn.Module, settings: TrainSettings) -> dict:
+    return {
+        str(g): generation_accuracy(
+            pipeline, classifier, per_digit=settings.eval_per_digit,
+            num_inference_steps=settings.eval_steps, guidance_scale=g,
+        )["mean"]
+        for g in settings.eval_guidance
+    }
+
+
+def train_generator(
+    settings: TrainSettings, classifier: nn.Module | None = None, size: int = 16
+) -> tuple[DigitsPipeline, list[dict]]:
+    """Train a fresh world pipeline; returns its EMA weights and the history of measurements."""
+    pipeline = build_untrained_pipeline(settings.seed)
+    unet, text_encoder = pipeline.unet.train(), pipeline.text_encoder.train()
+    ema = copy.deepcopy(pipeline)
+    ema.unet.eval()
+    ema.text_encoder.eval()
+    noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    images, labels = train_digits(size)
+    data = images * 2 - 1
+    table = _prompt_table(pipeline)
+    rng = random.Random(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    ema_params = list(ema.unet.parameters()) + list(ema.text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: min(1.0, (step + 1) / settings.warmup)
+        * 0.5 * (1 + math.cos(math.pi * min(step, settings.steps) / settings.steps)),
+    )
+
+    history: list[dict] = []
+    started = time.time()
+    progress = tqdm(range(1, settings.steps + 1), desc="generator", unit="step")
+    running = 0.0
+    for step in progress:
+        batch = torch.randint(0, len(data), (settings.batch_size,), generator=generator)
+        x0 = data[batch]
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
+        noisy = noise_scheduler.add_noise(x0, noise, t)
+        context = text_encoder(_choose_prompts(labels[batch], table, settings, rng))[0]
+        loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=context).sample, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        with torch.no_grad():
+            decay = min(settings.ema_decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
+        running = loss.item() if step == 1 else 0.98 * running + 0.02 * loss.item()
+        progress.set_postfix(loss=f"{running:.4f}")
+        if classifier is not None and settings.eval_every and (step % settings.eval_every == 0 or step == settings.steps):
+            record = {"step": step, "loss": running, "seconds": round(time.time() - started, 1),
+                      "accuracy_by_guidance": _evaluate(ema, classifier, settings)}
+            history.append(record)
+            log.info("step %d: loss %.4f, generation accuracy by guidance %s", step, running, record["accuracy_by_guidance"])
+    return ema, history
+
+
+def settings_dict(settings: TrainSettings) -> dict:
+    """The settings as JSON-ready data."""
+    return asdict(settings)

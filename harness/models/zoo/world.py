@@ -1,0 +1,192 @@
+"""Where the miniature world lives, and how it gets there: shipped weights, or a build.
+
+A world folder (`<cache>/zoo/digits`, cache `$HARNESS_CACHE` or `~/.cache/harness`) holds
+`pipeline/` (a `DigitsPipeline.save_pretrained` folder), `classifier.safetensors`,
+`classifier.json` and `build_report.json`. On first use it is installed from the weights shipped
+in the package (fp16 on disk, fp32 in the cache); `harness zoo build digits` retrains it. A world
+folder appears only when complete: it is written under a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from harness.errors import HarnessError
+from harness.models.checkpoints import load_tensor_file, save_tensors
+from harness.models.zoo.classifier import CONFIG_FILE, WEIGHTS_FILE, save_classifier, train_classifier
+from harness.models.zoo.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, IMAGE_SIZE, DigitsPipeline
+from harness.models.zoo.quality import generation_accuracy
+from harness.models.zoo.train import TrainSettings, train_generator
+from harness.provenance import provenance, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+WORLDS = ("digits",)
+REPORT_FILE = "build_report.json"
+PIPELINE_DIR = "pipeline"
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights" / "digits"
+
+
+@dataclass
+class BuildSettings:
+    """A world build: the generator's training, the classifier's epochs, the final measurement."""
+
+    train: TrainSettings = field(default_factory=TrainSettings)
+    classifier_epochs: int = 30
+    eval_per_digit: int = 100
+    eval_steps: int = DEFAULT_STEPS
+    eval_guidance: float = DEFAULT_GUIDANCE
+
+
+def default_cache_dir() -> Path:
+    """`$HARNESS_CACHE`, else `~/.cache/harness`."""
+    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness").expanduser()
+
+
+def world_dir(name: str = "digits", cache_dir: str | Path | None = None) -> Path:
+    """The folder of world `name` under the cache (not necessarily present)."""
+    check_name(name)
+    return Path(cache_dir or default_cache_dir()).expanduser() / "zoo" / name
+
+
+def check_name(name: str) -> None:
+    """Raise unless `name` is a known world."""
+    if name not in WORLDS:
+        raise HarnessError(f"zoo world '{name}': unknown (known: {', '.join(WORLDS)})")
+
+
+def is_complete(folder: Path) -> bool:
+    """Whether `folder` holds a whole world."""
+    return all(
+        (folder / part).is_file()
+        for part in (f"{PIPELINE_DIR}/model_index.json", WEIGHTS_FILE, CONFIG_FILE, REPORT_FILE)
+    )
+
+
+def ensure_world(cache_dir: str | Path | None = None) -> Path:
+    """The digits world's folder, installed from the shipped weights (or built) on first use."""
+    folder = world_dir("digits", cache_dir)
+    if is_complete(folder):
+        return folder
+    if is_complete(SHIPPED_DIR):
+        log.info("installing the shipped digits world into %s", folder)
+        _publish(folder, _install_shipped)
+    else:
+        log.info("building the digits world into %s (no shipped weights found)", folder)
+        build_world(folder, BuildSettings())
+    return folder
+
+
+def resolve(source: str) -> Path:
+    """The pipeline folder of `zoo:NAME` (the world is made ready first)."""
+    name = source.removeprefix("zoo:")
+    if not source.startswith("zoo:"):
+        raise HarnessError(f"{source}: not a zoo model (expected 'zoo:NAME')")
+    check_name(name)
+    return ensure_world() / PIPELINE_DIR
+
+
+def build_world(folder: str | Path, settings: BuildSettings) -> dict:
+    """Train the classifier and the generator into `folder` (replacing it); returns the build report."""
+    folder = Path(folder)
+    report: dict = {}
+
+    def build(tmp: Path) -> None:
+        report.update(_build_into(tmp, settings))
+
+    _publish(folder, build, replace=True)
+    return report
+
+
+def _build_into(tmp: Path, settings: BuildSettings) -> dict:
+    started = time.time()
+    torch.manual_seed(settings.train.seed)
+    classifier, classifier_report = train_classifier(IMAGE_SIZE, settings.classifier_epochs, settings.train.seed)
+    _round_to_fp16(classifier)
+    save_classifier(classifier, classifier_report, tmp)
+    pipeline, history = train_generator(settings.train, classifier, IMAGE_SIZE)
+    _round_to_fp16(pipeline.unet, pipeline.text_encoder)
+    pipeline.save_pretrained(tmp / PIPELINE_DIR)
+    log.info("measuring the generator: %d images per digit", settings.eval_per_digit)
+    quality = generation_accuracy(
+        pipeline, classifier.eval(), per_digit=settings.eval_per_digit,
+        num_inference_steps=settings.eval_steps, guidance_scale=settings.eval_guidance,
+    )
+    report = {
+        "world": "digits",
+        "build_command": f"harness zoo build digits --steps {settings.train.steps} --seed {settings.train.seed}",
+        "settings": asdict(settings),
+        "seconds": round(time.time() - started, 1),
+        "classifier": classifier_report,
+        "generation_history": history,
+        "generation_accuracy": quality,
+        "weights": "fp16-exact values (stored fp32 in the cache, fp16 when shipped)",
+        "provenance": provenance(),
+    }
+    write_json_atomic(tmp / REPORT_FILE, report)
+    log.info("generation accuracy: mean %.3f, worst digit %.3f", quality["mean"], quality["min"])
+    return report
+
+
+def _round_to_fp16(*modules: torch.nn.Module) -> None:
+    """Make every weight exactly representable in fp16, so shipping in fp16 loses nothing."""
+    with torch.no_grad():
+        for module in modules:
+            for tensor in module.state_dict().values():
+                if tensor.is_floating_point():
+                    tensor.copy_(tensor.half().float())
+
+
+def _install_shipped(tmp: Path) -> None:
+    pipeline = DigitsPipeline.from_pretrained(SHIPPED_DIR / PIPELINE_DIR, torch_dtype=torch.float32)
+    pipeline.save_pretrained(tmp / PIPELINE_DIR)
+    tensors = load_tensor_file(SHIPPED_DIR / WEIGHTS_FILE)
+    save_tensors({k: v.float() for k, v in tensors.items()}, tmp / WEIGHTS_FILE)
+    for name in (CONFIG_FILE, REPORT_FILE):
+        shutil.copyfile(SHIPPED_DIR / name, tmp / name)
+
+
+def export_world(folder: str | Path, destination: str | Path) -> Path:
+    """Write a world in shippable form (fp16 tensors, same files) to `destination`."""
+    folder, destination = Path(folder), Path(destination)
+    if not is_complete(folder):
+        raise HarnessError(f"{folder}: not a complete world (expected {PIPELINE_DIR}/, {WEIGHTS_FILE}, {REPORT_FILE})")
+
+    def write(tmp: Path) -> None:
+        pipeline = DigitsPipeline.from_pretrained(folder / PIPELINE_DIR, torch_dtype=torch.float16)
+        pipeline.save_pretrained(tmp / PIPELINE_DIR)
+        tensors = load_tensor_file(folder / WEIGHTS_FILE)
+        save_tensors({k: v.half() for k, v in tensors.items()}, tmp / WEIGHTS_FILE)
+        for name in (CONFIG_FILE, REPORT_FILE):
+            shutil.copyfile(folder / name, tmp / name)
+
+    _publish(destination, write, replace=True)
+    return destination
+
+
+def _publish(folder: Path, fill, replace: bool = False) -> None:
+    """Run `fill(tmp)` on a fresh folder beside `folder`, then move it into place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        fill(tmp)
+        if folder.exists():
+            if not replace and is_complete(folder):
+                return  # another process finished first; keep its world
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

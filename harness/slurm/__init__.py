@@ -1,0 +1,1 @@
+"""The benchmark as SLURM jobs: sbatch scripts from slurm/ templates, chained by dependencies."""

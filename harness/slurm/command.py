@@ -1,0 +1,79 @@
+"""`harness slurm plan RECIPE`: the sbatch scripts of a recipe's whole benchmark.
+
+Writes one script per job (unlearn, revive, one array job per suite, score, report) and
+submit.sh into RUN_DIR/slurm, then prints the sbatch commands; `--submit` runs them, chaining
+the jobs with `afterok` dependencies, and records the job ids in jobs.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.slurm.planner import DEFAULT_TIMES, STAGES, SlurmOptions, submit, write_plan
+from harness.slurm.templates import DEFAULT_FOLDER
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    plan = actions.add_parser("plan", help="write the sbatch scripts of a recipe's benchmark (and submit them)",
+                              description="write the sbatch scripts of a recipe's benchmark (and submit them)")
+    plan.add_argument("recipe", help="recipe YAML")
+    plan.add_argument("--run-dir", type=Path, help="run directory (default runs/<recipe name>, as harness benchmark)")
+    plan.add_argument("--out", type=Path, help="folder for the scripts (default RUN_DIR/slurm)")
+    plan.add_argument("--partition", help="SLURM partition (default: the cluster's)")
+    plan.add_argument("--account", help="SLURM account to charge")
+    plan.add_argument("--gpus", type=int, default=1,
+                      help="GPUs of each generate task and of the unlearn and score jobs (default 1; 0 for CPU)")
+    plan.add_argument("--revive-gpus", type=int, help="GPUs of the revive job, used by Accelerate (default --gpus)")
+    plan.add_argument("--cpus", type=int, default=8, help="CPUs per task (default 8)")
+    plan.add_argument("--time", action="append", default=[], metavar="STAGE=LIMIT",
+                      help="time limit of a stage, e.g. generate=04:00:00 (repeatable; defaults: "
+                           + ", ".join(f"{k}={v}" for k, v in DEFAULT_TIMES.items()) + ")")
+    plan.add_argument("--setup", default="", metavar="LINE",
+                      help="shell line every job runs first, e.g. 'module load cuda; source venv/bin/activate'")
+    plan.add_argument("--max-parallel", type=int, default=16, help="array tasks of one suite running at once (default 16)")
+    plan.add_argument("--sbatch-option", action="append", default=[], metavar="OPTION",
+                      help="extra #SBATCH option for every job, e.g. --sbatch-option=--mem=64G (repeatable)")
+    plan.add_argument("--python", default=sys.executable, help="Python that runs harness in the jobs (default: this one)")
+    plan.add_argument("--templates", type=Path, default=DEFAULT_FOLDER, help=f"template folder (default {DEFAULT_FOLDER})")
+    plan.add_argument("--data-dir", help="folder of the prompt data, passed to every stage")
+    plan.add_argument("--submit", action="store_true", help="submit the jobs with sbatch")
+
+
+def parse_times(items: list[str]) -> dict[str, str]:
+    """`STAGE=LIMIT` items over the default limits."""
+    times = dict(DEFAULT_TIMES)
+    for item in items:
+        stage, sep, limit = item.partition("=")
+        if not sep or stage not in STAGES:
+            raise HarnessError(f"--time {item!r}: expected STAGE=LIMIT with STAGE one of {', '.join(STAGES)}")
+        times[stage] = limit
+    return times
+
+
+def run(args: argparse.Namespace) -> int:
+    from harness.experiment.plan import build_plan
+    from harness.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    run_dir = args.run_dir or Path("runs") / recipe.name
+    options = SlurmOptions(
+        partition=args.partition, account=args.account, gpus=args.gpus, revive_gpus=args.revive_gpus,
+        cpus=args.cpus, times=parse_times(args.time), setup=args.setup, max_parallel=args.max_parallel,
+        sbatch_options=args.sbatch_option, python=args.python, templates=args.templates, data_dir=args.data_dir,
+    )
+    plan = build_plan(recipe, run_dir, args.data_dir)
+    out = args.out or run_dir / "slurm"
+    jobs = write_plan(plan, Path(args.recipe), options, out)
+    if not args.submit:
+        print(f"# {len(jobs)} jobs written to {out}; submit them with: bash {out / 'submit.sh'}")
+        print((out / "submit.sh").read_text().split("set -euo pipefail\n", 1)[1], end="")
+        return 0
+    ids = submit(jobs, out)
+    for job in jobs:
+        print(f"{job.name}: {ids[job.name]}")
+    print(f"# job ids in {out / 'jobs.json'}; logs in {out / 'logs'}")
+    return 0

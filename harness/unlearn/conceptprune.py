@@ -1,0 +1,92 @@
+"""ConceptPrune (skilled-neuron pruning), PROTOCOL.md section 1.
+
+For every UNet call t < tau and target layer, with column norms ||X_j|| of the layer's input
+over base and over target prompts: S = |W| * ||X_j||; per output row the top
+k = int(skill_ratio * in_features) columns by the target score are skilled where
+S_target > S_base. The mask is the union over the first tau calls; the weights are zeroed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from harness.config import parse_dataclass
+from harness.errors import HarnessError
+from harness.unlearn.activations import TooFewCalls, column_norms
+from harness.unlearn.prompts import prompt_pairs
+from harness.unlearn.registry import UnlearnContext, UnlearnResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConceptPruneParams:
+    """`unlearn.params` of the `conceptprune` method. Paper settings: objects 0.02 / 10,
+    artists 0.01 / 10, nudity 0.01 / 9."""
+
+    skill_ratio: float = 0.02
+    """Share of a row's input columns that may be skilled: k = int(skill_ratio * in_features)."""
+    tau: int = 10
+    """Union of the masks of the first tau UNet calls."""
+    seed: int | None = None
+    """Seed set before every prompt; None takes the recipe's generation.fixed_seed (0)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.skill_ratio <= 1:
+            raise ValueError(f"skill_ratio must lie in (0, 1], got {self.skill_ratio}")
+        if self.tau < 1:
+            raise ValueError(f"tau must be at least 1, got {self.tau}")
+
+
+def skilled_mask(
+    weight: torch.Tensor, base_norms: torch.Tensor, target_norms: torch.Tensor, k: int
+) -> torch.Tensor:
+    """Union over calls of the per-row top-k skilled entries; norms are (calls, in_features)."""
+    magnitude = weight.detach().abs().float()
+    mask = torch.zeros_like(magnitude, dtype=torch.bool)
+    for base, target in zip(base_norms.to(magnitude.device), target_norms.to(magnitude.device)):
+        target_score = magnitude * target
+        top = target_score.topk(k, dim=1).indices
+        skilled = target_score.gather(1, top) > (magnitude * base).gather(1, top)
+        mask.scatter_(1, top, skilled | mask.gather(1, top))
+    return mask
+
+
+def conceptprune(context: UnlearnContext, params: dict) -> UnlearnResult:
+    """The registered method `conceptprune` (signature in harness.unlearn.registry)."""
+    settings = parse_dataclass(ConceptPruneParams, params, context.key("unlearn.params"))
+    seed = context.generation.fixed_seed if settings.seed is None else settings.seed
+    weights = dict(context.pipeline.unet.named_parameters())
+    for name in context.layers:
+        if weights[name].dim() != 2:
+            raise HarnessError(
+                f"{context.key('unlearn.layers')}: '{name}' is not a linear weight (shape {tuple(weights[name].shape)})"
+            )
+    ks = {name: int(settings.skill_ratio * weights[name].shape[1]) for name in context.layers}
+    for name, k in ks.items():
+        if k < 1:
+            raise HarnessError(
+                f"{context.key('unlearn.params.skill_ratio')}: {settings.skill_ratio} x "
+                f"{weights[name].shape[1]} input features of '{name}' leaves k = 0"
+            )
+    pairs = prompt_pairs(context.concept, context.data_dir, context.where)
+    try:
+        base = column_norms(context.pipeline, context.layers, pairs.base, settings.tau, context.generation, seed, "base prompts")
+        target = column_norms(context.pipeline, context.layers, pairs.target, settings.tau, context.generation, seed, "target prompts")
+    except TooFewCalls as error:
+        raise HarnessError(f"{context.key('unlearn.params.tau')}: {error}") from None
+    masks, tensors = {}, {}
+    for name in context.layers:
+        masks[name] = skilled_mask(weights[name], base[name], target[name], ks[name]).cpu()
+        tensors[name] = weights[name].detach().cpu().masked_fill(masks[name], 0)
+        log.info("%s: %d of %d weights skilled", name, int(masks[name].sum()), masks[name].numel())
+    info = {
+        "params": dataclasses.asdict(settings) | {"seed": seed},
+        "k": ks,
+        "prompts": {"base": pairs.base, "target": pairs.target},
+    }
+    return UnlearnResult(masks=masks, tensors=tensors, info=info)

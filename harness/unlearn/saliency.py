@@ -1,0 +1,154 @@
+"""Gradient-saliency masks (SalUn / Scissorhands style; paper Appendix E).
+
+The forgetting set is the model's own samples for the target concept's prompts (as SalUn does
+for Stable Diffusion). The forgetting loss is the usual denoising loss on it: noise a sample at
+a random training timestep and compare the UNet's prediction with its target (epsilon or v,
+from the scheduler's prediction type), conditioned on the sample's prompt. Its gradient with
+respect to each target weight, summed over the set, ranks the weights: SalUn's saliency |g| or
+Scissorhands' connection sensitivity |w * g|. The top `fraction` (per layer, or over all target
+layers together) is zeroed, as the paper does before attacking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from diffusers import DDPMScheduler
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from harness.config import parse_dataclass
+from harness.unlearn.activations import generation_kwargs
+from harness.unlearn.prompts import prompt_pairs
+from harness.unlearn.registry import UnlearnContext, UnlearnResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SaliencyParams:
+    """`unlearn.params` of the `saliency` method."""
+
+    fraction: float = 0.01
+    """Share of the target weights zeroed (per layer, or of all target weights with scope global)."""
+    criterion: Literal["salun", "scissorhands"] = "salun"
+    """salun: |gradient|; scissorhands: |weight * gradient| (connection sensitivity)."""
+    scope: Literal["layer", "global"] = "layer"
+    samples: int = 16
+    """Size of the forgetting set: generated samples, cycling through the target prompts."""
+    noise_draws: int = 4
+    """(timestep, noise) draws per sample in the forgetting loss."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction < 1:
+            raise ValueError(f"fraction must lie in (0, 1), got {self.fraction}")
+        if self.samples < 1 or self.noise_draws < 1:
+            raise ValueError("samples and noise_draws must be at least 1")
+
+
+def saliency(context: UnlearnContext, params: dict) -> UnlearnResult:
+    """The registered method `saliency` (signature in harness.unlearn.registry)."""
+    settings = parse_dataclass(SaliencyParams, params, context.key("unlearn.params"))
+    prompts = prompt_pairs(context.concept, context.data_dir, context.where).target
+    chosen = [prompts[i % len(prompts)] for i in range(settings.samples)]
+    pipeline = context.pipeline
+    samples = forget_samples(pipeline, chosen, context, settings.seed)
+    gradients = forgetting_gradients(pipeline, context.layers, chosen, samples, settings)
+    weights = {name: p.detach() for name, p in pipeline.unet.named_parameters() if name in gradients}
+    scores = {
+        name: (g if settings.criterion == "salun" else g * weights[name].float()).abs().cpu()
+        for name, g in gradients.items()
+    }
+    masks = top_fraction(scores, settings.fraction, settings.scope)
+    tensors = {name: weights[name].cpu().masked_fill(mask, 0) for name, mask in masks.items()}
+    info = {"params": dataclasses.asdict(settings), "prompts": {"target": sorted(set(chosen))}}
+    return UnlearnResult(masks=masks, tensors=tensors, info=info)
+
+
+def top_fraction(scores: dict[str, torch.Tensor], fraction: float, scope: str) -> dict[str, torch.Tensor]:
+    """Boolean masks of the highest-scoring `fraction` of entries, per tensor or over all."""
+    if scope == "global":
+        flat = torch.cat([s.flatten() for s in scores.values()])
+        count = max(1, int(round(fraction * flat.numel())))
+        chosen = torch.zeros(flat.numel(), dtype=torch.bool)
+        chosen[flat.topk(count).indices] = True
+        masks, start = {}, 0
+        for name, s in scores.items():
+            masks[name] = chosen[start : start + s.numel()].reshape(s.shape)
+            start += s.numel()
+        return masks
+    masks = {}
+    for name, s in scores.items():
+        count = max(1, int(round(fraction * s.numel())))
+        mask = torch.zeros(s.numel(), dtype=torch.bool)
+        mask[s.flatten().topk(count).indices] = True
+        masks[name] = mask.reshape(s.shape)
+    return masks
+
+
+def forget_samples(pipeline: Any, prompts: list[str], context: UnlearnContext, seed: int) -> torch.Tensor:
+    """The model's own samples in the UNet's input space for `prompts`, sample i seeded seed+i:
+    a latent pipeline (one with a `vae`) returns its latents; a pixel-space pipeline's `pt`
+    images in [0, 1] map back to the model's [-1, 1]."""
+    latent = getattr(pipeline, "vae", None) is not None
+    batch = max(1, context.generation.batch_size)
+    outputs = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(prompts), batch), desc="forgetting set", unit="batch"):
+            chunk = prompts[start : start + batch]
+            kwargs = generation_kwargs(chunk, context.generation, seed)
+            kwargs["generator"] = [torch.Generator("cpu").manual_seed(seed + start + i) for i in range(len(chunk))]
+            kwargs["output_type"] = "latent" if latent else "pt"
+            images = pipeline(**kwargs).images
+            outputs.append(images if latent else images * 2 - 1)
+    return torch.cat(outputs)
+
+
+def encode_prompts(pipeline: Any, prompts: list[str]) -> torch.Tensor:
+    """Text-encoder hidden states for `prompts`, padded to the tokenizer's maximum length."""
+    tokens = pipeline.tokenizer(
+        prompts, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
+        truncation=True, return_tensors="pt",
+    )
+    return pipeline.text_encoder(tokens.input_ids.to(pipeline.text_encoder.device))[0].to(pipeline.unet.dtype)
+
+
+def forgetting_gradients(
+    pipeline: Any, layers: list[str], prompts: list[str], samples: torch.Tensor, settings: SaliencyParams
+) -> dict[str, torch.Tensor]:
+    """Sum over the forgetting set of the denoising loss's gradient, per target layer (fp32)."""
+    unet = pipeline.unet
+    noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+    prediction = noise_scheduler.config.prediction_type
+    parameters = dict(unet.named_parameters())
+    previous = {name: p.requires_grad for name, p in parameters.items()}
+    generator = torch.Generator("cpu").manual_seed(settings.seed)
+    sums = {name: torch.zeros_like(parameters[name], dtype=torch.float32) for name in layers}
+    try:
+        for name, parameter in parameters.items():
+            parameter.requires_grad_(name in sums)
+        with torch.no_grad():
+            conditions = encode_prompts(pipeline, prompts)
+        for _ in tqdm(range(settings.noise_draws), desc="forgetting loss", unit="draw"):
+            x0 = samples.to(unet.device, unet.dtype)
+            noise = torch.randn(x0.shape, generator=generator).to(x0)
+            steps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
+            noisy = noise_scheduler.add_noise(x0, noise, steps)
+            target = noise if prediction == "epsilon" else noise_scheduler.get_velocity(x0, noise, steps)
+            predicted = unet(noisy, steps.to(unet.device), encoder_hidden_states=conditions).sample
+            loss = F.mse_loss(predicted.float(), target.float())
+            unet.zero_grad(set_to_none=True)
+            loss.backward()
+            for name in sums:
+                sums[name] += parameters[name].grad.float()
+    finally:
+        unet.zero_grad(set_to_none=True)
+        for name, parameter in parameters.items():
+            parameter.requires_grad_(previous[name])
+    log.info("forgetting gradients over %d samples x %d draws", len(samples), settings.noise_draws)
+    return sums

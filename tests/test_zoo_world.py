@@ -1,0 +1,104 @@
+"""The world's folder: a reduced build, the shipped world, the classifier, `zoo:` names and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from harness.cli import main
+from harness.errors import HarnessError
+from harness.models.zoo.classifier import load_classifier
+from harness.models.zoo.digits import concept_prompts, heldout_digits
+from harness.models.zoo.pipeline import DigitsPipeline
+from harness.models.zoo.train import TrainSettings
+from harness.models.zoo.world import (
+    PIPELINE_DIR, REPORT_FILE, SHIPPED_DIR, BuildSettings, build_world, ensure_world, is_complete, resolve, world_dir,
+)
+
+
+@pytest.fixture(scope="module")
+def reduced_world(tmp_path_factory):
+    """A world built with a few steps: the real build path, end to end, in seconds.
+
+    One thread: on a shared 2-core machine small convolutions ran 5-10x slower with two.
+    """
+    folder = tmp_path_factory.mktemp("cache") / "zoo" / "digits"
+    train = TrainSettings(steps=4, batch_size=8, eval_every=2, eval_per_digit=1, eval_steps=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = build_world(folder, BuildSettings(train=train, classifier_epochs=3, eval_per_digit=2, eval_steps=2))
+    finally:
+        torch.set_num_threads(threads)
+    return folder, report
+
+
+@pytest.fixture(scope="module")
+def shipped_world(tmp_path_factory):
+    return ensure_world(tmp_path_factory.mktemp("cache"))
+
+
+def test_reduced_build_writes_a_complete_world_and_its_report(reduced_world) -> None:
+    folder, report = reduced_world
+    assert is_complete(folder)
+    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
+    on_disk = json.loads((folder / REPORT_FILE).read_text())
+    assert on_disk["build_command"] == "harness zoo build digits --steps 4 --seed 0"
+    assert [h["step"] for h in on_disk["generation_history"]] == [2, 4]
+    assert set(on_disk["generation_history"][0]["accuracy_by_guidance"]) == {"1.0", "3.0"}
+    assert set(on_disk["generation_accuracy"]["per_digit"]) == {str(d) for d in range(10)}
+    assert on_disk["settings"]["train"]["steps"] == 4 and on_disk["provenance"]["versions"]["torch"]
+    assert report["classifier"] == json.loads((folder / "classifier.json").read_text())
+
+
+def test_reduced_classifier_beats_chance_on_heldout_real_digits(reduced_world) -> None:
+    folder, _ = reduced_world
+    classifier = load_classifier(folder)
+    images, labels = heldout_digits(16)
+    with torch.no_grad():
+        accuracy = (classifier(images).argmax(1) == labels).float().mean().item()
+    assert accuracy > 0.6  # chance is 0.1
+    assert classifier.features(images[:5]).shape == (5, 128)
+    rgb_big = images[:5].repeat(1, 3, 2, 2)
+    assert classifier(rgb_big).shape == (5, 10)
+
+
+def test_shipped_world_installs_and_meets_its_quality_bar(shipped_world) -> None:
+    assert is_complete(SHIPPED_DIR), "the package must ship the trained digits world"
+    classifier = load_classifier(shipped_world)
+    images, labels = heldout_digits(16)
+    with torch.no_grad():
+        assert (classifier(images).argmax(1) == labels).float().mean().item() >= 0.97
+    pipeline = DigitsPipeline.from_pretrained(shipped_world / PIPELINE_DIR)
+    assert pipeline.unet.dtype == torch.float32
+    prompts = [concept_prompts(d)[0] for d in range(10) for _ in range(2)]
+    generators = [torch.Generator().manual_seed(1000 * d + i) for d in range(10) for i in range(2)]
+    images = pipeline(prompts, generator=generators, output_type="pt").images
+    with torch.no_grad():
+        predicted = classifier(images).argmax(1)
+    assert (predicted == torch.arange(10).repeat_interleave(2)).float().mean().item() >= 0.8
+
+
+def test_ensure_world_is_idempotent(shipped_world) -> None:
+    stamp = (shipped_world / REPORT_FILE).stat().st_mtime_ns
+    assert ensure_world(shipped_world.parent.parent) == shipped_world
+    assert (shipped_world / REPORT_FILE).stat().st_mtime_ns == stamp
+
+
+def test_resolve_names_the_pipeline_folder(shipped_world, monkeypatch) -> None:
+    monkeypatch.setenv("HARNESS_CACHE", str(shipped_world.parent.parent))
+    assert resolve("zoo:digits") == shipped_world / PIPELINE_DIR
+    assert world_dir() == shipped_world
+    with pytest.raises(HarnessError, match="zoo world 'letters': unknown"):
+        resolve("zoo:letters")
+
+
+def test_cli_info_and_bad_input(shipped_world, capsys) -> None:
+    assert main(["zoo", "info", "digits", "--cache-dir", str(shipped_world.parent.parent)]) == 0
+    out = capsys.readouterr().out
+    assert "present" in out and "classifier held-out top-1" in out and "per digit: 0:" in out
+    assert main(["zoo", "build", "letters"]) == 2
+    assert main(["zoo", "build", "digits", "--steps", "0"]) == 2
+    assert "--steps: expected a positive number" in capsys.readouterr().err
