@@ -216,6 +216,15 @@ def test_clip_score_is_the_share_below_the_reference():
     assert alone.compute() == {"clip_similarity": 0.5}
 
 
+def test_clip_metrics_per_artist():
+    metric = ClipScore(["Monet", "Van Gogh"])
+    metric.update(torch.tensor([0.2, 0.3, 0.4]), torch.tensor([0.25, 0.1, 0.5]), ["Monet", "Van Gogh", "Monet"])
+    result = metric.compute()
+    assert result["clip_similarity_per_class"] == {"Monet": pytest.approx(0.3), "Van Gogh": pytest.approx(0.3)}
+    assert result["clip_score_per_class"] == {"Monet": 1.0, "Van Gogh": 0.0}
+    assert result["clip_score"] == pytest.approx(2 / 3)
+
+
 # FID -----------------------------------------------------------------------------------------
 
 

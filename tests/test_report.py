@@ -284,3 +284,14 @@ def test_sign_accuracy_without_original_weights_is_missing() -> None:
     assert sign_accuracy(revive_report(0.6, "nms", "quant4")) == (None, None, None)
     top, rest, every = sign_accuracy(revive_report(1.0, "nms"))  # K = 1 keeps every sign: no rest
     assert rest is None and top is not None and every is not None
+
+
+def test_table6_rows_come_from_measured_accuracy_at_every_k() -> None:
+    from harness.eval.report_tables import sign_rows_by_k
+
+    report = {"summary": {"pruned": 100, "sign_accuracy_by_k": {"0.2": 0.95, "0.5": 0.9, "1": 0.8}}}
+    rows = dict(sign_rows_by_k(report))
+    assert rows[0.2] == (0.95, pytest.approx((80 - 19) / 80), 0.8)
+    assert rows[0.5] == (0.9, pytest.approx((80 - 45) / 50), 0.8)
+    assert rows[1.0] == (0.8, None, 0.8)
+    assert sign_rows_by_k({"summary": {}}) == []

@@ -65,6 +65,8 @@ def test_revive_end_to_end(models: dict[str, Path], tmp_path: Path, capsys: pyte
             assert layer["pruned"] == layer["shape"][0] * max(1, int(0.02 * layer["shape"][1]))
             assert layer["sign_accuracy"] > 0.8
             assert layer["sign_accuracy_topk"] >= layer["sign_accuracy"] - 1e-9
+            assert layer["sign_accuracy_by_k"]["1"] == pytest.approx(layer["sign_accuracy"])
+            assert layer["sign_accuracy_by_k"]["0.6"] == pytest.approx(layer["sign_accuracy_topk"])
     revived = load_file(str(out / "revived.safetensors"))
     unlearned = torch.load(models["unlearned"], weights_only=True)
     assert set(revived) == set(layers)
@@ -74,6 +76,7 @@ def test_revive_end_to_end(models: dict[str, Path], tmp_path: Path, capsys: pyte
         assert weight[~zero].equal(unlearned[name][~zero])
         if name != UNTOUCHED:
             assert int((weight[zero] != 0).sum()) == layers[name]["kept"]
+    assert report["summary"]["sign_accuracy_by_k"]["0.1"] >= report["summary"]["sign_accuracy_by_k"]["1"]
     assert report["settings"]["top_k"] == 0.6 and report["provenance"]["versions"]["torch"]
     assert "revived.safetensors" in capsys.readouterr().out
     assert not (out / ".parts").exists()

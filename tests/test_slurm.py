@@ -100,6 +100,9 @@ def test_plan_writes_one_job_per_stage_and_suite(recipe: Path, tmp_path: Path) -
     assert "accelerate.commands.launch --multi_gpu --num_processes 4 -m harness.cli benchmark" in revive
     assert "--stage revive" in revive and "module load cuda" in revive
     assert "--stage score --device cuda" in by_name["score"].script.read_text()
+    assert "--ntasks-per-node=2" in generate  # Lightning takes one process per GPU from SLURM
+    assert re.search(r"\n    srun \S+ -m harness.cli benchmark .* --stage generate .* --devices 2\n",
+                     by_name["generate-digits-seven-10"].script.read_text())
     for job in jobs:
         assert subprocess.run(["bash", "-n", str(job.script)]).returncode == 0, job.script
 
@@ -269,7 +272,6 @@ unlearn:
   params: {skill_ratio: 0.02, tau: 2, seed: 0}
 variants:
   - {name: nms}
-  - {name: quant4, strategy: quant4}
 generation: {steps: 4, guidance: 3.0, scheduler: null, dtype: float32, batch_size: 20, shard_size: 10}
 suites: [digits-all-2]
 """

@@ -17,6 +17,10 @@ from harness.errors import HarnessError
 from harness.recipe import AttackSettings
 
 
+REPORTED_K = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+"""Top-K fractions at which sign accuracy is reported when the original weights are known."""
+
+
 @dataclass
 class LayerJob:
     """One layer's inputs: the unlearned weight, its pruned positions, the original if known."""
@@ -92,4 +96,8 @@ def _attack(
         truth = original[pruned]
         report["sign_accuracy"] = sign_agreement(values, truth)
         report["sign_accuracy_topk"] = sign_agreement(values[keep], truth[keep])
+        report["sign_accuracy_by_k"] = {
+            f"{k:g}": sign_agreement(values[mask], truth[mask])
+            for k in REPORTED_K for mask in [top_k_keep(values, k)]
+        }
     return revived

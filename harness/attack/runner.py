@@ -137,4 +137,12 @@ def summarise(layers: list[dict[str, Any]]) -> dict[str, Any]:
         pairs = [(l[key], l.get(weight_key, 0)) for l in layers if l.get(key) is not None]
         total = sum(w for _, w in pairs)
         summary[key] = sum(a * w for a, w in pairs) / total if total else None
+    by_k: dict[str, float | None] = {}
+    for k in {k for layer in layers for k in layer.get("sign_accuracy_by_k", {})}:
+        pairs = [(l["sign_accuracy_by_k"][k], round(float(k) * l["pruned"])) for l in layers
+                 if l.get("sign_accuracy_by_k", {}).get(k) is not None]
+        total = sum(w for _, w in pairs)
+        by_k[k] = sum(a * w for a, w in pairs) / total if total else None
+    if by_k:
+        summary["sign_accuracy_by_k"] = dict(sorted(by_k.items(), key=lambda item: float(item[0])))
     return summary

@@ -255,8 +255,28 @@ def sign_accuracy(report: dict[str, Any] | None) -> tuple[float | None, float | 
     return top, rest, correct_all / pruned
 
 
+def sign_rows_by_k(report: dict[str, Any] | None) -> list[tuple[float, tuple[float | None, float | None, float | None]]]:
+    """(K, accuracies) from a revive report's measured `summary.sign_accuracy_by_k` (one completion,
+    every K); rest is derived from the top-K and all-pruned accuracies and the counts."""
+    summary = (report or {}).get("summary", {})
+    by_k = summary.get("sign_accuracy_by_k") or {}
+    every, pruned = by_k.get("1"), summary.get("pruned", 0)
+    rows = []
+    for key, top in by_k.items():
+        k = float(key)
+        kept = round(k * pruned)
+        rest = (every * pruned - top * kept) / (pruned - kept) if None not in (every, top) and pruned > kept else None
+        rows.append((k, (top, rest, every)))
+    return sorted(rows)
+
+
 def sign_rows(run: RunData) -> list[tuple[float, str, tuple[float | None, float | None, float | None]]]:
-    """(K, variant, accuracies) for each distinct K among the run's attack variants, K ascending."""
+    """(K, variant, accuracies) for each K: measured at every K when the report has them, else one
+    row per distinct K among the run's attack variants, K ascending."""
+    for v in attack_variants(run):
+        measured = sign_rows_by_k(run.revive.get(v))
+        if measured:
+            return [(k, v, values) for k, values in measured]
     seen: dict[float, tuple[str, tuple[float | None, float | None, float | None]]] = {}
     for v in attack_variants(run):
         k = run.settings[v].top_k
@@ -275,7 +295,8 @@ def sign_tables(runs: list[RunData]) -> list[Table]:
             continue
         rows: list[list[Cell]] = [[k, top, rest if k < 1 else "n/a (K = 1)", every, v]
                                   for k, v, (top, rest, every) in rows_data]
-        notes = ["rest = (all x pruned - top-K x kept) / (pruned - kept) from the revive report's counts"]
+        notes = ["top-K measured per K on one completion when the revive report has sign_accuracy_by_k; "
+                 "rest = (all x pruned - top-K x kept) / (pruned - kept) from the counts"]
         if all(values[0] is None for _, _, values in rows_data):
             notes.append("no sign accuracy recorded: the revival needs the original weights (attack.original)")
         tables.append(Table(f"table6_sign_accuracy_{slug(run.name)}",

@@ -219,13 +219,13 @@ class _ClipScorer:
         from harness.eval.metrics.clip import ClipEncoder, ClipScore
 
         self.encoder = ClipEncoder(settings.clip_model, settings.clip_weights, fabric.device)
-        self.metric = ClipScore().to(fabric.device)
+        self.metric = ClipScore(suite.labels).to(fabric.device)
 
     def update(self, images: torch.Tensor, records: list[PromptRecord], ref_images: torch.Tensor | None) -> None:
         prompts = [r.prompt for r in records]
         similarity = self.encoder.similarity(images.cpu(), prompts)
         reference = None if ref_images is None else self.encoder.similarity(ref_images.cpu(), prompts)
-        self.metric.update(similarity, reference)
+        self.metric.update(similarity, reference, [r.label for r in records])
 
     def compute(self) -> dict[str, Any]:
         return self.metric.compute()

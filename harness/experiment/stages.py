@@ -7,7 +7,9 @@ array task whose shard exists, costs next to nothing.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -19,10 +21,14 @@ log = logging.getLogger(__name__)
 
 
 def copy_recipe(recipe: Recipe, run_dir: Path) -> None:
-    """Keep the recipe beside its results."""
+    """Keep the recipe beside its results (atomically: array tasks may do it at once)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    if recipe.source and Path(recipe.source).resolve() != (run_dir / "recipe.yaml").resolve():
-        shutil.copyfile(recipe.source, run_dir / "recipe.yaml")
+    target = run_dir / "recipe.yaml"
+    if recipe.source and Path(recipe.source).resolve() != target.resolve():
+        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".recipe.", suffix=".tmp")
+        os.close(fd)
+        shutil.copyfile(recipe.source, tmp)
+        os.replace(tmp, target)
 
 
 def unlearn(plan: Plan, data_dir: str | Path | None, device: str) -> None:

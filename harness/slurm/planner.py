@@ -160,6 +160,7 @@ class _ScriptWriter:
         lines = [f"--partition={options.partition}" if options.partition else None,
                  f"--account={options.account}" if options.account else None,
                  f"--gres=gpu:{self.gpus(stage)}" if self.gpus(stage) > 0 else None,
+                 f"--ntasks-per-node={self.gpus(stage)}" if stage == "generate" and self.gpus(stage) > 1 else None,
                  f"--array={array}" if array else None,
                  *options.sbatch_options]
         log = self.out / "logs" / ("%x-%A_%a.out" if array else "%x-%j.out")
@@ -186,12 +187,15 @@ class _ScriptWriter:
         return Job(name, stage, script, after, "\n".join(line.rstrip() for line in text.splitlines()) + "\n")
 
     def launcher(self, stage: str) -> str:
-        """How the stage starts `harness`: through `accelerate launch` for a multi-GPU revive."""
+        """How the stage starts `harness` on several GPUs: `accelerate launch` for the revive, one
+        `srun` task per GPU for generation (Lightning takes its processes from SLURM)."""
         gpus = self.gpus(stage)
-        if stage != "revive" or gpus <= 1:
-            return self.harness
-        accelerate = f"{shlex.quote(self.options.python)} -m accelerate.commands.launch"
-        return f"{accelerate} --multi_gpu --num_processes {gpus} -m harness.cli"
+        if gpus > 1 and stage == "revive":
+            accelerate = f"{shlex.quote(self.options.python)} -m accelerate.commands.launch"
+            return f"{accelerate} --multi_gpu --num_processes {gpus} -m harness.cli"
+        if gpus > 1 and stage == "generate":
+            return f"srun {self.harness}"
+        return self.harness
 
     def stage_options(self, stage: str) -> str:
         """Options every command of the stage gets: the data folder and its GPUs."""

@@ -9,6 +9,8 @@ transformers folder, or an open_clip checkpoint file.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -71,32 +73,45 @@ class ClipEncoder:
 
 
 class ClipScore(Metric):
-    """Mean similarity, and the share of prompts below the reference model's similarity."""
+    """Mean similarity, and the share of prompts below the reference model's similarity; overall
+    and per label (the artists of Table 2) when the suite has labels."""
 
     full_state_update = False
 
-    def __init__(self) -> None:
+    def __init__(self, labels: list[str] | None = None) -> None:
         super().__init__()
-        self.add_state("similarity_sum", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("below", torch.tensor(0), dist_reduce_fx="sum")
-        self.add_state("compared", torch.tensor(0), dist_reduce_fx="sum")
+        self.labels = list(labels or [])
+        slots = len(self.labels) + 1  # the last slot holds prompts without a label
+        for name, dtype in (("similarity_sum", torch.float64), ("count", torch.long),
+                            ("below", torch.long), ("compared", torch.long)):
+            self.add_state(name, torch.zeros(slots, dtype=dtype), dist_reduce_fx="sum")
 
-    def update(self, similarity: torch.Tensor, reference: torch.Tensor | None = None) -> None:
-        """Add a batch of similarities and, when given, the reference images' similarities."""
-        self.similarity_sum += similarity.double().sum().to(self.similarity_sum.device)
-        self.count += similarity.numel()
+    def update(self, similarity: torch.Tensor, reference: torch.Tensor | None = None,
+               labels: list[str | None] | None = None) -> None:
+        """Add a batch of similarities, the reference images' similarities, and the prompts' labels."""
+        index = {label: i for i, label in enumerate(self.labels)}
+        slot = torch.tensor([index.get(label, len(self.labels)) for label in (labels or [None] * similarity.numel())],
+                            device=self.count.device)
+        self.similarity_sum.index_add_(0, slot, similarity.double().to(self.count.device))
+        self.count.index_add_(0, slot, torch.ones_like(slot))
         if reference is not None:
-            self.below += int((similarity < reference).sum())
-            self.compared += reference.numel()
+            self.below.index_add_(0, slot, (similarity < reference).long().to(self.count.device))
+            self.compared.index_add_(0, slot, torch.ones_like(slot))
 
-    def compute(self) -> dict[str, float | None]:
-        """`clip_similarity` and, with a reference, `clip_score`."""
-        result: dict[str, float | None] = {
-            "clip_similarity": float(self.similarity_sum / self.count) if self.count else None
-        }
-        if self.compared:
-            result["clip_score"] = float(self.below) / float(self.compared)
+    def compute(self) -> dict[str, Any]:
+        """`clip_similarity`, with a reference `clip_score`, and their `_per_class` versions."""
+        count, compared = int(self.count.sum()), int(self.compared.sum())
+        result: dict[str, Any] = {"clip_similarity": float(self.similarity_sum.sum() / count) if count else None}
+        if compared:
+            result["clip_score"] = float(self.below.sum()) / compared
+        if self.labels:
+            result["clip_similarity_per_class"] = {
+                label: float(self.similarity_sum[i] / self.count[i]) for i, label in enumerate(self.labels) if self.count[i]
+            }
+            if compared:
+                result["clip_score_per_class"] = {
+                    label: float(self.below[i]) / float(self.compared[i]) for i, label in enumerate(self.labels) if self.compared[i]
+                }
         return result
 
 
