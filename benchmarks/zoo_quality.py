@@ -11,7 +11,6 @@ classifier >= 0.97, generation mean >= 0.90 and every digit >= 0.80 at the world
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 

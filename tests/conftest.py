@@ -1,4 +1,4 @@
-"""Shared fixtures: the mirrored prompt data and a small thread budget for CPU tests."""
+"""Shared fixtures: the mirrored prompt data and one torch thread (on 2 shared cores, more threads run slower)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

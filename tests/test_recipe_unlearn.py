@@ -64,7 +64,7 @@ def test_the_sd15_recipe_runs_on_a_tiny_sd_pipeline(tmp_path: Path, shared_data:
     out = run_unlearning(recipe, tmp_path / "out", data_dir=shared_data)
     record = json.loads((out / "unlearn.json").read_text())
     assert record["selected_layers"] == TINY_FFN_LAYERS
-    assert record["params"] == {"skill_ratio": 0.02, "tau": 10, "seed": 0}
+    assert record["params"] == {"skill_ratio": 0.02, "tau": 10, "seed": 0, "images_per_prompt": 1}
     assert record["info"]["prompts"]["target"][0] == "a golf ball in a road"
     assert record["info"]["k"][TINY_FFN_LAYERS[0]] == 1  # int(0.02 * 64)
     assert all(r["pruned"] <= 10 * r["shape"][0] for r in record["layers"])  # k per row per call, tau calls

@@ -3,6 +3,7 @@ tiny SD-shaped pipeline."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def test_recorder_sees_the_geglu_output_for_every_unet_call_including_the_uncond
     geglu.register_forward_hook(lambda module, args, out: outputs.append(out.detach().clone()))
     recorder = ColumnNormRecorder(pipeline.unet, [layer], calls=2)
     with recorder, torch.no_grad():
-        recorder.run(pipeline, generation_kwargs(["a cat", "a dog"], GENERATION, seed=0))
+        recorder.run(pipeline, generation_kwargs(["a cat", "a dog"], GENERATION, [0, 0]))
     assert len(outputs) == 2  # stopped after the second UNet call
     for call, out in enumerate(outputs):
         assert out.shape[0] == 4  # 2 prompts x (unconditional + conditional)
@@ -65,17 +66,18 @@ def test_recorder_sees_the_geglu_output_for_every_unet_call_including_the_uncond
 
 def test_pndm_makes_steps_plus_one_unet_calls_and_asking_more_is_an_error() -> None:
     pipeline = tiny_sd_pipeline()
-    norms = column_norms(pipeline, TINY_FFN_LAYERS, ["a cat"], calls=4, generation=GENERATION, seed=0)
+    norms = column_norms(pipeline, TINY_FFN_LAYERS, ["a cat"], calls=4, generation=GENERATION, seeds=[0])
     assert all(n.shape[0] == 4 and torch.all(n[3] > 0) for n in norms.values())
     with pytest.raises(TooFewCalls, match="made 4 UNet calls, fewer than the 5"):
-        column_norms(pipeline, TINY_FFN_LAYERS, ["a cat"], calls=5, generation=GENERATION, seed=0)
+        column_norms(pipeline, TINY_FFN_LAYERS, ["a cat"], calls=5, generation=GENERATION, seeds=[0])
 
 
 def test_column_norms_do_not_depend_on_batching() -> None:
     pipeline = tiny_sd_pipeline()
     prompts = ["a cat", "a dog in a park", "a car"]
-    one = column_norms(pipeline, TINY_FFN_LAYERS[:1], prompts, 2, GenerationSettings(**{**GENERATION.__dict__, "batch_size": 1}), 0)
-    three = column_norms(pipeline, TINY_FFN_LAYERS[:1], prompts, 2, GenerationSettings(**{**GENERATION.__dict__, "batch_size": 3}), 0)
+    seeds = [0, 0, 0]
+    one = column_norms(pipeline, TINY_FFN_LAYERS[:1], prompts, 2, dataclasses.replace(GENERATION, batch_size=1), seeds)
+    three = column_norms(pipeline, TINY_FFN_LAYERS[:1], prompts, 2, dataclasses.replace(GENERATION, batch_size=3), seeds)
     torch.testing.assert_close(one[TINY_FFN_LAYERS[0]], three[TINY_FFN_LAYERS[0]], rtol=1e-4, atol=1e-5)
 
 
@@ -104,6 +106,16 @@ def test_conceptprune_zeroes_exactly_the_mask_and_leaves_the_pipeline_alone(tmp_
         torch.testing.assert_close(result.tensors[name][~mask], before[name][~mask])
     for name, parameter in pipeline.unet.named_parameters():
         assert torch.equal(parameter, before[name])
+
+
+def test_more_images_per_prompt_see_more_seeds(tmp_path: Path) -> None:
+    pipeline = tiny_sd_pipeline()
+    one = column_norms(pipeline, TINY_FFN_LAYERS[:1], ["a cat"], 2, GENERATION, [0])[TINY_FFN_LAYERS[0]]
+    two = column_norms(pipeline, TINY_FFN_LAYERS[:1], ["a cat", "a cat"], 2, GENERATION, [0, 1])[TINY_FFN_LAYERS[0]]
+    other = column_norms(pipeline, TINY_FFN_LAYERS[:1], ["a cat"], 2, GENERATION, [1])[TINY_FFN_LAYERS[0]]
+    # the mean over two seeds' squared norms is the average of each seed's
+    torch.testing.assert_close(two**2, (one**2 + other**2) / 2, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(one, other)
 
 
 def test_conceptprune_param_errors_name_the_key(tmp_path: Path) -> None:
@@ -136,7 +148,7 @@ def test_unlearn_command_writes_tensors_mask_and_record(tmp_path: Path, shared_d
     assert all(m.dtype == torch.uint8 for m in masks.values())
     assert all(torch.all(tensors[n][masks[n].bool()] == 0) for n in tensors)
     assert record["pruned"] == sum(int(m.sum()) for m in masks.values()) > 0
-    assert record["params"] == {"skill_ratio": 0.05, "tau": 2, "seed": 0}
+    assert record["params"] == {"skill_ratio": 0.05, "tau": 2, "seed": 0, "images_per_prompt": 1}
     assert len(record["info"]["prompts"]["base"]) == 12  # common_scenes.txt
     assert [r["name"] for r in record["layers"]] == TINY_FFN_LAYERS
     assert record["seeds"]["generation.fixed_seed"] == 0 and "versions" in record["provenance"]

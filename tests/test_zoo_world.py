@@ -14,29 +14,38 @@ from harness.models.zoo.digits import concept_prompts, heldout_digits
 from harness.models.zoo.pipeline import DigitsPipeline
 from harness.models.zoo.train import TrainSettings
 from harness.models.zoo.world import (
-    PIPELINE_DIR, REPORT_FILE, SHIPPED_DIR, BuildSettings, build_world, ensure_world, is_complete, resolve, world_dir,
+    PIPELINE_DIR,
+    REPORT_FILE,
+    SHIPPED_DIR,
+    BuildSettings,
+    build_world,
+    ensure_world,
+    is_complete,
+    resolve,
+    world_dir,
 )
 
 
-@pytest.fixture(scope="module")
-def reduced_world(tmp_path_factory):
-    """A world built with a few steps: the real build path, end to end, in seconds.
-
-    One thread: on a shared 2-core machine small convolutions ran 5-10x slower with two.
-    """
-    folder = tmp_path_factory.mktemp("cache") / "zoo" / "digits"
-    train = TrainSettings(steps=4, batch_size=8, eval_every=2, eval_per_digit=1, eval_steps=2)
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small convolutions ran 5-10x slower with two threads than one on the shared 2-core machine."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:
-        report = build_world(folder, BuildSettings(train=train, classifier_epochs=3, eval_per_digit=2, eval_steps=2))
-    finally:
-        torch.set_num_threads(threads)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reduced_world(one_thread, tmp_path_factory):
+    """A world built with a few steps: the real build path, end to end, in seconds."""
+    folder = tmp_path_factory.mktemp("cache") / "zoo" / "digits"
+    train = TrainSettings(steps=4, batch_size=8, eval_every=2, eval_per_digit=1, eval_steps=2)
+    report = build_world(folder, BuildSettings(train=train, classifier_epochs=3, eval_per_digit=2, eval_steps=2))
     return folder, report
 
 
 @pytest.fixture(scope="module")
-def shipped_world(tmp_path_factory):
+def shipped_world(one_thread, tmp_path_factory):
     return ensure_world(tmp_path_factory.mktemp("cache"))
 
 

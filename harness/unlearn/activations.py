@@ -106,28 +106,28 @@ def column_norms(
     prompts: Sequence[str],
     calls: int,
     generation: GenerationSettings,
-    seed: int,
+    seeds: Sequence[int],
     desc: str = "prompts",
 ) -> dict[str, torch.Tensor]:
-    """Run `prompts` through `pipeline` (seed `seed` before every prompt) and return, per layer,
-    the (calls, in_features) column norms of the layer's input for the first `calls` UNet calls."""
+    """Run `prompts` through `pipeline`, prompt i from seed `seeds[i]`, and return, per layer, the
+    (calls, in_features) column norms of the layer's input for the first `calls` UNet calls."""
     recorder = ColumnNormRecorder(pipeline.unet, layers, calls)
     batch = max(1, generation.batch_size)
     with recorder, torch.no_grad():
         for start in tqdm(range(0, len(prompts), batch), desc=desc, unit="batch"):
-            chunk = list(prompts[start : start + batch])
-            recorder.run(pipeline, generation_kwargs(chunk, generation, seed))
+            chunk = slice(start, start + batch)
+            recorder.run(pipeline, generation_kwargs(list(prompts[chunk]), generation, list(seeds[chunk])))
     log.info("recorded %d UNet calls x %d layers over %d %s", calls, len(layers), len(prompts), desc)
     return recorder.norms()
 
 
-def generation_kwargs(prompts: list[str], generation: GenerationSettings, seed: int) -> dict[str, Any]:
-    """Keyword arguments of a diffusers-style pipeline call; every prompt starts from `seed`."""
+def generation_kwargs(prompts: list[str], generation: GenerationSettings, seeds: list[int]) -> dict[str, Any]:
+    """Keyword arguments of a diffusers-style pipeline call; prompt i starts from seed `seeds[i]`."""
     kwargs: dict[str, Any] = {
         "prompt": prompts,
         "num_inference_steps": generation.steps,
         "guidance_scale": generation.guidance,
-        "generator": [torch.Generator("cpu").manual_seed(seed) for _ in prompts],
+        "generator": [torch.Generator("cpu").manual_seed(seed) for seed in seeds],
         "output_type": "pt",
     }
     if generation.height is not None:

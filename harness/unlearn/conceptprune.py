@@ -34,12 +34,16 @@ class ConceptPruneParams:
     """Union of the masks of the first tau UNet calls."""
     seed: int | None = None
     """Seed set before every prompt; None takes the recipe's generation.fixed_seed (0)."""
+    images_per_prompt: int = 1
+    """Each prompt is also run from seeds seed+1, ..., seed+n-1 (1: the protocol's single run)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.skill_ratio <= 1:
             raise ValueError(f"skill_ratio must lie in (0, 1], got {self.skill_ratio}")
         if self.tau < 1:
             raise ValueError(f"tau must be at least 1, got {self.tau}")
+        if self.images_per_prompt < 1:
+            raise ValueError(f"images_per_prompt must be at least 1, got {self.images_per_prompt}")
 
 
 def skilled_mask(
@@ -74,14 +78,19 @@ def conceptprune(context: UnlearnContext, params: dict) -> UnlearnResult:
                 f"{weights[name].shape[1]} input features of '{name}' leaves k = 0"
             )
     pairs = prompt_pairs(context.concept, context.data_dir, context.where)
+    norms = {}
     try:
-        base = column_norms(context.pipeline, context.layers, pairs.base, settings.tau, context.generation, seed, "base prompts")
-        target = column_norms(context.pipeline, context.layers, pairs.target, settings.tau, context.generation, seed, "target prompts")
+        for side, prompts in (("base", pairs.base), ("target", pairs.target)):
+            runs = [(p, seed + j) for p in prompts for j in range(settings.images_per_prompt)]
+            norms[side] = column_norms(
+                context.pipeline, context.layers, [p for p, _ in runs], settings.tau, context.generation,
+                [s for _, s in runs], f"{side} prompts",
+            )
     except TooFewCalls as error:
         raise HarnessError(f"{context.key('unlearn.params.tau')}: {error}") from None
     masks, tensors = {}, {}
     for name in context.layers:
-        masks[name] = skilled_mask(weights[name], base[name], target[name], ks[name]).cpu()
+        masks[name] = skilled_mask(weights[name], norms["base"][name], norms["target"][name], ks[name]).cpu()
         tensors[name] = weights[name].detach().cpu().masked_fill(masks[name], 0)
         log.info("%s: %d of %d weights skilled", name, int(masks[name].sum()), masks[name].numel())
     info = {

@@ -101,8 +101,7 @@ def forget_samples(pipeline: Any, prompts: list[str], context: UnlearnContext, s
     with torch.no_grad():
         for start in tqdm(range(0, len(prompts), batch), desc="forgetting set", unit="batch"):
             chunk = prompts[start : start + batch]
-            kwargs = generation_kwargs(chunk, context.generation, seed)
-            kwargs["generator"] = [torch.Generator("cpu").manual_seed(seed + start + i) for i in range(len(chunk))]
+            kwargs = generation_kwargs(chunk, context.generation, [seed + start + i for i in range(len(chunk))])
             kwargs["output_type"] = "latent" if latent else "pt"
             images = pipeline(**kwargs).images
             outputs.append(images if latent else images * 2 - 1)

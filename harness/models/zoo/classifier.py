@@ -27,9 +27,9 @@ CONFIG_FILE = "classifier.json"
 
 
 class DigitClassifier(nn.Module):
-    """Two conv stages (16, 32 channels) and a 128-d feature layer over `size` x `size` grey images."""
+    """Two conv stages (32, 64 channels) and a 128-d feature layer over `size` x `size` grey images."""
 
-    def __init__(self, size: int = 16, width: int = 16, features: int = 128) -> None:
+    def __init__(self, size: int = 16, width: int = 32, features: int = 128) -> None:
         super().__init__()
         self.size = size
         self.body = nn.Sequential(

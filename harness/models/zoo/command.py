@@ -11,7 +11,14 @@ import torch
 from harness.errors import HarnessError
 from harness.models.zoo.train import TrainSettings
 from harness.models.zoo.world import (
-    REPORT_FILE, SHIPPED_DIR, BuildSettings, build_world, check_name, export_world, is_complete, world_dir,
+    REPORT_FILE,
+    SHIPPED_DIR,
+    BuildSettings,
+    build_world,
+    check_name,
+    export_world,
+    is_complete,
+    world_dir,
 )
 
 log = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ folder appears only when complete: it is written under a temporary name and rena
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -18,11 +19,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from harness.errors import HarnessError
 from harness.models.checkpoints import load_tensor_file, save_tensors
-from harness.models.zoo.classifier import CONFIG_FILE, WEIGHTS_FILE, save_classifier, train_classifier
-from harness.models.zoo.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, IMAGE_SIZE, DigitsPipeline
+from harness.models.zoo.classifier import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    DigitClassifier,
+    save_classifier,
+    train_classifier,
+)
+from harness.models.zoo.pipeline import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    IMAGE_SIZE,
+    DigitsPipeline,
+)
 from harness.models.zoo.quality import generation_accuracy
 from harness.models.zoo.train import TrainSettings, train_generator
 from harness.provenance import provenance, write_json_atomic
@@ -40,7 +53,7 @@ class BuildSettings:
     """A world build: the generator's training, the classifier's epochs, the final measurement."""
 
     train: TrainSettings = field(default_factory=TrainSettings)
-    classifier_epochs: int = 30
+    classifier_epochs: int = 20
     eval_per_digit: int = 100
     eval_steps: int = DEFAULT_STEPS
     eval_guidance: float = DEFAULT_GUIDANCE
@@ -108,13 +121,24 @@ def build_world(folder: str | Path, settings: BuildSettings) -> dict:
 
 def _build_into(tmp: Path, settings: BuildSettings) -> dict:
     started = time.time()
-    torch.manual_seed(settings.train.seed)
     classifier, classifier_report = train_classifier(IMAGE_SIZE, settings.classifier_epochs, settings.train.seed)
-    _round_to_fp16(classifier)
-    save_classifier(classifier, classifier_report, tmp)
     pipeline, history = train_generator(settings.train, classifier, IMAGE_SIZE)
-    _round_to_fp16(pipeline.unet, pipeline.text_encoder)
-    pipeline.save_pretrained(tmp / PIPELINE_DIR)
+    return finish_world(tmp, settings, classifier, classifier_report, pipeline, history, time.time() - started)
+
+
+def finish_world(
+    folder: Path,
+    settings: BuildSettings,
+    classifier: DigitClassifier,
+    classifier_report: dict,
+    pipeline: DigitsPipeline,
+    history: list[dict],
+    seconds: float,
+) -> dict:
+    """Round the trained models to fp16 values, save them, measure the generator, write the report."""
+    _round_to_fp16(classifier, pipeline.unet, pipeline.text_encoder)
+    save_classifier(classifier, classifier_report, folder)
+    pipeline.save_pretrained(folder / PIPELINE_DIR)
     log.info("measuring the generator: %d images per digit", settings.eval_per_digit)
     quality = generation_accuracy(
         pipeline, classifier.eval(), per_digit=settings.eval_per_digit,
@@ -124,14 +148,14 @@ def _build_into(tmp: Path, settings: BuildSettings) -> dict:
         "world": "digits",
         "build_command": f"harness zoo build digits --steps {settings.train.steps} --seed {settings.train.seed}",
         "settings": asdict(settings),
-        "seconds": round(time.time() - started, 1),
+        "seconds": round(seconds, 1),
         "classifier": classifier_report,
         "generation_history": history,
         "generation_accuracy": quality,
         "weights": "fp16-exact values (stored fp32 in the cache, fp16 when shipped)",
         "provenance": provenance(),
     }
-    write_json_atomic(tmp / REPORT_FILE, report)
+    write_json_atomic(folder / REPORT_FILE, report)
     log.info("generation accuracy: mean %.3f, worst digit %.3f", quality["mean"], quality["min"])
     return report
 
@@ -146,12 +170,7 @@ def _round_to_fp16(*modules: torch.nn.Module) -> None:
 
 
 def _install_shipped(tmp: Path) -> None:
-    pipeline = DigitsPipeline.from_pretrained(SHIPPED_DIR / PIPELINE_DIR, torch_dtype=torch.float32)
-    pipeline.save_pretrained(tmp / PIPELINE_DIR)
-    tensors = load_tensor_file(SHIPPED_DIR / WEIGHTS_FILE)
-    save_tensors({k: v.float() for k, v in tensors.items()}, tmp / WEIGHTS_FILE)
-    for name in (CONFIG_FILE, REPORT_FILE):
-        shutil.copyfile(SHIPPED_DIR / name, tmp / name)
+    _copy_world(SHIPPED_DIR, tmp, torch.float32)
 
 
 def export_world(folder: str | Path, destination: str | Path) -> Path:
@@ -159,17 +178,27 @@ def export_world(folder: str | Path, destination: str | Path) -> Path:
     folder, destination = Path(folder), Path(destination)
     if not is_complete(folder):
         raise HarnessError(f"{folder}: not a complete world (expected {PIPELINE_DIR}/, {WEIGHTS_FILE}, {REPORT_FILE})")
-
-    def write(tmp: Path) -> None:
-        pipeline = DigitsPipeline.from_pretrained(folder / PIPELINE_DIR, torch_dtype=torch.float16)
-        pipeline.save_pretrained(tmp / PIPELINE_DIR)
-        tensors = load_tensor_file(folder / WEIGHTS_FILE)
-        save_tensors({k: v.half() for k, v in tensors.items()}, tmp / WEIGHTS_FILE)
-        for name in (CONFIG_FILE, REPORT_FILE):
-            shutil.copyfile(folder / name, tmp / name)
-
-    _publish(destination, write, replace=True)
+    _publish(destination, lambda tmp: _copy_world(folder, tmp, torch.float16), replace=True)
     return destination
+
+
+def _copy_world(source: Path, destination: Path, dtype: torch.dtype) -> None:
+    """Copy a world's files, casting the floating-point tensors of every safetensors file to `dtype`
+    (configs keep their own dtype entry: the cache's is what gets loaded)."""
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        target = destination / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata()
+            tensors = load_tensor_file(path)
+            save_tensors({k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}, target, metadata)
+        elif path.name == "model_index.json":  # drop the local path diffusers records
+            index = json.loads(path.read_text())
+            index.pop("_name_or_path", None)
+            write_json_atomic(target, index)
+        else:
+            shutil.copyfile(path, target)
 
 
 def _publish(folder: Path, fill, replace: bool = False) -> None:
@@ -178,6 +207,7 @@ def _publish(folder: Path, fill, replace: bool = False) -> None:
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     try:
         fill(tmp)
+        _make_readable(tmp)
         if folder.exists():
             if not replace and is_complete(folder):
                 return  # another process finished first; keep its world
@@ -190,3 +220,10 @@ def _publish(folder: Path, fill, replace: bool = False) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _make_readable(root: Path) -> None:
+    """Temporary folders and files are private (0700/0600); a world is shared like any cache entry."""
+    root.chmod(0o755)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
