@@ -11,14 +11,16 @@ positions with N(0, sigma_M^2) draws (sigma_M^2 = 1e-6 .. 1e-1 as in the paper's
 reports exact zeros left in the target layers, Eq. 7's p(w) and the measured share of pruned
 entries among |w| <= sigma_M, and both accuracies.
 
-    python benchmarks/erasure.py [--targets seven three one] [--per-digit 30] [--out runs/erasure]
-        [--saliency-recipe recipes/digits-saliency-seven.yaml]
+    python benchmarks/erasure.py [--targets seven three one] [--per-digit 20] [--out runs/erasure]
+        [--saliency-recipe recipes/digits-saliency-seven.yaml] [--params '{"skill_ratio": 0.1}']
+        [--guidance 1.0] [--zero-layers "*ff.net.2.weight" "*attn2.to_v.weight"] [--no-defense]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import platform
 import time
@@ -28,6 +30,7 @@ import torch
 from safetensors.torch import load_file
 
 from harness.eval.suites import load_suite
+from harness.models.layers import select_layers
 from harness.models.pipelines import apply_tensors, load_pipeline
 from harness.models.zoo.classifier import load_classifier
 from harness.models.zoo.digits import DIGIT_NAMES
@@ -89,14 +92,26 @@ def summary(accuracy: list[float], pretrained: list[float], target: int) -> dict
     }
 
 
+def override(recipe: Recipe, params: dict, guidance: float | None) -> Recipe:
+    """The recipe with `params` merged into unlearn.params and, if given, another guidance."""
+    assert recipe.unlearn is not None
+    unlearn = dataclasses.replace(recipe.unlearn, params={**recipe.unlearn.params, **params})
+    generation = recipe.generation if guidance is None else dataclasses.replace(recipe.generation, guidance=guidance)
+    return dataclasses.replace(recipe, unlearn=unlearn, generation=generation)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default=str(ROOT / "recipes/digits-conceptprune-seven.yaml"))
     parser.add_argument("--saliency-recipe", default=None, help="also run this saliency recipe per target")
     parser.add_argument("--targets", nargs="+", default=["seven", "three", "one"])
-    parser.add_argument("--per-digit", type=int, default=30)
+    parser.add_argument("--per-digit", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=300)
     parser.add_argument("--no-defense", action="store_true", help="skip the sigma_M sweep")
+    parser.add_argument("--params", type=json.loads, default={}, help="JSON merged into unlearn.params")
+    parser.add_argument("--guidance", type=float, default=None, help="override generation.guidance")
+    parser.add_argument("--zero-layers", nargs="*", default=[],
+                        help="ablation: also measure the pretrained model with all layers matching each pattern zeroed")
     parser.add_argument("--out", default=str(ROOT / "runs/erasure"))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -107,15 +122,23 @@ def main() -> None:
 
     world = ensure_world()
     classifier = load_classifier(world).eval()
-    base_recipe = load_recipe(args.recipe)
+    base_recipe = override(load_recipe(args.recipe), args.params, args.guidance)
     pipeline = load_pipeline(base_recipe.model)
     params = dict(pipeline.unet.named_parameters())
     pretrained = digit_accuracy(pipeline, classifier, base_recipe, args.per_digit, args.batch_size)
     print(f"pretrained per-digit accuracy: {[round(a, 3) for a in pretrained]}")
+    ablations = {}
+    for pattern in args.zero_layers:
+        names = select_layers(params, [pattern])
+        original = {n: params[n].detach().clone() for n in names}
+        apply_tensors(pipeline, {n: torch.zeros_like(t) for n, t in original.items()})
+        ablations[pattern] = digit_accuracy(pipeline, classifier, base_recipe, args.per_digit, args.batch_size)
+        apply_tensors(pipeline, original)
+        print(f"zeroing {len(names)} x '{pattern}': per-digit accuracy {[round(a, 3) for a in ablations[pattern]]}")
 
     methods = [("conceptprune", base_recipe)]
     if args.saliency_recipe:
-        methods.append(("saliency", load_recipe(args.saliency_recipe)))
+        methods.append(("saliency", override(load_recipe(args.saliency_recipe), {}, args.guidance)))
     rows = []
     first: tuple[dict, dict, dict] | None = None  # ConceptPrune on the first target: tensors, masks, original
     for target in args.targets:
@@ -165,15 +188,17 @@ def main() -> None:
             s = summary(accuracy, pretrained, digit)
             defense_rows.append({
                 "sigma_m_squared": variance, "sigma_m": sigma, "exact_zeros": exact_zeros(defended.values()),
+                "exact_zeros_at_mask": exact_zeros(defended[n][masks[n]] for n in masks),
                 "p_eq7": float(detectability(sigma, alpha, sigma, sigma_u)),
                 "p_measured": empirical_detectability(defended, masks, sigma), **s,
             })
-        print(f"\nDefense on '{target}': alpha = {alpha:.4f}, sigma_U = {sigma_u:.4f}, "
-              f"exact zeros without defense = {exact_zeros(tensors.values())}")
-        print("| sigma_M^2 | sigma_M | exact zeros | p(w = sigma_M) Eq. 7 | measured | target share | others |")
+        natural = exact_zeros(original[n][~masks[n]] for n in masks)
+        print(f"\nDefense on '{target}': alpha = {alpha:.4f}, sigma_U = {sigma_u:.4f}; exact zeros without "
+              f"defense = {exact_zeros(tensors.values())} ({natural} of them zero in the pretrained weights)")
+        print("| sigma_M^2 | sigma_M | exact zeros at pruned / all | p(w = sigma_M) Eq. 7 | measured | target share | others |")
         print("|---|---|---|---|---|---|---|")
         for r in defense_rows:
-            print(f"| {r['sigma_m_squared']:.0e} | {r['sigma_m']:.4f} | {r['exact_zeros']} | {r['p_eq7']:.3f} | "
+            print(f"| {r['sigma_m_squared']:.0e} | {r['sigma_m']:.4f} | {r['exact_zeros_at_mask']} / {r['exact_zeros']} | {r['p_eq7']:.3f} | "
                   f"{r['p_measured']:.3f} | {r['target_share']:.3f} | {r['others']:.3f} |")
         plot = plot_detectability(out / "detectability.png", sigma_u, [0.01 * sigma_u, 0.1 * sigma_u, sigma_u],
                                   marker=(alpha, 1e-3**0.5))
@@ -182,7 +207,7 @@ def main() -> None:
     seconds = time.time() - started
     print(f"\n{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {seconds:.0f} s")
     write_json_atomic(out / "erasure.json", {
-        "pretrained": pretrained, "rows": rows, "defense": defense_rows, "seconds": seconds,
+        "pretrained": pretrained, "ablations": ablations, "rows": rows, "defense": defense_rows, "seconds": seconds,
         "config": {k: v for k, v in vars(args).items()}, "seeds": {"suite": f"digits-all-{args.per_digit}", "defense": 0},
         "provenance": provenance(),
     })

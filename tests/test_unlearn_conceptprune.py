@@ -168,3 +168,24 @@ def test_same_recipe_same_files(tmp_path: Path) -> None:
     second = run_unlearning(load_recipe(recipe), tmp_path / "b")
     a, b = load_file(first / "mask.safetensors"), load_file(second / "mask.safetensors")
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_the_same_code_path_runs_on_the_world_pipeline() -> None:
+    from harness.models.layers import select_layers
+    from harness.models.zoo.pipeline import build_untrained_pipeline
+    from harness.recipe import SD_FFN_LAYERS
+
+    pipeline = build_untrained_pipeline()
+    layers = select_layers(dict(pipeline.unet.named_parameters()), SD_FFN_LAYERS)
+    assert len(layers) == 7
+    context = UnlearnContext(
+        pipeline=pipeline, concept=ConceptSettings(target="seven", kind="digit"), layers=layers,
+        device=torch.device("cpu"), seed=0, generation=GenerationSettings(steps=3, guidance=3.0, scheduler=None),
+        where="w.yaml",
+    )
+    result = conceptprune(context, {"skill_ratio": 0.02, "tau": 3})  # DDIM: one UNet call per step
+    assert result.info["k"][layers[0]] == 5  # int(0.02 * 256)
+    assert result.info["prompts"]["target"][0] == "a photo of the digit seven"
+    assert all(result.masks[n].any() and torch.all(result.tensors[n][result.masks[n]] == 0) for n in layers)
+    with pytest.raises(HarnessError, match=r"w.yaml: unlearn.params.tau: generation made 3 UNet calls"):
+        conceptprune(context, {"tau": 4})

@@ -93,12 +93,14 @@ def plot_detectability(
         if marker is not None:
             axes.scatter([np.log10(marker[0])], [np.log10(marker[1])], [float(detectability(w, *marker, sigma_u))],
                          color="red", s=30)
+        axes.view_init(elev=25, azim=-130)
         axes.set_xlabel("log10 alpha (pruned share)")
         axes.set_ylabel("log10 sigma_M")
         axes.set_zlabel("p(w)")
         axes.set_zlim(0, 1)
         axes.set_title(f"w = {w:.3g} (sigma_U = {sigma_u:.3g})")
     figure.colorbar(surface, ax=figure.axes, shrink=0.6, label="P(modified | |x| <= w)")
+    figure.suptitle("Eq. 7: probability that a weight in [-w, w] was obfuscated")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

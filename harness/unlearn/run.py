@@ -176,6 +176,7 @@ def unlearn_record(
             "sigma_m": sigma_m,
             "sigma_u": sigma_u,
             "exact_zeros": exact_zeros(tensors[n] for n in masks),
+            "exact_zeros_at_mask": exact_zeros(tensors[n][masks[n]] for n in masks),
             "p_at_w_sigma_m": float(detectability(sigma_m, alpha, sigma_m, sigma_u)),
         }
     return record
