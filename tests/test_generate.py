@@ -29,14 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST = GenerationSettings(steps=2, guidance=3.0, batch_size=3, shard_size=4, scheduler=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine two spinning threads run many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def digits_model(tmp_path_factory) -> str:

@@ -22,17 +22,9 @@ from harness.models.zoo.pipeline import DigitsPipeline, build_untrained_pipeline
 from harness.models.zoo.text import MAX_LENGTH, build_tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convolutions ran 5-10x slower with two threads than one on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
-def pipeline(one_thread) -> DigitsPipeline:
+def pipeline() -> DigitsPipeline:
     return build_untrained_pipeline(seed=0)
 
 

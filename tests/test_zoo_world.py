@@ -26,17 +26,9 @@ from harness.models.zoo.world import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convolutions ran 5-10x slower with two threads than one on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
-def reduced_world(one_thread, tmp_path_factory):
+def reduced_world(tmp_path_factory):
     """A world built with a few steps: the real build path, end to end, in seconds."""
     folder = tmp_path_factory.mktemp("cache") / "zoo" / "digits"
     train = TrainSettings(steps=4, batch_size=8, eval_every=2, eval_per_digit=1, eval_steps=2)
@@ -45,7 +37,7 @@ def reduced_world(one_thread, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def shipped_world(one_thread, tmp_path_factory):
+def shipped_world(tmp_path_factory):
     return ensure_world(tmp_path_factory.mktemp("cache"))
 
 
