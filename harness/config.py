@@ -32,6 +32,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def child_key(where: str, name: str) -> str:
+    """The error prefix of key `name` under `where`: 'x.yaml' -> 'x.yaml: name', 'x.yaml: a' -> 'x.yaml: a.name'."""
+    return f"{where}.{name}" if ": " in where else f"{where}: {name}"
+
+
 def parse_dataclass(cls: type[T], data: Any, where: str) -> T:
     """Build dataclass `cls` from a mapping, checking keys and types; `where` prefixes errors
     (for example 'recipes/x.yaml: attack')."""
@@ -45,7 +50,7 @@ def parse_dataclass(cls: type[T], data: Any, where: str) -> T:
     values: dict[str, Any] = {}
     for name, field in fields.items():
         if name in data:
-            values[name] = _coerce(hints[name], data[name], f"{where}.{name}")
+            values[name] = _coerce(hints[name], data[name], child_key(where, name))
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise HarnessError(f"{where}: missing key '{name}'")
     try:
@@ -83,7 +88,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise HarnessError(f"{where}: expected a mapping, got {type(value).__name__}")
         key_type, value_type = args or (Any, Any)
-        return {_coerce(key_type, k, where): _coerce(value_type, v, f"{where}.{k}") for k, v in value.items()}
+        return {_coerce(key_type, k, where): _coerce(value_type, v, child_key(where, str(k))) for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         return parse_dataclass(hint, value, where)
     if hint is float:

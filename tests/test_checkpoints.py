@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
 import pytest
 import torch
 
+from harness.atomic import atomic_path
 from harness.errors import HarnessError
 from harness.models.checkpoints import is_hub_id, load_state_dict, save_tensors
 from harness.models.layers import select_layers
@@ -88,3 +90,17 @@ def test_apply_tensors_copies_and_checks_names_and_shapes() -> None:
         apply_tensors(Holder, {"nope": torch.zeros(1)})
     with pytest.raises(HarnessError, match="has shape \\(2, 2\\)"):
         apply_tensors(Holder, {name: torch.zeros(2, 2)})
+
+
+def test_atomic_writes_leave_nothing_half_written_and_normal_permissions(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "weights.safetensors"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("interrupted")
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    save_tensors({"w": torch.ones(2)}, target)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in target.parent.iterdir()] == ["weights.safetensors"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from harness.cli import main
 from harness.errors import HarnessError
 from harness.experiment.plan import build_plan
 from harness.recipe import load_recipe
@@ -57,3 +59,12 @@ def test_repeated_variant_names_and_bad_values_are_errors(tmp_path: Path) -> Non
     typo = RECIPE.replace("{name: nms}", "{name: nms, magnitud: max}")
     with pytest.raises(HarnessError, match="variants\\[0\\]: unknown key 'magnitud'"):
         load_recipe(write(tmp_path, typo))
+
+
+def test_the_embedded_default_is_found_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["benchmark", "--list-jobs", "--run-dir", str(tmp_path / "run")]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["models"][:2] == ["pretrained", "unlearned"] and "revived-nms" in plan["models"]
+    assert not (tmp_path / "run").exists()

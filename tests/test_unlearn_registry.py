@@ -15,7 +15,7 @@ from harness.recipe import ConceptSettings, load_recipe
 from harness.unlearn.prompts import prompt_pairs, resolve_data_dir
 from harness.unlearn.registry import UnlearnContext, UnlearnResult, resolve_method
 from harness.unlearn.run import run_unlearning
-from tiny_sd import TINY_FFN_LAYERS, save_tiny_sd_pipeline
+from tiny_sd import save_tiny_sd_pipeline
 
 
 def zero_first_row(context: UnlearnContext, params: dict) -> UnlearnResult:

@@ -9,7 +9,7 @@ import logging
 from harness.attack.magnitudes import MAGNITUDE_RULES
 from harness.attack.runner import run_revival
 from harness.errors import HarnessError
-from harness.recipe import AttackSettings, CompletionSettings, MaskSettings, Strategy, load_recipe
+from harness.recipe import AttackSettings, MaskSettings, Strategy, load_recipe
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import lightning.pytorch as pl
 import torch
 
 from harness.errors import HarnessError
+from harness.eval.lightning_warnings import quiet_lightning
 from harness.eval import shards
 from harness.eval.generation import (
     GenerationModule,
@@ -80,21 +80,20 @@ def generate_suite(
         pipeline = build_pipeline(pipeline_source, tensors, settings, dtype)
         module = GenerationModule(pipeline, settings, dtype)
         sink = ShardSink(out, suite, settings, sample_meta(model_tag, suite, settings, dtype))
-        trainer = pl.Trainer(
-            accelerator=accelerator,
-            devices=devices,
-            strategy=strategy,
-            num_nodes=num_nodes,
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            use_distributed_sampler=False,
-            callbacks=[sink],
-        )
-        if trainer.is_global_zero:
-            write_json_atomic(out / RUN_RECORD, {**record, "provenance": provenance()})
-        with warnings.catch_warnings():  # our batch sampler does return every index, as Lightning asks
-            warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+        with quiet_lightning():
+            trainer = pl.Trainer(
+                accelerator=accelerator,
+                devices=devices,
+                strategy=strategy,
+                num_nodes=num_nodes,
+                logger=False,
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                use_distributed_sampler=False,
+                callbacks=[sink],
+            )
+            if trainer.is_global_zero:
+                write_json_atomic(out / RUN_RECORD, {**record, "provenance": provenance()})
             trainer.predict(module, datamodule=PromptDataModule(suite, settings, pending), return_predictions=False)
         trainer.strategy.barrier("generated")
     missing = [i for i in wanted if not shards.shard_path(out, i).is_file()]

@@ -15,12 +15,12 @@ import io
 import logging
 import os
 import shutil
-import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from harness.atomic import atomic_path
 from harness.config import load_yaml, parse_dataclass
 from harness.errors import HarnessError
 
@@ -214,10 +214,7 @@ def fetch(manifest: Manifest, folder: Path) -> list[Path]:
 
 
 def _download(manifest: Manifest, entry: ManifestFile, path: Path) -> Path:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(path) as tmp:
         if entry.url:
             log.info("fetching %s", entry.url)
             try:
@@ -231,9 +228,6 @@ def _download(manifest: Manifest, entry: ManifestFile, path: Path) -> Path:
             raise HarnessError(
                 f"suite {manifest.name}: fetched {entry.name} has sha256 {actual}, expected {entry.sha256}"
             )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -14,9 +14,9 @@ import csv
 import io
 import json
 import logging
-import os
 from pathlib import Path
 
+from harness.atomic import atomic_path
 from harness.errors import HarnessError
 from harness.eval.report_grids import write_grid
 from harness.eval.report_plots import defense_plot, detectability_surface, sign_accuracy_plot
@@ -208,6 +208,5 @@ def _previous_files(out: Path) -> set[str]:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)

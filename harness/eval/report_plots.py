@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from harness.atomic import atomic_path
 from harness.eval.report_runs import RunData  # noqa: E402
 from harness.eval.report_tables import defense_points, sign_rows  # noqa: E402
 
@@ -27,11 +28,9 @@ SURFACE_WIDTHS = (0.01, 0.1, 0.5)
 
 def save_figure(figure: Figure, path: Path) -> Path:
     """Write `figure` as PNG through a temporary name, then close it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, dpi=DPI, format="png")
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=DPI, format="png")
     plt.close(figure)
-    tmp.replace(path)
     return path
 
 

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
+from harness.eval.lightning_warnings import quiet_lightning
 from harness.eval import shards
 from harness.eval.metrics import METRICS
 from harness.eval.metrics.clip import DEFAULT_CLIP
@@ -106,7 +107,8 @@ def score_suite(
                 f"{ref_folder}: shard size {ref_run['settings']['shard_size']} differs from {folder}'s {shard_size}"
             )
 
-    fabric = Fabric(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes)
+    with quiet_lightning():
+        fabric = Fabric(accelerator=accelerator, devices=devices, strategy=strategy, num_nodes=num_nodes)
     fabric.launch()
     with closing(shards.read_shard(shards.shard_path(folder, 0))) as samples:
         image_shape = next(samples).image.shape

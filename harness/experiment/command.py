@@ -19,13 +19,14 @@ from harness.recipe import load_recipe
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RECIPE = Path("recipes/digits-benchmark.yaml")
+DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "digits-benchmark.yaml"
+"""The embedded default, found beside the package in the checkout it was installed from (`pip install -e .`)."""
 STAGES = ("unlearn", "revive", "generate", "score", "report", "all")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options; all of them are optional for the embedded default."""
-    parser.add_argument("recipe", nargs="?", default=str(DEFAULT_RECIPE), help=f"recipe YAML (default {DEFAULT_RECIPE})")
+    parser.add_argument("recipe", nargs="?", default=str(DEFAULT_RECIPE), help="recipe YAML (default: recipes/digits-benchmark.yaml of this checkout)")
     parser.add_argument("--run-dir", help="run directory (default runs/<recipe name>)")
     parser.add_argument("--stage", choices=STAGES, default="all", help="run one stage (default: all, in order)")
     parser.add_argument("--variant", action="append", help="revive: only this variant (repeatable)")

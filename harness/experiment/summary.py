@@ -44,7 +44,9 @@ def print_summary(plan: Plan) -> None:
     """Print the table to standard output."""
     target = plan.recipe.concept.target if plan.recipe.concept else "?"
     print(f"\n{plan.recipe.name}: erased concept '{target}'")
-    print(f"{'model':<28} {'erased acc':>10} {'preserved acc':>13} {'FID':>9} {'sign acc':>9}")
-    for row in summary_rows(plan):
-        print(f"{row['model']:<28} {_format(row['erased']):>10} {_format(row['preserved']):>13} "
+    rows = summary_rows(plan)
+    width = max(len("model"), *(len(row["model"]) for row in rows))
+    print(f"{'model':<{width}} {'erased acc':>10} {'preserved acc':>13} {'FID':>9} {'sign acc':>9}")
+    for row in rows:
+        print(f"{row['model']:<{width}} {_format(row['erased']):>10} {_format(row['preserved']):>13} "
               f"{_format(row['fid'], 2):>9} {_format(row['sign_accuracy']):>9}")

@@ -8,14 +8,13 @@ full-UNet dump. Pickled files load with `weights_only=True`: plain tensors only.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from harness.atomic import atomic_path
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
@@ -71,16 +70,9 @@ def save_tensors(
 ) -> Path:
     """Write tensors atomically: to a temporary name beside `path`, renamed when complete."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         contiguous = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
         save_file(contiguous, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -56,3 +56,18 @@ def apply_tensors(pipeline: DiffusionPipeline, tensors: dict[str, torch.Tensor],
     with torch.no_grad():
         for name, value in tensors.items():
             params[name].copy_(value.to(dtype=params[name].dtype, device=params[name].device))
+
+
+@torch.no_grad()
+def prompt_embeddings(pipeline: DiffusionPipeline, prompts: list[str]) -> torch.Tensor:
+    """The UNet's conditioning for `prompts`, made the way the pipeline itself makes it.
+
+    Stable Diffusion's `encode_prompt(prompt, device, num_images_per_prompt, cfg)` returns all
+    77 token states; the miniature world's `encode_prompt(prompts)` returns its one-token context.
+    """
+    from harness.models.zoo.pipeline import DigitsPipeline
+
+    if isinstance(pipeline, DigitsPipeline):
+        return pipeline.encode_prompt(prompts)
+    embeddings, _ = pipeline.encode_prompt(prompts, pipeline.unet.device, 1, False)
+    return embeddings.to(pipeline.unet.dtype)

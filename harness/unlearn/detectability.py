@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from scipy.special import erf
 
+from harness.atomic import atomic_path
 from harness.errors import HarnessError
 
 
@@ -102,9 +103,7 @@ def plot_detectability(
     figure.colorbar(surface, ax=figure.axes, shrink=0.6, label="P(modified | |x| <= w)")
     figure.suptitle("Eq. 7: probability that a weight in [-w, w] was obfuscated")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, dpi=110, format="png")
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110, format="png")
     plt.close(figure)
-    tmp.replace(path)
     return path

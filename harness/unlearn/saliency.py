@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from harness.config import parse_dataclass
+from harness.models.pipelines import prompt_embeddings
 from harness.unlearn.activations import generation_kwargs
 from harness.unlearn.prompts import prompt_pairs
 from harness.unlearn.registry import UnlearnContext, UnlearnResult
@@ -108,15 +109,6 @@ def forget_samples(pipeline: Any, prompts: list[str], context: UnlearnContext, s
     return torch.cat(outputs)
 
 
-def encode_prompts(pipeline: Any, prompts: list[str]) -> torch.Tensor:
-    """Text-encoder hidden states for `prompts`, padded to the tokenizer's maximum length."""
-    tokens = pipeline.tokenizer(
-        prompts, padding="max_length", max_length=pipeline.tokenizer.model_max_length,
-        truncation=True, return_tensors="pt",
-    )
-    return pipeline.text_encoder(tokens.input_ids.to(pipeline.text_encoder.device))[0].to(pipeline.unet.dtype)
-
-
 def forgetting_gradients(
     pipeline: Any, layers: list[str], prompts: list[str], samples: torch.Tensor, settings: SaliencyParams
 ) -> dict[str, torch.Tensor]:
@@ -132,7 +124,7 @@ def forgetting_gradients(
         for name, parameter in parameters.items():
             parameter.requires_grad_(name in sums)
         with torch.no_grad():
-            conditions = encode_prompts(pipeline, prompts)
+            conditions = prompt_embeddings(pipeline, prompts)
         for _ in tqdm(range(settings.noise_draws), desc="forgetting loss", unit="draw"):
             x0 = samples.to(unet.device, unet.dtype)
             noise = torch.randn(x0.shape, generator=generator).to(x0)
