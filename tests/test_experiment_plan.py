@@ -10,6 +10,7 @@ import pytest
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.experiment.plan import build_plan
+from harness.experiment.summary import print_summary
 from harness.recipe import load_recipe
 
 RECIPE = """
@@ -68,3 +69,14 @@ def test_the_embedded_default_is_found_from_any_directory(tmp_path: Path, monkey
     plan = json.loads(capsys.readouterr().out)
     assert plan["models"][:2] == ["pretrained", "unlearned"] and "revived-nms" in plan["models"]
     assert not (tmp_path / "run").exists()
+
+
+def test_the_summary_table_stays_aligned_and_marks_missing_values(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    text = RECIPE.replace("{name: q4, strategy: quant4}", "{name: ideal-magnitude-random-sign, strategy: quant4}")
+    plan = build_plan(load_recipe(write(tmp_path, text)), tmp_path / "run")
+    print_summary(plan)
+    lines = capsys.readouterr().out.strip().splitlines()[1:]
+    assert len(lines) == 1 + len(plan.models)
+    assert len({len(line) for line in lines}) == 1
+    assert all(line.split()[1:] == ["missing"] * 4 for line in lines[1:])
