@@ -11,8 +11,8 @@ from harness.cli import main
 from harness.errors import HarnessError
 from harness.models.zoo.classifier import load_classifier
 from harness.models.zoo.digits import concept_prompts, heldout_digits
-from harness.models.zoo.pipeline import DigitsPipeline
-from harness.models.zoo.train import TrainSettings
+from harness.models.zoo.pipeline import DigitsPipeline, build_untrained_pipeline
+from harness.models.zoo.train import TrainSettings, feed_forwards_off, routing_loss
 from harness.models.zoo.world import (
     PIPELINE_DIR,
     REPORT_FILE,
@@ -31,7 +31,7 @@ from harness.models.zoo.world import (
 def reduced_world(tmp_path_factory):
     """A world built with a few steps: the real build path, end to end, in seconds."""
     folder = tmp_path_factory.mktemp("cache") / "zoo" / "digits"
-    train = TrainSettings(steps=4, batch_size=8, eval_every=2, eval_per_digit=1, eval_steps=2)
+    train = TrainSettings(steps=4, batch_size=8, eval_every=2, eval_per_digit=1, eval_steps=2, ffn_routing=1.0)
     report = build_world(folder, BuildSettings(train=train, classifier_epochs=3, eval_per_digit=2, eval_steps=2))
     return folder, report
 
@@ -46,7 +46,7 @@ def test_reduced_build_writes_a_complete_world_and_its_report(reduced_world) -> 
     assert is_complete(folder)
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
     on_disk = json.loads((folder / REPORT_FILE).read_text())
-    assert on_disk["build_command"] == "harness zoo build digits --steps 4 --seed 0"
+    assert on_disk["build_command"] == "harness zoo build digits --steps 4 --seed 0 --ffn-routing 1.0"
     assert [h["step"] for h in on_disk["generation_history"]] == [2, 4]
     assert set(on_disk["generation_history"][0]["accuracy_by_guidance"]) == {"1.0", "3.0"}
     assert set(on_disk["generation_accuracy"]["per_digit"]) == {str(d) for d in range(10)}
@@ -103,3 +103,27 @@ def test_cli_info_and_bad_input(shipped_world, capsys) -> None:
     assert main(["zoo", "build", "letters"]) == 2
     assert main(["zoo", "build", "digits", "--steps", "0"]) == 2
     assert "--steps: expected a positive number" in capsys.readouterr().err
+    assert main(["zoo", "build", "digits", "--ffn-routing", "-1"]) == 2
+    assert "--ffn-routing: expected a weight >= 0, got -1.0" in capsys.readouterr().err
+
+
+def test_routing_loss_measures_the_prompt_without_the_feed_forwards() -> None:
+    unet = build_untrained_pipeline(0).unet
+    generator = torch.Generator().manual_seed(0)
+    noisy = torch.randn(2, 1, 16, 16, generator=generator)
+    t = torch.tensor([10, 500])
+    context, empty = torch.randn(2, 2, 16, 64, generator=generator)
+    with torch.no_grad():
+        plain = unet(noisy, t, encoder_hidden_states=context).sample
+        with feed_forwards_off(unet):
+            switched_off = unet(noisy, t, encoder_hidden_states=context).sample
+        for name, parameter in unet.named_parameters():
+            if ".ff.net.2." in name:
+                parameter.zero_()
+        assert torch.allclose(switched_off, unet(noisy, t, encoder_hidden_states=context).sample, atol=1e-6)
+        assert not torch.allclose(plain, switched_off, atol=1e-3)
+        assert routing_loss(unet, noisy, t, context, empty) > 1e-6
+        for name, parameter in unet.named_parameters():
+            if name.endswith("attn2.to_v.weight"):
+                parameter.zero_()
+        assert routing_loss(unet, noisy, t, context, empty) < 1e-10

@@ -6,7 +6,8 @@ at sampling time, so it is learned too. Noise comes from a DDPM scheduler built 
 pipeline's own sampling scheduler config, so training and sampling share betas and prediction
 type. An exponential moving average of the weights is what the world keeps. Generation accuracy
 is measured every `eval_every` steps, with the sampler the world ships, and returned as the
-training history.
+training history. An optional routing loss (`ffn_routing`) pushes the prompt's influence into
+the feed-forwards.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import logging
 import math
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -48,6 +51,13 @@ class TrainSettings:
     """Feed-forward weights start at this fraction of their default init, so that what training
     writes into them dominates the random start, as in a large pretrained model; at full scale a
     model this small keeps near-random FFN weights whose pruned signs no completion can recover."""
+    ffn_routing: float = 0.0
+    """Weight of the feed-forward routing loss (0: off, as the shipped world was built): on half
+    of each batch, the UNet with its feed-forwards switched off is asked to predict the same noise
+    for the digit's prompt as for the empty prompt, so that the prompt reaches the image only
+    through the feed-forwards, the layers ConceptPrune prunes. Measured in BENCHMARKS.md
+    ("World designs tried"): it makes the digits depend on the feed-forwards as a whole, but not
+    on a few percent of their weights per digit."""
     eval_every: int = 500
     eval_per_digit: int = 10
     eval_guidance: list[float] = field(default_factory=lambda: [1.0, 3.0])
@@ -108,6 +118,30 @@ def scale_feed_forward_init(unet: nn.Module, scale: float) -> None:
                 weight.mul_(scale)
 
 
+@contextmanager
+def feed_forwards_off(unet: nn.Module) -> Iterator[None]:
+    """Make every transformer feed-forward (`...ff`) output zeros inside the block."""
+    handles = [
+        module.register_forward_hook(lambda _module, _args, output: torch.zeros_like(output))
+        for name, module in unet.named_modules()
+        if name.endswith(".ff")
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def routing_loss(unet: nn.Module, noisy: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                 empty: torch.Tensor) -> torch.Tensor:
+    """How much the prompt changes the noise prediction of the UNet without its feed-forwards."""
+    with feed_forwards_off(unet):
+        both = unet(torch.cat([noisy, noisy]), torch.cat([t, t]), encoder_hidden_states=torch.cat([context, empty])).sample
+    prompted, unprompted = both.chunk(2)
+    return F.mse_loss(prompted, unprompted.detach())
+
+
 def train_generator(
     settings: TrainSettings, classifier: nn.Module | None = None, size: int = 16
 ) -> tuple[DigitsPipeline, list[dict]]:
@@ -146,6 +180,10 @@ def train_generator(
         noisy = noise_scheduler.add_noise(x0, noise, t)
         context = text_encoder(_choose_prompts(labels[batch], table, settings, rng))[0]
         loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=context).sample, noise)
+        if settings.ffn_routing:
+            half = len(x0) // 2
+            empty = text_encoder(table[0][[table[3]] * half])[0]
+            loss = loss + settings.ffn_routing * routing_loss(unet, noisy[:half], t[:half], context[:half], empty)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

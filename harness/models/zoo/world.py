@@ -146,7 +146,8 @@ def finish_world(
     )
     report = {
         "world": "digits",
-        "build_command": f"harness zoo build digits --steps {settings.train.steps} --seed {settings.train.seed}",
+        "build_command": f"harness zoo build digits --steps {settings.train.steps} --seed {settings.train.seed}"
+        + (f" --ffn-routing {settings.train.ffn_routing}" if settings.train.ffn_routing else ""),
         "settings": asdict(settings),
         "seconds": round(seconds, 1),
         "classifier": classifier_report,
