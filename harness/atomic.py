@@ -9,10 +9,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def _umask() -> int:
+def default_mode(directory: bool = False) -> int:
+    """The permissions a plain `open(path, "w")` or `mkdir` would give: 0666 or 0777 less the umask."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return (0o777 if directory else 0o666) & ~mask
 
 
 @contextmanager
@@ -29,7 +30,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        tmp.chmod(0o666 & ~_umask())
+        tmp.chmod(default_mode())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -182,7 +182,8 @@ def train_generator(
         loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=context).sample, noise)
         if settings.ffn_routing:
             half = len(x0) // 2
-            empty = text_encoder(table[0][[table[3]] * half])[0]
+            ids, _, _, empty_row = table
+            empty = text_encoder(ids[[empty_row] * half])[0]
             loss = loss + settings.ffn_routing * routing_loss(unet, noisy[:half], t[:half], context[:half], empty)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

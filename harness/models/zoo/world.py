@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from harness.atomic import default_mode
 from harness.errors import HarnessError
 from harness.models.checkpoints import load_tensor_file, save_tensors
 from harness.models.zoo.classifier import (
@@ -208,7 +209,7 @@ def _publish(folder: Path, fill, replace: bool = False) -> None:
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
     try:
         fill(tmp)
-        _make_readable(tmp)
+        tmp.chmod(default_mode(directory=True))  # mkdtemp makes it private; a world is shared like any cache entry
         if folder.exists():
             if not replace and is_complete(folder):
                 return  # another process finished first; keep its world
@@ -222,9 +223,3 @@ def _publish(folder: Path, fill, replace: bool = False) -> None:
         if tmp.exists():
             shutil.rmtree(tmp)
 
-
-def _make_readable(root: Path) -> None:
-    """Temporary folders and files are private (0700/0600); a world is shared like any cache entry."""
-    root.chmod(0o755)
-    for path in root.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
