@@ -12,7 +12,13 @@ from harness.errors import HarnessError
 from harness.models.zoo.classifier import load_classifier
 from harness.models.zoo.digits import concept_prompts, heldout_digits
 from harness.models.zoo.pipeline import DigitsPipeline, build_untrained_pipeline
-from harness.models.zoo.train import TrainSettings, feed_forwards_off, routing_loss
+from harness.models.zoo.train import (
+    TrainSettings,
+    feed_forward_hidden,
+    feed_forwards_off,
+    routing_loss,
+    selectivity_loss,
+)
 from harness.models.zoo.world import (
     PIPELINE_DIR,
     REPORT_FILE,
@@ -26,12 +32,12 @@ from harness.models.zoo.world import (
 )
 
 
-
 @pytest.fixture(scope="module")
 def reduced_world(tmp_path_factory):
     """A world built with a few steps: the real build path, end to end, in seconds."""
     folder = tmp_path_factory.mktemp("cache") / "zoo" / "digits"
-    train = TrainSettings(steps=4, batch_size=8, eval_every=2, eval_per_digit=1, eval_steps=2, ffn_routing=1.0)
+    train = TrainSettings(steps=4, batch_size=8, eval_every=2, eval_per_digit=1, eval_steps=2, ffn_routing=1.0,
+                          ffn_selectivity=0.5)
     report = build_world(folder, BuildSettings(train=train, classifier_epochs=3, eval_per_digit=2, eval_steps=2))
     return folder, report
 
@@ -46,7 +52,7 @@ def test_reduced_build_writes_a_complete_world_and_its_report(reduced_world) -> 
     assert is_complete(folder)
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
     on_disk = json.loads((folder / REPORT_FILE).read_text())
-    assert on_disk["build_command"] == "harness zoo build digits --steps 4 --seed 0 --ffn-routing 1.0"
+    assert on_disk["build_command"] == "harness zoo build digits --steps 4 --seed 0 --ffn-routing 1.0 --ffn-selectivity 0.5"
     assert [h["step"] for h in on_disk["generation_history"]] == [2, 4]
     assert set(on_disk["generation_history"][0]["accuracy_by_guidance"]) == {"1.0", "3.0"}
     assert set(on_disk["generation_accuracy"]["per_digit"]) == {str(d) for d in range(10)}
@@ -105,6 +111,8 @@ def test_cli_info_and_bad_input(shipped_world, capsys) -> None:
     assert "--steps: expected a positive number" in capsys.readouterr().err
     assert main(["zoo", "build", "digits", "--ffn-routing", "-1"]) == 2
     assert "--ffn-routing: expected a weight >= 0, got -1.0" in capsys.readouterr().err
+    assert main(["zoo", "build", "digits", "--ffn-selectivity", "-0.5"]) == 2
+    assert "--ffn-selectivity: expected a weight >= 0, got -0.5" in capsys.readouterr().err
 
 
 def test_routing_loss_measures_the_prompt_without_the_feed_forwards() -> None:
@@ -127,3 +135,27 @@ def test_routing_loss_measures_the_prompt_without_the_feed_forwards() -> None:
             if name.endswith("attn2.to_v.weight"):
                 parameter.zero_()
         assert routing_loss(unet, noisy, t, context, empty) < 1e-10
+
+
+def test_selectivity_loss_is_the_share_of_activation_outside_the_named_digits_units() -> None:
+    owner = torch.arange(40) % 10
+    named = torch.tensor([7, 2, -1])
+    own_only = torch.zeros(3, 5, 40)
+    own_only[0, :, owner == 7] = 2.0
+    own_only[1, :, owner == 2] = 1.0
+    assert selectivity_loss([own_only], named) == 0
+    leaking = own_only.clone()
+    leaking[0, :, owner == 3] = -0.5  # digit 3's units answer a prompt for seven
+    leaking[2, :, 0] = 1.0  # a unit answers the empty prompt
+    outside, inside = 0.5 * 4 + 1.0, 2.0 * 4 + 1.0 * 4
+    assert torch.isclose(selectivity_loss([leaking], named), torch.tensor(outside / (outside + inside)))
+    assert torch.isclose(selectivity_loss([10 * leaking], named), selectivity_loss([leaking], named))
+    assert torch.isclose(selectivity_loss([leaking, own_only], named), torch.tensor(outside / (outside + inside) / 2))
+
+
+def test_feed_forward_hidden_collects_every_geglu_output() -> None:
+    unet = build_untrained_pipeline(0).unet
+    with torch.no_grad(), feed_forward_hidden(unet) as hidden:
+        unet(torch.randn(2, 1, 16, 16), torch.tensor([1, 2]), encoder_hidden_states=torch.randn(2, 16, 64))
+    assert [h.shape for h in hidden] == [(2, 64, 256), (2, 16, 256), (2, 16, 256), (2, 16, 256),
+                                         (2, 16, 256), (2, 64, 256), (2, 64, 256)]

@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images per digit in the final measurement")
     parser.add_argument("--ffn-routing", type=float, default=defaults.ffn_routing,
                         help="weight of the loss that routes the prompt through the feed-forwards (0: off)")
+    parser.add_argument("--ffn-selectivity", type=float, default=defaults.ffn_selectivity,
+                        help="weight of the loss that gives each digit its own feed-forward units (0: off)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--export", metavar="DIR", help="also write the built world in shippable fp16 form to DIR")
 
@@ -55,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
             raise HarnessError(f"--{flag.replace('_', '-')}: expected a positive number, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.ffn_routing < 0:
-        raise HarnessError(f"--ffn-routing: expected a weight >= 0, got {args.ffn_routing}")
+    for flag in ("ffn_routing", "ffn_selectivity"):
+        if getattr(args, flag) < 0:
+            raise HarnessError(f"--{flag.replace('_', '-')}: expected a weight >= 0, got {getattr(args, flag)}")
     train = TrainSettings(steps=args.steps, seed=args.seed, batch_size=args.batch_size, eval_every=args.eval_every,
-                          ffn_routing=args.ffn_routing)
+                          ffn_routing=args.ffn_routing, ffn_selectivity=args.ffn_selectivity)
     report = build_world(folder, BuildSettings(train=train, eval_per_digit=args.eval_per_digit))
     quality = report["generation_accuracy"]
     print(f"world: {folder}")

@@ -6,8 +6,9 @@ at sampling time, so it is learned too. Noise comes from a DDPM scheduler built 
 pipeline's own sampling scheduler config, so training and sampling share betas and prediction
 type. An exponential moving average of the weights is what the world keeps. Generation accuracy
 is measured every `eval_every` steps, with the sampler the world ships, and returned as the
-training history. An optional routing loss (`ffn_routing`) pushes the prompt's influence into
-the feed-forwards.
+training history. Two optional losses shape where a digit lives: routing (`ffn_routing`) pushes
+the prompt's influence into the feed-forwards, selectivity (`ffn_selectivity`) gives each digit
+its own feed-forward units, as the concept neurons ConceptPrune finds in Stable Diffusion.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ class TrainSettings:
     through the feed-forwards, the layers ConceptPrune prunes. Measured in BENCHMARKS.md
     ("World designs tried"): it makes the digits depend on the feed-forwards as a whole, but not
     on a few percent of their weights per digit."""
+    ffn_selectivity: float = 0.0
+    """Weight of the feed-forward selectivity loss (0: off): hidden unit u of every GEGLU
+    feed-forward belongs to digit u mod 10, and its activation under a prompt for another digit,
+    a neutral or the empty prompt is penalised, so each digit has units of its own. It is measured
+    on half of each batch paired with prompts drawn independently of the images, so that the
+    units answer the prompt, not the digit already visible in the noisy image."""
     eval_every: int = 500
     eval_per_digit: int = 10
     eval_guidance: list[float] = field(default_factory=lambda: [1.0, 3.0])
@@ -79,18 +86,22 @@ def _prompt_table(pipeline: DigitsPipeline) -> tuple[torch.Tensor, list[list[int
 
 def _choose_prompts(
     labels: torch.Tensor, table: tuple, settings: TrainSettings, rng: random.Random
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of each image's prompt, and the digit that prompt names (-1: neutral or empty)."""
     ids, digit_rows, neutral_rows, empty_row = table
-    rows = []
+    rows, named = [], []
     for label in labels.tolist():
         draw = rng.random()
         if draw < settings.cond_dropout:
             rows.append(empty_row)
+            named.append(-1)
         elif draw < settings.cond_dropout + settings.neutral_fraction:
             rows.append(rng.choice(neutral_rows))
+            named.append(-1)
         else:
             rows.append(rng.choice(digit_rows[label]))
-    return ids[rows]
+            named.append(label)
+    return ids[rows], torch.tensor(named)
 
 
 def _evaluate(pipeline: DigitsPipeline, classifier: nn.Module, settings: TrainSettings) -> dict:
@@ -131,6 +142,40 @@ def feed_forwards_off(unet: nn.Module) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def feed_forward_hidden(unet: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect the GEGLU output (the input of every `ff.net.2`), (N, tokens, hidden) per layer."""
+    hidden: list[torch.Tensor] = []
+    handles = [
+        module.register_forward_pre_hook(lambda _module, args: hidden.append(args[0]))
+        for name, module in unet.named_modules()
+        if name.endswith(".ff.net.2")
+    ]
+    try:
+        yield hidden
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def selectivity_loss(hidden: list[torch.Tensor], named: torch.Tensor) -> torch.Tensor:
+    """The share of feed-forward activation that lies outside the named digit's units.
+
+    Unit u belongs to digit u mod 10; `named` is each image's digit (-1: a prompt naming none,
+    whose units are all outside). Per layer, the |activation| (mean over tokens) outside the
+    named units is divided by the |activation| of all units, summed over the batch; the share
+    is scale-free, so it is lowered by moving activation into the named units, not by shrinking
+    it everywhere. The mean over layers is returned.
+    """
+    losses = []
+    for layer in hidden:
+        owner = torch.arange(layer.shape[-1], device=layer.device) % 10
+        outside = (owner[None, :] != named[:, None].to(layer.device)).float()
+        magnitude = layer.abs().mean(dim=1)
+        losses.append((magnitude * outside).sum() / magnitude.sum().clamp(min=1e-12))
+    return torch.stack(losses).mean()
 
 
 def routing_loss(unet: nn.Module, noisy: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
@@ -178,8 +223,14 @@ def train_generator(
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
         noisy = noise_scheduler.add_noise(x0, noise, t)
-        context = text_encoder(_choose_prompts(labels[batch], table, settings, rng))[0]
+        context = text_encoder(_choose_prompts(labels[batch], table, settings, rng)[0])[0]
         loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=context).sample, noise)
+        if settings.ffn_selectivity:
+            half = len(x0) // 2
+            unrelated, named = _choose_prompts(torch.randint(0, 10, (half,), generator=generator), table, settings, rng)
+            with feed_forward_hidden(unet) as hidden:
+                unet(noisy[:half], t[:half], encoder_hidden_states=text_encoder(unrelated)[0])
+            loss = loss + settings.ffn_selectivity * selectivity_loss(hidden, named)
         if settings.ffn_routing:
             half = len(x0) // 2
             ids, _, _, empty_row = table

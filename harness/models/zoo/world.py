@@ -148,7 +148,8 @@ def finish_world(
     report = {
         "world": "digits",
         "build_command": f"harness zoo build digits --steps {settings.train.steps} --seed {settings.train.seed}"
-        + (f" --ffn-routing {settings.train.ffn_routing}" if settings.train.ffn_routing else ""),
+        + (f" --ffn-routing {settings.train.ffn_routing}" if settings.train.ffn_routing else "")
+        + (f" --ffn-selectivity {settings.train.ffn_selectivity}" if settings.train.ffn_selectivity else ""),
         "settings": asdict(settings),
         "seconds": round(seconds, 1),
         "classifier": classifier_report,
