@@ -225,14 +225,13 @@ def train_generator(
         noisy = noise_scheduler.add_noise(x0, noise, t)
         context = text_encoder(_choose_prompts(labels[batch], table, settings, rng)[0])[0]
         loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=context).sample, noise)
+        half = len(x0) // 2  # the share of the batch each optional loss is measured on
         if settings.ffn_selectivity:
-            half = len(x0) // 2
             unrelated, named = _choose_prompts(torch.randint(0, 10, (half,), generator=generator), table, settings, rng)
             with feed_forward_hidden(unet) as hidden:
                 unet(noisy[:half], t[:half], encoder_hidden_states=text_encoder(unrelated)[0])
             loss = loss + settings.ffn_selectivity * selectivity_loss(hidden, named)
         if settings.ffn_routing:
-            half = len(x0) // 2
             ids, _, _, empty_row = table
             empty = text_encoder(ids[[empty_row] * half])[0]
             loss = loss + settings.ffn_routing * routing_loss(unet, noisy[:half], t[:half], context[:half], empty)
