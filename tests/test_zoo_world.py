@@ -18,11 +18,13 @@ from harness.models.zoo.train import (
     feed_forwards_off,
     routing_loss,
     selectivity_loss,
+    starting_pipeline,
 )
 from harness.models.zoo.world import (
     PIPELINE_DIR,
     REPORT_FILE,
     SHIPPED_DIR,
+    SHIPPED_MARKER,
     BuildSettings,
     build_world,
     ensure_world,
@@ -94,6 +96,20 @@ def test_ensure_world_is_idempotent(shipped_world) -> None:
     assert (shipped_world / REPORT_FILE).stat().st_mtime_ns == stamp
 
 
+def test_a_cache_holding_older_shipped_weights_is_installed_again(tmp_path, reduced_world) -> None:
+    folder = ensure_world(tmp_path / "old")
+    shipped_report = (folder / REPORT_FILE).read_bytes()
+    (folder / REPORT_FILE).write_text("{}")
+    (folder / SHIPPED_MARKER).write_text("digest of older weights\n")
+    assert ensure_world(tmp_path / "old") == folder
+    assert (folder / REPORT_FILE).read_bytes() == shipped_report
+    assert is_complete(folder) and not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
+    built, _ = reduced_world  # a world the user built has no marker and is kept
+    assert not (built / SHIPPED_MARKER).exists()
+    stamp = (built / REPORT_FILE).stat().st_mtime_ns
+    assert ensure_world(built.parent.parent) == built and (built / REPORT_FILE).stat().st_mtime_ns == stamp
+
+
 def test_resolve_names_the_pipeline_folder(shipped_world, monkeypatch) -> None:
     monkeypatch.setenv("HARNESS_CACHE", str(shipped_world.parent.parent))
     assert resolve("zoo:digits") == shipped_world / PIPELINE_DIR
@@ -113,6 +129,20 @@ def test_cli_info_and_bad_input(shipped_world, capsys) -> None:
     assert "--ffn-routing: expected a weight >= 0, got -1.0" in capsys.readouterr().err
     assert main(["zoo", "build", "digits", "--ffn-selectivity", "-0.5"]) == 2
     assert "--ffn-selectivity: expected a weight >= 0, got -0.5" in capsys.readouterr().err
+    assert main(["zoo", "build", "digits", "--init-from", "/nonexistent/world"]) == 2
+    assert "--init-from /nonexistent/world: not a world or pipeline folder" in capsys.readouterr().err
+
+
+def test_a_warm_start_begins_from_the_given_world(reduced_world, tmp_path) -> None:
+    folder, _ = reduced_world
+    saved = DigitsPipeline.from_pretrained(folder / PIPELINE_DIR).unet.state_dict()
+    for init_from in (folder, folder / PIPELINE_DIR):
+        warm = starting_pipeline(TrainSettings(init_from=str(init_from))).unet.state_dict()
+        assert all(torch.equal(warm[name], saved[name]) for name in saved)
+    fresh = starting_pipeline(TrainSettings()).unet.state_dict()
+    assert not all(torch.equal(fresh[name], saved[name]) for name in saved)
+    with pytest.raises(HarnessError, match=f"--init-from {tmp_path}: not a world or pipeline folder"):
+        starting_pipeline(TrainSettings(init_from=str(tmp_path)))
 
 
 def test_routing_loss_measures_the_prompt_without_the_feed_forwards() -> None:
@@ -137,20 +167,31 @@ def test_routing_loss_measures_the_prompt_without_the_feed_forwards() -> None:
         assert routing_loss(unet, noisy, t, context, empty) < 1e-10
 
 
-def test_selectivity_loss_is_the_share_of_activation_outside_the_named_digits_units() -> None:
+def test_selectivity_loss_is_minus_log_the_share_of_activation_in_the_named_digits_units() -> None:
     owner = torch.arange(40) % 10
     named = torch.tensor([7, 2, -1])
     own_only = torch.zeros(3, 5, 40)
     own_only[0, :, owner == 7] = 2.0
     own_only[1, :, owner == 2] = 1.0
+    own_only[2, :, 0] = 1.0  # the empty prompt's activation is left out
     assert selectivity_loss([own_only], named) == 0
     leaking = own_only.clone()
     leaking[0, :, owner == 3] = -0.5  # digit 3's units answer a prompt for seven
-    leaking[2, :, 0] = 1.0  # a unit answers the empty prompt
-    outside, inside = 0.5 * 4 + 1.0, 2.0 * 4 + 1.0 * 4
-    assert torch.isclose(selectivity_loss([leaking], named), torch.tensor(outside / (outside + inside)))
-    assert torch.isclose(selectivity_loss([10 * leaking], named), selectivity_loss([leaking], named))
-    assert torch.isclose(selectivity_loss([leaking, own_only], named), torch.tensor(outside / (outside + inside) / 2))
+    seven_share = 2.0 / (2.0 + 0.5)
+    expected = -torch.tensor(seven_share).log() / 2  # the prompt for two still keeps all of it
+    assert torch.isclose(selectivity_loss([leaking], named), expected)
+    assert torch.isclose(selectivity_loss([10 * leaking], named), expected)
+    assert torch.isclose(selectivity_loss([leaking, own_only], named), expected / 2)
+    assert selectivity_loss([own_only], torch.tensor([-1, -1, -1])) == 0
+
+
+def test_selectivity_loss_pulls_hardest_on_the_quietest_digits_units() -> None:
+    owner = torch.arange(20) % 10
+    activation = torch.ones(2, 1, 20)
+    activation[1, :, owner == 3] = 0.01  # digit 3's units are nearly dead
+    activation.requires_grad_(True)
+    selectivity_loss([activation], torch.tensor([1, 3])).backward()
+    assert activation.grad[1, 0, owner == 3].mean() < 50 * activation.grad[0, 0, owner == 1].mean() < 0
 
 
 def test_feed_forward_hidden_collects_every_geglu_output() -> None:

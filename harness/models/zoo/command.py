@@ -9,7 +9,7 @@ import logging
 import torch
 
 from harness.errors import HarnessError
-from harness.models.zoo.train import TrainSettings
+from harness.models.zoo.train import TrainSettings, warm_start_folder
 from harness.models.zoo.world import (
     REPORT_FILE,
     SHIPPED_DIR,
@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weight of the loss that routes the prompt through the feed-forwards (0: off)")
     parser.add_argument("--ffn-selectivity", type=float, default=defaults.ffn_selectivity,
                         help="weight of the loss that gives each digit its own feed-forward units (0: off)")
+    parser.add_argument("--init-from", metavar="DIR",
+                        help="start the generator from this world folder's weights (default: a fresh init)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--export", metavar="DIR", help="also write the built world in shippable fp16 form to DIR")
 
@@ -60,8 +62,11 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("ffn_routing", "ffn_selectivity"):
         if getattr(args, flag) < 0:
             raise HarnessError(f"--{flag.replace('_', '-')}: expected a weight >= 0, got {getattr(args, flag)}")
+    if args.init_from:
+        warm_start_folder(args.init_from)
     train = TrainSettings(steps=args.steps, seed=args.seed, batch_size=args.batch_size, eval_every=args.eval_every,
-                          ffn_routing=args.ffn_routing, ffn_selectivity=args.ffn_selectivity)
+                          ffn_routing=args.ffn_routing, ffn_selectivity=args.ffn_selectivity,
+                          init_from=args.init_from)
     report = build_world(folder, BuildSettings(train=train, eval_per_digit=args.eval_per_digit))
     quality = report["generation_accuracy"]
     print(f"world: {folder}")

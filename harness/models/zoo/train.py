@@ -6,9 +6,9 @@ at sampling time, so it is learned too. Noise comes from a DDPM scheduler built 
 pipeline's own sampling scheduler config, so training and sampling share betas and prediction
 type. An exponential moving average of the weights is what the world keeps. Generation accuracy
 is measured every `eval_every` steps, with the sampler the world ships, and returned as the
-training history. Two optional losses shape where a digit lives: routing (`ffn_routing`) pushes
-the prompt's influence into the feed-forwards, selectivity (`ffn_selectivity`) gives each digit
-its own feed-forward units, as the concept neurons ConceptPrune finds in Stable Diffusion.
+training history. Two more losses shape where a digit lives: routing (`ffn_routing`) pushes the
+prompt's influence into the feed-forwards, selectivity (`ffn_selectivity`) gives each digit its
+own feed-forward units, so that pruning a few percent of them erases one digit and spares the rest.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from diffusers import DDPMScheduler
 from torch import nn
 from tqdm.auto import tqdm
 
+from harness.errors import HarnessError
 from harness.models.zoo.digits import NEUTRAL_PROMPTS, concept_prompts, train_digits
 from harness.models.zoo.pipeline import DigitsPipeline, build_untrained_pipeline
 from harness.models.zoo.quality import generation_accuracy
@@ -52,19 +54,22 @@ class TrainSettings:
     """Feed-forward weights start at this fraction of their default init, so that what training
     writes into them dominates the random start, as in a large pretrained model; at full scale a
     model this small keeps near-random FFN weights whose pruned signs no completion can recover."""
-    ffn_routing: float = 0.0
-    """Weight of the feed-forward routing loss (0: off, as the shipped world was built): on half
-    of each batch, the UNet with its feed-forwards switched off is asked to predict the same noise
-    for the digit's prompt as for the empty prompt, so that the prompt reaches the image only
-    through the feed-forwards, the layers ConceptPrune prunes. Measured in BENCHMARKS.md
-    ("World designs tried"): it makes the digits depend on the feed-forwards as a whole, but not
-    on a few percent of their weights per digit."""
-    ffn_selectivity: float = 0.0
+    ffn_routing: float = 3.0
+    """Weight of the feed-forward routing loss (0: off): on half of each batch, the UNet with its
+    feed-forwards switched off is asked to predict the same noise for the digit's prompt as for
+    the empty prompt, so that the prompt reaches the image only through the feed-forwards, the
+    layers ConceptPrune prunes. Alone it makes the digits depend on the feed-forwards as a whole,
+    not on a few percent of their weights per digit (BENCHMARKS.md, "World designs tried")."""
+    ffn_selectivity: float = 0.05
     """Weight of the feed-forward selectivity loss (0: off): hidden unit u of every GEGLU
-    feed-forward belongs to digit u mod 10, and its activation under a prompt for another digit,
-    a neutral or the empty prompt is penalised, so each digit has units of its own. It is measured
-    on half of each batch paired with prompts drawn independently of the images, so that the
-    units answer the prompt, not the digit already visible in the noisy image."""
+    feed-forward belongs to digit u mod 10, and the share of activation outside the prompt's
+    digit's units is penalised (`selectivity_loss`), so each digit has units of its own, as the
+    concept neurons ConceptPrune finds in Stable Diffusion. It is measured on half of each batch
+    paired with prompts drawn independently of the images, so that the units answer the prompt,
+    not the digit already visible in the noisy image."""
+    init_from: str | None = None
+    """A world folder (or its `pipeline/`) whose generator training starts from, instead of a
+    fresh initialisation (None): a warm start."""
     eval_every: int = 500
     eval_per_digit: int = 10
     eval_guidance: list[float] = field(default_factory=lambda: [1.0, 3.0])
@@ -161,20 +166,26 @@ def feed_forward_hidden(unet: nn.Module) -> Iterator[list[torch.Tensor]]:
 
 
 def selectivity_loss(hidden: list[torch.Tensor], named: torch.Tensor) -> torch.Tensor:
-    """The share of feed-forward activation that lies outside the named digit's units.
+    """How little of the feed-forward activation lies in the named digit's units: -log of its share.
 
     Unit u belongs to digit u mod 10; `named` is each image's digit (-1: a prompt naming none,
-    whose units are all outside). Per layer, the |activation| (mean over tokens) outside the
-    named units is divided by the |activation| of all units, summed over the batch; the share
-    is scale-free, so it is lowered by moving activation into the named units, not by shrinking
-    it everywhere. The mean over layers is returned.
+    left out). Per image and layer, the share is the |activation| (mean over tokens) of the named
+    digit's units over that of all units; it is scale-free, so it is raised by moving activation
+    into the named units, not by shrinking it everywhere, and its -log pulls hardest on the digits
+    whose units are quietest, so that no digit's units die while others are learned (a plain share
+    let them: BENCHMARKS.md, "Design N"). The mean over images and layers is returned.
     """
+    rows = named >= 0
+    if not rows.any():
+        return hidden[0].sum() * 0
+    digits = named[rows].to(hidden[0].device)
     losses = []
     for layer in hidden:
         owner = torch.arange(layer.shape[-1], device=layer.device) % 10
-        outside = (owner[None, :] != named[:, None].to(layer.device)).float()
-        magnitude = layer.abs().mean(dim=1)
-        losses.append((magnitude * outside).sum() / magnitude.sum().clamp(min=1e-12))
+        inside = (owner[None, :] == digits[:, None]).float()
+        magnitude = layer[rows].abs().mean(dim=1)
+        share = (magnitude * inside).sum(dim=1) / magnitude.sum(dim=1).clamp(min=1e-12)
+        losses.append(-share.clamp(min=1e-12).log().mean())
     return torch.stack(losses).mean()
 
 
@@ -187,12 +198,32 @@ def routing_loss(unet: nn.Module, noisy: torch.Tensor, t: torch.Tensor, context:
     return F.mse_loss(prompted, unprompted.detach())
 
 
+def warm_start_folder(init_from: str | Path) -> Path:
+    """The pipeline folder a warm start loads: `init_from` itself or its `pipeline/`."""
+    folder = Path(init_from).expanduser()
+    if (folder / "pipeline" / "model_index.json").is_file():
+        folder = folder / "pipeline"
+    if not (folder / "model_index.json").is_file():
+        raise HarnessError(f"--init-from {init_from}: not a world or pipeline folder (no model_index.json)")
+    return folder
+
+
+def starting_pipeline(settings: TrainSettings) -> DigitsPipeline:
+    """The generator training starts from: a world's (`init_from`) or a fresh one with small FFNs."""
+    if settings.init_from is None:
+        pipeline = build_untrained_pipeline(settings.seed)
+        scale_feed_forward_init(pipeline.unet, settings.ffn_init_scale)
+        return pipeline
+    folder = warm_start_folder(settings.init_from)
+    log.info("generator training starts from %s", folder)
+    return DigitsPipeline.from_pretrained(folder)
+
+
 def train_generator(
     settings: TrainSettings, classifier: nn.Module | None = None, size: int = 16
 ) -> tuple[DigitsPipeline, list[dict]]:
     """Train a fresh world pipeline; returns its EMA weights and the history of measurements."""
-    pipeline = build_untrained_pipeline(settings.seed)
-    scale_feed_forward_init(pipeline.unet, settings.ffn_init_scale)
+    pipeline = starting_pipeline(settings)
     unet, text_encoder = pipeline.unet.train(), pipeline.text_encoder.train()
     ema = copy.deepcopy(pipeline)
     ema.unet.eval()

@@ -3,12 +3,14 @@
 A world folder (`<cache>/zoo/digits`, cache `$HARNESS_CACHE` or `~/.cache/harness`) holds
 `pipeline/` (a `DigitsPipeline.save_pretrained` folder), `classifier.safetensors`,
 `classifier.json` and `build_report.json`. On first use it is installed from the weights shipped
-in the package (fp16 on disk, fp32 in the cache); `harness zoo build digits` retrains it. A world
+in the package (fp16 on disk, fp32 in the cache; `shipped.sha256` records which), and again when
+the package ships new ones; `harness zoo build digits` retrains it. A world
 folder appears only when complete: it is written under a temporary name and renamed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 
 WORLDS = ("digits",)
 REPORT_FILE = "build_report.json"
+SHIPPED_MARKER = "shipped.sha256"
 PIPELINE_DIR = "pipeline"
 SHIPPED_DIR = Path(__file__).resolve().parent / "weights" / "digits"
 
@@ -86,13 +89,16 @@ def is_complete(folder: Path) -> bool:
 
 
 def ensure_world(cache_dir: str | Path | None = None) -> Path:
-    """The digits world's folder, installed from the shipped weights (or built) on first use."""
+    """The digits world's folder, installed from the shipped weights (or built) on first use, and
+    installed again when the package ships other weights than the ones the cache holds (a world
+    built with `harness zoo build` is never replaced)."""
     folder = world_dir("digits", cache_dir)
-    if is_complete(folder):
+    outdated = is_complete(folder) and _outdated_install(folder)
+    if is_complete(folder) and not outdated:
         return folder
     if is_complete(SHIPPED_DIR):
-        log.info("installing the shipped digits world into %s", folder)
-        _publish(folder, _install_shipped)
+        log.info("installing the shipped digits world into %s%s", folder, " (it held older shipped weights)" * outdated)
+        _publish(folder, _install_shipped, replace=outdated)
     else:
         log.info("building the digits world into %s (no shipped weights found)", folder)
         build_world(folder, BuildSettings())
@@ -148,8 +154,8 @@ def finish_world(
     report = {
         "world": "digits",
         "build_command": f"harness zoo build digits --steps {settings.train.steps} --seed {settings.train.seed}"
-        + (f" --ffn-routing {settings.train.ffn_routing}" if settings.train.ffn_routing else "")
-        + (f" --ffn-selectivity {settings.train.ffn_selectivity}" if settings.train.ffn_selectivity else ""),
+        f" --ffn-routing {settings.train.ffn_routing} --ffn-selectivity {settings.train.ffn_selectivity}"
+        + (f" --init-from {settings.train.init_from}" if settings.train.init_from else ""),
         "settings": asdict(settings),
         "seconds": round(seconds, 1),
         "classifier": classifier_report,
@@ -172,8 +178,20 @@ def _round_to_fp16(*modules: torch.nn.Module) -> None:
                     tensor.copy_(tensor.half().float())
 
 
+def _shipped_digest() -> str:
+    """The shipped world's identity: the SHA-256 of its build report."""
+    return hashlib.sha256((SHIPPED_DIR / REPORT_FILE).read_bytes()).hexdigest()
+
+
+def _outdated_install(folder: Path) -> bool:
+    """Whether `folder` was installed from shipped weights other than the package's own."""
+    marker = folder / SHIPPED_MARKER
+    return marker.is_file() and is_complete(SHIPPED_DIR) and marker.read_text().strip() != _shipped_digest()
+
+
 def _install_shipped(tmp: Path) -> None:
     _copy_world(SHIPPED_DIR, tmp, torch.float32)
+    (tmp / SHIPPED_MARKER).write_text(_shipped_digest() + "\n")
 
 
 def export_world(folder: str | Path, destination: str | Path) -> Path:
@@ -188,7 +206,7 @@ def export_world(folder: str | Path, destination: str | Path) -> Path:
 def _copy_world(source: Path, destination: Path, dtype: torch.dtype) -> None:
     """Copy a world's files, casting the floating-point tensors of every safetensors file to `dtype`
     (configs keep their own dtype entry: the cache's is what gets loaded)."""
-    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+    for path in sorted(p for p in source.rglob("*") if p.is_file() and p.name != SHIPPED_MARKER):
         target = destination / path.relative_to(source)
         target.parent.mkdir(parents=True, exist_ok=True)
         if path.suffix == ".safetensors":
