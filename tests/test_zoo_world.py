@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from harness.cli import main
 from harness.errors import HarnessError
+from harness.models.zoo import world
 from harness.models.zoo.classifier import load_classifier
 from harness.models.zoo.digits import concept_prompts, heldout_digits
 from harness.models.zoo.pipeline import DigitsPipeline, build_untrained_pipeline
@@ -96,7 +98,7 @@ def test_ensure_world_is_idempotent(shipped_world) -> None:
     assert (shipped_world / REPORT_FILE).stat().st_mtime_ns == stamp
 
 
-def test_a_cache_holding_older_shipped_weights_is_installed_again(tmp_path, reduced_world) -> None:
+def test_a_cache_holding_older_shipped_weights_is_installed_again(tmp_path, reduced_world, monkeypatch) -> None:
     folder = ensure_world(tmp_path / "old")
     shipped_report = (folder / REPORT_FILE).read_bytes()
     (folder / REPORT_FILE).write_text("{}")
@@ -104,6 +106,11 @@ def test_a_cache_holding_older_shipped_weights_is_installed_again(tmp_path, redu
     assert ensure_world(tmp_path / "old") == folder
     assert (folder / REPORT_FILE).read_bytes() == shipped_report
     assert is_complete(folder) and not [p for p in folder.parent.iterdir() if p.name.startswith(".")]
+    (folder / REPORT_FILE).write_text("{}")  # installed before installs were marked
+    (folder / SHIPPED_MARKER).unlink()
+    monkeypatch.setattr(world, "EARLIER_SHIPPED_REPORTS", {hashlib.sha256(b"{}").hexdigest()})
+    assert ensure_world(tmp_path / "old") == folder
+    assert (folder / REPORT_FILE).read_bytes() == shipped_report and (folder / SHIPPED_MARKER).is_file()
     built, _ = reduced_world  # a world the user built has no marker and is kept
     assert not (built / SHIPPED_MARKER).exists()
     stamp = (built / REPORT_FILE).stat().st_mtime_ns

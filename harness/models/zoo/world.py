@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 WORLDS = ("digits",)
 REPORT_FILE = "build_report.json"
 SHIPPED_MARKER = "shipped.sha256"
+EARLIER_SHIPPED_REPORTS = frozenset({"3d04e9ec8662f4b04c11122178b8035d4a99e1297ef84f8581b8707955d4b24f"})
+"""Build-report digests of worlds shipped before installs were marked (the first world, whose
+digits ConceptPrune could not erase): caches holding one are installed again."""
 PIPELINE_DIR = "pipeline"
 SHIPPED_DIR = Path(__file__).resolve().parent / "weights" / "digits"
 
@@ -178,15 +181,21 @@ def _round_to_fp16(*modules: torch.nn.Module) -> None:
                     tensor.copy_(tensor.half().float())
 
 
+def _report_digest(folder: Path) -> str:
+    """A world's identity: the SHA-256 of its build report."""
+    return hashlib.sha256((folder / REPORT_FILE).read_bytes()).hexdigest()
+
+
 def _shipped_digest() -> str:
-    """The shipped world's identity: the SHA-256 of its build report."""
-    return hashlib.sha256((SHIPPED_DIR / REPORT_FILE).read_bytes()).hexdigest()
+    return _report_digest(SHIPPED_DIR)
 
 
 def _outdated_install(folder: Path) -> bool:
     """Whether `folder` was installed from shipped weights other than the package's own."""
     marker = folder / SHIPPED_MARKER
-    return marker.is_file() and is_complete(SHIPPED_DIR) and marker.read_text().strip() != _shipped_digest()
+    if marker.is_file():
+        return is_complete(SHIPPED_DIR) and marker.read_text().strip() != _shipped_digest()
+    return _report_digest(folder) in EARLIER_SHIPPED_REPORTS
 
 
 def _install_shipped(tmp: Path) -> None:
