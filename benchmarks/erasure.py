@@ -9,7 +9,8 @@ is the mean accuracy over the other nine digits. Pass: target share <= 1/4 of th
 one and others >= 85% of pretrained. The defense sweep fills the first target's pruned
 positions with N(0, sigma_M^2) draws (sigma_M^2 = 1e-6 .. 1e-1 as in the paper's text) and
 reports exact zeros left in the target layers, Eq. 7's p(w) and the measured share of pruned
-entries among |w| <= sigma_M, and both accuracies.
+entries among |w| <= sigma_M, both accuracies, and the target share after the recipe's NMS attack
+with the mask an attacker would guess, |w| <= sigma_M (and, once, on the undefended model).
 
     python benchmarks/erasure.py [--targets seven three one] [--per-digit 20] [--out runs/erasure]
         [--saliency-recipe recipes/digits-saliency-seven.yaml] [--params '{"skill_ratio": 0.1}']
@@ -29,14 +30,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from harness.attack.runner import run_revival
 from harness.eval.suites import load_suite
+from harness.models.checkpoints import save_tensors
 from harness.models.layers import select_layers
 from harness.models.pipelines import apply_tensors, load_pipeline
 from harness.models.zoo.classifier import load_classifier
 from harness.models.zoo.digits import DIGIT_NAMES
 from harness.models.zoo.world import ensure_world
 from harness.provenance import provenance, write_json_atomic
-from harness.recipe import Recipe, load_recipe
+from harness.recipe import MaskSettings, Recipe, load_recipe
 from harness.unlearn.defense import obfuscate
 from harness.unlearn.detectability import (
     detectability,
@@ -90,6 +93,27 @@ def summary(accuracy: list[float], pretrained: list[float], target: int) -> dict
         "worst_other_ratio": min(accuracy[d] / pretrained[d] for d in others if pretrained[d] > 0),
         "per_digit": accuracy,
     }
+
+
+def revived_accuracy(
+    pipeline, classifier, recipe: Recipe, unlearned: dict, threshold: float | None, out: Path, args: argparse.Namespace
+) -> list[float]:
+    """Per-digit accuracy after the recipe's NMS attack on `unlearned` (changed tensors), its mask
+    the exact zeros (threshold None) or the weights with |w| <= threshold, as an attacker facing
+    the defense would guess it."""
+    assert recipe.unlearn is not None
+    source = save_tensors(unlearned, out / "unlearned.safetensors")
+    mask = MaskSettings() if threshold is None else MaskSettings(kind="threshold", threshold=threshold)
+    settings = dataclasses.replace(recipe.attack, unlearned=str(source), original=recipe.model,
+                                   layers=list(recipe.unlearn.layers), mask=mask, out=str(out / "revive"))
+    run_revival(settings)
+    torch.set_num_threads(args.threads)  # the attack sets its own
+    revived = load_file(out / "revive" / "revived.safetensors")
+    original = {n: t.detach().clone() for n, t in pipeline.unet.state_dict().items() if n in revived}
+    apply_tensors(pipeline, revived)
+    accuracy = digit_accuracy(pipeline, classifier, recipe, args.per_digit, args.batch_size)
+    apply_tensors(pipeline, original)
+    return accuracy
 
 
 def override(recipe: Recipe, params: dict, guidance: float | None) -> Recipe:
@@ -186,20 +210,25 @@ def main() -> None:
             accuracy = digit_accuracy(pipeline, classifier, base_recipe, args.per_digit, args.batch_size)
             apply_tensors(pipeline, original)
             s = summary(accuracy, pretrained, digit)
+            attacked = revived_accuracy(pipeline, classifier, base_recipe, defended, sigma, out / f"attack-{variance:.0e}", args)
             defense_rows.append({
                 "sigma_m_squared": variance, "sigma_m": sigma, "exact_zeros": exact_zeros(defended.values()),
                 "exact_zeros_at_mask": exact_zeros(defended[n][masks[n]] for n in masks),
                 "p_eq7": float(detectability(sigma, alpha, sigma, sigma_u)),
                 "p_measured": empirical_detectability(defended, masks, sigma), **s,
+                "revived_target_share": attacked[digit],
             })
         natural = exact_zeros(original[n][~masks[n]] for n in masks)
         print(f"\nDefense on '{target}': alpha = {alpha:.4f}, sigma_U = {sigma_u:.4f}; exact zeros without "
               f"defense = {exact_zeros(tensors.values())} ({natural} of them zero in the pretrained weights)")
-        print("| sigma_M^2 | sigma_M | exact zeros at pruned / all | p(w = sigma_M) Eq. 7 | measured | target share | others |")
-        print("|---|---|---|---|---|---|---|")
+        undefended = revived_accuracy(pipeline, classifier, base_recipe, tensors, None, out / "attack-undefended", args)
+        print(f"NMS attack on the undefended model (exact-zero mask): target share {undefended[digit]:.3f}")
+        print("| sigma_M^2 | sigma_M | exact zeros at pruned / all | p(w = sigma_M) Eq. 7 | measured | target share | others "
+              "| attacked, mask abs(w) <= sigma_M: target share |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in defense_rows:
             print(f"| {r['sigma_m_squared']:.0e} | {r['sigma_m']:.4f} | {r['exact_zeros_at_mask']} / {r['exact_zeros']} | {r['p_eq7']:.3f} | "
-                  f"{r['p_measured']:.3f} | {r['target_share']:.3f} | {r['others']:.3f} |")
+                  f"{r['p_measured']:.3f} | {r['target_share']:.3f} | {r['others']:.3f} | {r['revived_target_share']:.3f} |")
         plot = plot_detectability(out / "detectability.png", sigma_u, [0.01 * sigma_u, 0.1 * sigma_u, sigma_u],
                                   marker=(alpha, 1e-3**0.5))
         print(f"\nEq. 7 surface: {plot}")
