@@ -95,6 +95,17 @@ def summary(accuracy: list[float], pretrained: list[float], target: int) -> dict
     }
 
 
+def accuracy_with(pipeline, classifier, recipe: Recipe, tensors: dict, args: argparse.Namespace) -> list[float]:
+    """`digit_accuracy` with `tensors` in the UNet in place of its own, which are put back after."""
+    params = dict(pipeline.unet.named_parameters())
+    original = {n: params[n].detach().clone() for n in tensors}
+    apply_tensors(pipeline, tensors)
+    try:
+        return digit_accuracy(pipeline, classifier, recipe, args.per_digit, args.batch_size)
+    finally:
+        apply_tensors(pipeline, original)
+
+
 def revived_accuracy(
     pipeline, classifier, recipe: Recipe, unlearned: dict, threshold: float | None, out: Path, args: argparse.Namespace
 ) -> list[float]:
@@ -108,12 +119,7 @@ def revived_accuracy(
                                    layers=list(recipe.unlearn.layers), mask=mask, out=str(out / "revive"))
     run_revival(settings)
     torch.set_num_threads(args.threads)  # the attack sets its own
-    revived = load_file(out / "revive" / "revived.safetensors")
-    original = {n: t.detach().clone() for n, t in pipeline.unet.state_dict().items() if n in revived}
-    apply_tensors(pipeline, revived)
-    accuracy = digit_accuracy(pipeline, classifier, recipe, args.per_digit, args.batch_size)
-    apply_tensors(pipeline, original)
-    return accuracy
+    return accuracy_with(pipeline, classifier, recipe, load_file(out / "revive" / "revived.safetensors"), args)
 
 
 def override(recipe: Recipe, params: dict, guidance: float | None) -> Recipe:
@@ -154,17 +160,15 @@ def main() -> None:
     ablations = {}
     for pattern in args.zero_layers:
         names = select_layers(params, [pattern])
-        original = {n: params[n].detach().clone() for n in names}
-        apply_tensors(pipeline, {n: torch.zeros_like(t) for n, t in original.items()})
-        ablations[pattern] = digit_accuracy(pipeline, classifier, base_recipe, args.per_digit, args.batch_size)
-        apply_tensors(pipeline, original)
+        zeros = {n: torch.zeros_like(params[n]) for n in names}
+        ablations[pattern] = accuracy_with(pipeline, classifier, base_recipe, zeros, args)
         print(f"zeroing {len(names)} x '{pattern}': per-digit accuracy {[round(a, 3) for a in ablations[pattern]]}")
 
     methods = [("conceptprune", base_recipe)]
     if args.saliency_recipe:
         methods.append(("saliency", override(load_recipe(args.saliency_recipe), {}, args.guidance)))
     rows = []
-    first: tuple[dict, dict, dict] | None = None  # ConceptPrune on the first target: tensors, masks, original
+    first: tuple[dict, dict] | None = None  # ConceptPrune on the first target: tensors, masks
     for target in args.targets:
         digit = DIGIT_NAMES.index(target)
         for label, recipe in methods:
@@ -172,10 +176,7 @@ def main() -> None:
             run_dir = run_unlearning(recipe, out / f"{label}-{target}")
             tensors = load_file(run_dir / "unlearned.safetensors")
             masks = {n: m.bool() for n, m in load_file(run_dir / "mask.safetensors").items()}
-            original = {n: params[n].detach().clone() for n in tensors}
-            apply_tensors(pipeline, tensors)
-            accuracy = digit_accuracy(pipeline, classifier, recipe, args.per_digit, args.batch_size)
-            apply_tensors(pipeline, original)
+            accuracy = accuracy_with(pipeline, classifier, recipe, tensors, args)
             fraction = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
             unet_fraction = sum(int(m.sum()) for m in masks.values()) / sum(p.numel() for p in params.values())
             row = {"method": label, "target": target, "pruned_fraction_layers": fraction,
@@ -183,7 +184,7 @@ def main() -> None:
             row["pass"] = row["target_ratio"] <= 0.25 and row["others_ratio"] >= 0.85
             rows.append(row)
             if first is None:
-                first = (tensors, masks, original)
+                first = (tensors, masks)
             print(f"{label} {target}: target {row['target_share_pretrained']:.3f} -> {row['target_share']:.3f}, "
                   f"others {row['others_pretrained']:.3f} -> {row['others']:.3f}, pruned {100 * fraction:.2f}%")
 
@@ -200,16 +201,13 @@ def main() -> None:
     if not args.no_defense and first is not None:
         target = args.targets[0]
         digit = DIGIT_NAMES.index(target)
-        tensors, masks, original = first
+        tensors, masks = first
         sigma_u = unmodified_sigma(tensors, masks)
         alpha = modified_share(masks)
         for variance in SIGMA_SQUARED:
             sigma = variance**0.5
             defended = obfuscate(tensors, masks, sigma, seed=0)
-            apply_tensors(pipeline, defended)
-            accuracy = digit_accuracy(pipeline, classifier, base_recipe, args.per_digit, args.batch_size)
-            apply_tensors(pipeline, original)
-            s = summary(accuracy, pretrained, digit)
+            s = summary(accuracy_with(pipeline, classifier, base_recipe, defended, args), pretrained, digit)
             attacked = revived_accuracy(pipeline, classifier, base_recipe, defended, sigma, out / f"attack-{variance:.0e}", args)
             defense_rows.append({
                 "sigma_m_squared": variance, "sigma_m": sigma, "exact_zeros": exact_zeros(defended.values()),
@@ -218,7 +216,7 @@ def main() -> None:
                 "p_measured": empirical_detectability(defended, masks, sigma), **s,
                 "revived_target_share": attacked[digit],
             })
-        natural = exact_zeros(original[n][~masks[n]] for n in masks)
+        natural = exact_zeros(params[n].detach()[~masks[n]] for n in masks)
         print(f"\nDefense on '{target}': alpha = {alpha:.4f}, sigma_U = {sigma_u:.4f}; exact zeros without "
               f"defense = {exact_zeros(tensors.values())} ({natural} of them zero in the pretrained weights)")
         undefended = revived_accuracy(pipeline, classifier, base_recipe, tensors, None, out / "attack-undefended", args)

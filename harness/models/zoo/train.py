@@ -18,8 +18,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
@@ -135,34 +136,29 @@ def scale_feed_forward_init(unet: nn.Module, scale: float) -> None:
 
 
 @contextmanager
+def _hooked(unet: nn.Module, suffix: str, attach: Callable[[nn.Module], RemovableHandle]) -> Iterator[None]:
+    """Attach a hook (`attach` returns its handle) to every module whose name ends with `suffix`,
+    for the duration of the block."""
+    with ExitStack() as handles:
+        for name, module in unet.named_modules():
+            if name.endswith(suffix):
+                handles.enter_context(attach(module))
+        yield
+
+
+@contextmanager
 def feed_forwards_off(unet: nn.Module) -> Iterator[None]:
     """Make every transformer feed-forward (`...ff`) output zeros inside the block."""
-    handles = [
-        module.register_forward_hook(lambda _module, _args, output: torch.zeros_like(output))
-        for name, module in unet.named_modules()
-        if name.endswith(".ff")
-    ]
-    try:
+    with _hooked(unet, ".ff", lambda m: m.register_forward_hook(lambda _m, _args, output: torch.zeros_like(output))):
         yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 @contextmanager
 def feed_forward_hidden(unet: nn.Module) -> Iterator[list[torch.Tensor]]:
     """Collect the GEGLU output (the input of every `ff.net.2`), (N, tokens, hidden) per layer."""
     hidden: list[torch.Tensor] = []
-    handles = [
-        module.register_forward_pre_hook(lambda _module, args: hidden.append(args[0]))
-        for name, module in unet.named_modules()
-        if name.endswith(".ff.net.2")
-    ]
-    try:
+    with _hooked(unet, ".ff.net.2", lambda m: m.register_forward_pre_hook(lambda _m, args: hidden.append(args[0]))):
         yield hidden
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def selectivity_loss(hidden: list[torch.Tensor], named: torch.Tensor) -> torch.Tensor:

@@ -96,8 +96,9 @@ def ensure_world(cache_dir: str | Path | None = None) -> Path:
     installed again when the package ships other weights than the ones the cache holds (a world
     built with `harness zoo build` is never replaced)."""
     folder = world_dir("digits", cache_dir)
-    outdated = is_complete(folder) and _outdated_install(folder)
-    if is_complete(folder) and not outdated:
+    present = is_complete(folder)
+    outdated = present and _outdated_install(folder)
+    if present and not outdated:
         return folder
     if is_complete(SHIPPED_DIR):
         log.info("installing the shipped digits world into %s%s", folder, " (it held older shipped weights)" * outdated)
@@ -186,21 +187,17 @@ def _report_digest(folder: Path) -> str:
     return hashlib.sha256((folder / REPORT_FILE).read_bytes()).hexdigest()
 
 
-def _shipped_digest() -> str:
-    return _report_digest(SHIPPED_DIR)
-
-
 def _outdated_install(folder: Path) -> bool:
     """Whether `folder` was installed from shipped weights other than the package's own."""
     marker = folder / SHIPPED_MARKER
     if marker.is_file():
-        return is_complete(SHIPPED_DIR) and marker.read_text().strip() != _shipped_digest()
+        return is_complete(SHIPPED_DIR) and marker.read_text().strip() != _report_digest(SHIPPED_DIR)
     return _report_digest(folder) in EARLIER_SHIPPED_REPORTS
 
 
 def _install_shipped(tmp: Path) -> None:
     _copy_world(SHIPPED_DIR, tmp, torch.float32)
-    (tmp / SHIPPED_MARKER).write_text(_shipped_digest() + "\n")
+    (tmp / SHIPPED_MARKER).write_text(_report_digest(SHIPPED_DIR) + "\n")
 
 
 def export_world(folder: str | Path, destination: str | Path) -> Path:
