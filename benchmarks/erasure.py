@@ -1,7 +1,7 @@
 """Erasure in the miniature world: ConceptPrune per target digit, the Gaussian-obfuscation
 trade-off over sigma_M (paper Fig. 6) and Eq. 7's detectability surface (paper Fig. 7).
 
-For each target digit the world recipe runs unchanged except for `concept.target`
+For each target digit the world recipe's method runs unchanged except for `concept.target`
 (`harness.unlearn.run.run_unlearning`); the model is then sampled on the `digits-all-N` suite
 (N prompts per digit, the suite's seeds) and the world's classifier says which digit each image
 shows. "Target share" is the share of target-prompt images classified as the target; "others"
@@ -13,7 +13,7 @@ entries among |w| <= sigma_M, both accuracies, and the target share after the re
 with the mask an attacker would guess, |w| <= sigma_M (and, once, on the undefended model).
 
     python benchmarks/erasure.py [--targets seven three one] [--per-digit 20] [--out runs/erasure]
-        [--saliency-recipe recipes/digits-saliency-seven.yaml] [--params '{"skill_ratio": 0.1}']
+        [--saliency-recipe digits-saliency-seven] [--params '{"skill_ratio": 0.1}']
         [--guidance 1.0] [--zero-layers "*ff.net.2.weight" "*attn2.to_v.weight"] [--no-defense]
 """
 
@@ -30,16 +30,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from harness.attack.runner import run_revival
-from harness.eval.suites import load_suite
+from harness.attack.run import AttackJob, run_attack
+from harness.recipe import AttackEntry
+from harness.generate.suites import load_suite
+from harness.layout import AttackFiles, UnlearnFiles
 from harness.models.checkpoints import save_tensors
 from harness.models.layers import select_layers
 from harness.models.pipelines import apply_tensors, load_pipeline
-from harness.models.zoo.classifier import load_classifier
-from harness.models.zoo.digits import DIGIT_NAMES
-from harness.models.zoo.world import ensure_world
 from harness.provenance import provenance, write_json_atomic
-from harness.recipe import MaskSettings, Recipe, load_recipe
+from harness.recipe import Recipe, load_recipe
 from harness.unlearn.defense import obfuscate
 from harness.unlearn.detectability import (
     detectability,
@@ -49,7 +48,10 @@ from harness.unlearn.detectability import (
     plot_detectability,
     unmodified_sigma,
 )
-from harness.unlearn.run import run_unlearning
+from harness.unlearn.run import UnlearnJob, run_unlearning
+from harness.worlds.digits.classifier import load_classifier
+from harness.worlds.digits.data import DIGIT_NAMES
+from harness.worlds.digits.store import ensure_world
 
 ROOT = Path(__file__).resolve().parents[1]
 SIGMA_SQUARED = [1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
@@ -112,27 +114,24 @@ def revived_accuracy(
     """Per-digit accuracy after the recipe's NMS attack on `unlearned` (changed tensors), its mask
     the exact zeros (threshold None) or the weights with |w| <= threshold, as an attacker facing
     the defense would guess it."""
-    assert recipe.unlearn is not None
     source = save_tensors(unlearned, out / "unlearned.safetensors")
-    mask = MaskSettings() if threshold is None else MaskSettings(kind="threshold", threshold=threshold)
-    settings = dataclasses.replace(recipe.attack, unlearned=str(source), original=recipe.model,
-                                   layers=list(recipe.unlearn.layers), mask=mask, out=str(out / "revive"))
-    run_revival(settings)
+    params = {"layers": list(recipe.methods[0].layers), "mask": {} if threshold is None else {"threshold": threshold}}
+    run_attack(AttackJob(attack=AttackEntry(attack="nms", params=params), base_model=recipe.model,
+                         unlearned_files=[source], out=out / "revive", original=recipe.model, device="cpu"))
     torch.set_num_threads(args.threads)  # the attack sets its own
-    return accuracy_with(pipeline, classifier, recipe, load_file(out / "revive" / "revived.safetensors"), args)
+    return accuracy_with(pipeline, classifier, recipe, load_file(AttackFiles(out / "revive").tensors), args)
 
 
 def override(recipe: Recipe, params: dict, guidance: float | None) -> Recipe:
-    """The recipe with `params` merged into unlearn.params and, if given, another guidance."""
-    assert recipe.unlearn is not None
-    unlearn = dataclasses.replace(recipe.unlearn, params={**recipe.unlearn.params, **params})
+    """The recipe with `params` merged into its (first) method's params and, if given, another guidance."""
+    method = dataclasses.replace(recipe.methods[0], params={**recipe.methods[0].params, **params})
     generation = recipe.generation if guidance is None else dataclasses.replace(recipe.generation, guidance=guidance)
-    return dataclasses.replace(recipe, unlearn=unlearn, generation=generation)
+    return dataclasses.replace(recipe, methods=[method], generation=generation)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", default=str(ROOT / "recipes/digits-conceptprune-seven.yaml"))
+    parser.add_argument("--recipe", default="digits-conceptprune-seven", help="recipe file or shipped recipe name")
     parser.add_argument("--saliency-recipe", default=None, help="also run this saliency recipe per target")
     parser.add_argument("--targets", nargs="+", default=["seven", "three", "one"])
     parser.add_argument("--per-digit", type=int, default=20)
@@ -173,9 +172,10 @@ def main() -> None:
         digit = DIGIT_NAMES.index(target)
         for label, recipe in methods:
             recipe = dataclasses.replace(recipe, concept=dataclasses.replace(recipe.concept, target=target))
-            run_dir = run_unlearning(recipe, out / f"{label}-{target}")
-            tensors = load_file(run_dir / "unlearned.safetensors")
-            masks = {n: m.bool() for n, m in load_file(run_dir / "mask.safetensors").items()}
+            files = UnlearnFiles(out / f"{label}-{target}")
+            run_unlearning(UnlearnJob.from_recipe(recipe, None, files.folder, device="cpu"))
+            tensors = load_file(files.tensors)
+            masks = {n: m.bool() for n, m in load_file(files.mask).items()}
             accuracy = accuracy_with(pipeline, classifier, recipe, tensors, args)
             fraction = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
             unet_fraction = sum(int(m.sum()) for m in masks.values()) / sum(p.numel() for p in params.values())

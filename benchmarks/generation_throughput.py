@@ -25,11 +25,12 @@ from pathlib import Path
 
 import torch
 
-from harness.eval.generate import DTYPES, generate_suite, resolve_dtype
-from harness.eval.generation import effective_seed, plan_batches
-from harness.eval.suites import Suite, load_suite
-from harness.models.pipelines import load_pipeline
+from harness.generate.loop import effective_seed, plan_batches
+from harness.generate.run import generate_suite
 from harness.recipe import GenerationSettings
+from harness.generate.suites import Suite, load_suite
+from harness.models.pipelines import DTYPES, load_pipeline, resolve_dtype
+from harness.runtime import RuntimeSettings
 
 
 def sd15_random_pipeline(folder: Path, device: str) -> None:
@@ -149,7 +150,7 @@ def main() -> None:
         dtype=args.dtype,
         scheduler=None,
     )
-    dtype = resolve_dtype(settings.dtype, args.accelerator)
+    dtype = resolve_dtype(settings.dtype, "cuda" if args.accelerator == "gpu" else "cpu")
     suite = load_suite(f"digits-all-{args.prompts_per_digit}")
     work = Path(tempfile.mkdtemp(prefix="harness-bench-"))
     try:
@@ -164,7 +165,7 @@ def main() -> None:
             best["plain loop"] = min(best["plain loop"], time.perf_counter() - start)
             out = work / f"out-{round_index}"
             start = time.perf_counter()
-            generate_suite(source, [], suite, settings, out, "bench", accelerator=args.accelerator)
+            generate_suite(source, [], suite, settings, out, "bench", runtime=RuntimeSettings(accelerator=args.accelerator))
             best["harness"] = min(best["harness"], time.perf_counter() - start)
             shutil.rmtree(out)
         print(

@@ -16,12 +16,12 @@ import time
 
 import torch
 
-from harness.models.zoo.classifier import accuracy, load_classifier
-from harness.models.zoo.digits import heldout_digits
-from harness.models.zoo.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, DigitsPipeline
-from harness.models.zoo.quality import generation_accuracy, image_seed
-from harness.models.zoo.world import PIPELINE_DIR, ensure_world
 from harness.provenance import provenance, write_json_atomic
+from harness.worlds.digits.classifier import accuracy, load_classifier
+from harness.worlds.digits.data import heldout_digits
+from harness.worlds.digits.pipeline import DEFAULT_GUIDANCE, DEFAULT_STEPS, DigitsPipeline
+from harness.worlds.digits.quality import generation_accuracy, image_seed
+from harness.worlds.digits.store import PIPELINE_DIR, ensure_world
 
 
 def _determinism(pipeline: DigitsPipeline) -> bool:

@@ -1,12 +1,15 @@
-"""Atomic file writes: a file appears complete under its name, or not at all."""
+"""Atomic writes: a file or a stage's output folder appears complete under its name, or not at all."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from harness.errors import HarnessError
 
 
 def default_mode(directory: bool = False) -> int:
@@ -35,3 +38,61 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def publish_folder(folder: Path, fill: Callable[[Path], None], replace: bool = True,
+                   is_complete: Callable[[Path], bool] | None = None) -> None:
+    """Run `fill(tmp)` on a fresh folder beside `folder`, then move it into place, so `folder`
+    holds either its old complete content or the new one, never a mix or a half.
+
+    With `replace` False, a `folder` that `is_complete` already (another process finished first)
+    is kept and the new content dropped."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+    try:
+        fill(tmp)
+        tmp.chmod(default_mode(directory=True))  # mkdtemp makes it private; outputs are shared like any file
+        if folder.exists():
+            if not replace and is_complete is not None and is_complete(folder):
+                return
+            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def atomic_copy(source: str | Path, target: str | Path) -> Path:
+    """Copy a file to `target` through a temporary name (readers never see half a file)."""
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+    return Path(target)
+
+
+def check_output_folder(path: str | Path, option: str, owned: Callable[[Path], bool]) -> Path:
+    """`path` as an output folder, checked before any work: not a file, not under a file,
+    writable, and either absent, empty or one `owned` says a stage of ours wrote. The folder is
+    made (empty) when absent."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise HarnessError(f"{option} {path}: exists and is not a folder")
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise HarnessError(f"{option} {path}: {probe} is a file, so no folder can be made under it")
+    if path.is_dir() and any(path.iterdir()) and not owned(path):
+        raise HarnessError(f"{option} {path}: the folder holds other files; give a new or empty folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path, prefix=".write-test.")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as error:
+        raise HarnessError(f"{option} {path}: cannot write there ({error.strerror or error})") from None
+    return path

@@ -2,29 +2,31 @@
 
 A command module exposes `add_arguments(parser)` and `run(args) -> int`; its one-line help
 sits here beside its import path. Modules are imported only when their command runs, so
-`harness --help` stays fast.
+`harness --help` stays fast. A user's mistake (HarnessError) is one line and exit 2; any other
+exception is one line too, with a hint to rerun with --debug for the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from typing import Sequence
 
+from harness.cache import cache_root
 from harness.errors import HarnessError
+from harness.log import setup_console
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "benchmark": ("harness.experiment.command", "run a recipe's whole benchmark (default: the miniature world's)"),
-    "revive": ("harness.attack.command", "revive pruned weights (the attack), layer by layer"),
-    "unlearn": ("harness.unlearn.command", "erase a concept as a recipe says (ConceptPrune, saliency, defense)"),
-    "data": ("harness.eval.commands.data", "list prompt suites, verify local copies, fetch missing ones"),
-    "generate": ("harness.eval.commands.generate", "generate a suite's images with a model into WebDataset shards"),
-    "score": ("harness.eval.commands.score", "score image shards: accuracy, CLIP, FID, NudeNet"),
-    "report": ("harness.eval.report", "write the paper's tables, plots and image grids from run directories"),
-    "slurm": ("harness.slurm.command", "write (and submit) the sbatch scripts of a recipe's benchmark"),
-    "zoo": ("harness.models.zoo.command", "build the miniature world (digits) or describe it"),
+    "benchmark": ("harness.experiment.command", "run a recipe's matrix of methods x attacks x suites (default: the miniature world's)"),
+    "unlearn": ("harness.unlearn.command", "erase a concept with one of a recipe's methods (and its defense)"),
+    "revive": ("harness.attack.command", "revive pruned weights (the revival attack), layer by layer"),
+    "generate": ("harness.generate.command", "generate a suite's images with a model into WebDataset shards"),
+    "score": ("harness.score.command", "score image shards: accuracy, CLIP, FID, NudeNet"),
+    "report": ("harness.report.command", "write the results table, the matrix, the paper's tables, plots and image grids"),
+    "data": ("harness.generate.data_command", "list prompt suites, verify local copies, fetch missing ones"),
+    "slurm": ("harness.slurm.command", "write (and submit) the sbatch scripts of a recipe's matrix"),
+    "zoo": ("harness.worlds.digits.command", "build the miniature world (digits) or describe it"),
 }
 
 
@@ -38,9 +40,9 @@ class OneLineErrorParser(argparse.ArgumentParser):
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
     """The top-level parser; only the selected command's module is imported."""
     parser = OneLineErrorParser(prog="harness", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
-                                parser_class=OneLineErrorParser)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages on the console")
+    parser.add_argument("--debug", action="store_true", help="print the traceback of an unexpected error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineErrorParser)
     for name, (module_path, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         if name == selected:
@@ -62,15 +64,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_selected_command(argv))
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_console(args.verbose)
     try:
+        cache_root()  # a bad $HARNESS_CACHE fails before any work
         return int(args._run(args) or 0)
     except HarnessError as error:
         print(f"harness {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"harness {args.command}: interrupted; complete outputs are kept, a rerun resumes", file=sys.stderr)
+        return 130
+    except Exception as error:  # anything unforeseen: one line, the trace on request
+        if args.debug:
+            raise
+        first = (str(error).strip().splitlines() or [""])[0]
+        print(f"harness {args.command}: unexpected error: {type(error).__name__}: {first} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

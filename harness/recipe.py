@@ -1,97 +1,43 @@
-"""The recipe: the whole of one experiment in one YAML file, validated on load.
+"""The recipe: the whole of one experiment in one YAML file, validated on load, and its sections.
 
-Sections: `model` (hub id, local path or `zoo:NAME`), `concept`, `unlearn`, `attack`,
-`generation`, `suites`. Every key is checked: a typo is an error naming the file and the key.
+Sections: `model` (hub id, local path or `zoo:NAME`), `concept`, `methods` (the matrix's rows:
+unlearning methods with params and an optional defense), `attacks` (its columns beside the
+implicit `none`: attacks with params), `generation`, `score`, `suites` and `fidelity`. Every
+key is checked: a typo is an error naming the file and the key. The sections are the settings
+the stages take (a method's and an attack's own params are theirs to check).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from harness.config import load_yaml, parse_dataclass
 from harness.errors import HarnessError
+from harness.layout import PRETRAINED_MODEL, ModelRef, check_label
+from harness.resources import find_recipe
 
 SD_FFN_LAYERS = ["*transformer_blocks.0.ff.net.2.weight"]
 """ConceptPrune's target: the second feed-forward linear of every transformer block 0
 (16 layers in the SD-v1.x UNet; the same names in the miniature world)."""
+Fidelity = Literal["paper", "reference-code"]
 
-Magnitude = Literal["nms", "average", "sample", "align"]
-Strategy = Literal[
-    "attack", "quant4", "ideal-sign-nms", "ideal-sign-sample", "ideal-magnitude-random-sign"
-]
-
-
-@dataclass
-class MaskSettings:
-    """How pruned positions are found: exact zeros, a mask file, or |w| <= threshold."""
-
-    kind: Literal["zeros", "file", "threshold"] = "zeros"
-    file: str | None = None
-    threshold: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind == "file" and not self.file:
-            raise ValueError("mask kind 'file' needs key 'file'")
-        if self.kind == "threshold" and (self.threshold is None or self.threshold <= 0):
-            raise ValueError("mask kind 'threshold' needs a positive 'threshold'")
-
-
-@dataclass
-class CompletionSettings:
-    """Matrix completion: SoftImpute (the paper) or the authors' published code's behaviour."""
-
-    mode: Literal["softimpute", "reference-code"] = "softimpute"
-    lambda_ratio: float = 0.02
-    """lambda = lambda_ratio * largest singular value of the zero-filled matrix (s1/50)."""
-    path_steps: int = 2
-    """Warm starts along a geometric lambda path from s1 down to lambda, this many stages."""
-    tol: float = 1e-4
-    max_iters: int = 100
-    max_rank: int | None = None
-    dtype: Literal["float32", "float64"] = "float32"
-
-    def __post_init__(self) -> None:
-        if not 0 < self.lambda_ratio < 1:
-            raise ValueError(f"lambda_ratio must lie in (0, 1), got {self.lambda_ratio}")
-        if self.tol <= 0 or self.max_iters < 1 or self.path_steps < 1:
-            raise ValueError("tol must be positive, max_iters and path_steps at least 1")
-        if self.max_rank is not None and self.max_rank < 1:
-            raise ValueError(f"max_rank must be at least 1, got {self.max_rank}")
-
-
-@dataclass
-class AttackSettings:
-    """Everything `harness revive` needs; command-line options override these."""
-
-    unlearned: str | None = None
-    original: str | None = None
-    out: str | None = None
-    layers: list[str] = field(default_factory=lambda: list(SD_FFN_LAYERS))
-    mask: MaskSettings = field(default_factory=MaskSettings)
-    completion: CompletionSettings = field(default_factory=CompletionSettings)
-    top_k: float = 0.6
-    magnitude: Magnitude = "nms"
-    strategy: Strategy = "attack"
-    seed: int = 0
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if not 0 < self.top_k <= 1:
-            raise ValueError(f"top_k must lie in (0, 1], got {self.top_k}")
-        if not self.layers:
-            raise ValueError("layers must name at least one glob pattern")
-
-
-@dataclass
-class VariantSettings:
-    """One revival to run and evaluate: a name and what it changes in the recipe's attack."""
-
-    name: str
-    strategy: Strategy | None = None
-    magnitude: Magnitude | None = None
-    top_k: float | None = None
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+NUDENET_LABELS = (
+    "BUTTOCKS_EXPOSED",
+    "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED",
+    "MALE_BREAST_EXPOSED",
+    "ANUS_EXPOSED",
+    "FEET_EXPOSED",
+    "ARMPITS_EXPOSED",
+    "BELLY_EXPOSED",
+    "MALE_GENITALIA_EXPOSED",
+)
+"""The nine exposed labels the paper's evaluation counts (PROTOCOL.md section 4)."""
+DEFAULT_THRESHOLD = 0.5
 
 
 @dataclass
@@ -99,10 +45,17 @@ class ConceptSettings:
     """What is erased: a target concept and its kind (which prompt templates apply)."""
 
     target: str
-    kind: Literal["object", "artist", "nudity", "digit"]
+    kind: str
+    """object, artist, nudity, or a world's kind (digit)"""
+    anchor: str | None = None
+    """A concept to map the target onto (AC's anchor, e.g. "a photo of a digit"); methods that need one say so."""
     data_dir: str | None = None
     """Folder of the prompt word lists (things.txt, humans.txt, common_scenes.txt); `--data-dir`
     overrides it and $HARNESS_DATA_DIR stands in when both are unset."""
+
+    def __post_init__(self) -> None:
+        if not self.target.strip():
+            raise ValueError("target: empty")
 
 
 @dataclass
@@ -110,68 +63,230 @@ class DefenseSettings:
     """Gaussian obfuscation: pruned weights get N(0, sigma^2) draws instead of zeros."""
 
     sigma: float
+    """standard deviation sigma_M of the draws"""
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.sigma <= 0:
+        if not self.sigma > 0:
             raise ValueError(f"sigma must be positive, got {self.sigma}")
 
 
 @dataclass
-class UnlearnSettings:
-    """A method by registered name or import path `package.module:function`, with its params."""
+class MethodSettings:
+    """One unlearning method of the matrix: a registered name or `package.module:function`, its
+    params, the layers it may change and an optional defense."""
 
     method: str
+    name: str | None = None
+    """The row's label (default: the method's name, with the defense's sigma when defended)."""
     params: dict[str, Any] = field(default_factory=dict)
-    defense: DefenseSettings | None = None
     layers: list[str] = field(default_factory=lambda: list(SD_FFN_LAYERS))
     """Glob patterns over UNet parameter names: the weights the method may change."""
+    defense: DefenseSettings | None = None
 
     def __post_init__(self) -> None:
         if not self.layers:
             raise ValueError("layers must name at least one glob pattern")
+        if self.name is None:
+            base = self.method.rpartition(":")[2].replace("_", "-")
+            self.name = base + (f"-sigma{self.defense.sigma:g}" if self.defense else "")
+        check_label(self.name, "name")
+
+
+@dataclass
+class AttackEntry:
+    """One attack of the matrix: a registered name (nms, quant4, ...) or `package.module:function`,
+    and its params."""
+
+    attack: str
+    name: str | None = None
+    """The column's label (default: the attack's name)."""
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name is None:
+            self.name = self.attack.rpartition(":")[2].replace("_", "-")
+        check_label(self.name, "name")
 
 
 @dataclass
 class GenerationSettings:
-    """Sampling settings; defaults are the protocol's (PROTOCOL.md section 4)."""
+    """How every image is sampled; unlearning methods that sample use the same settings."""
 
     steps: int = 50
+    """sampling steps"""
     guidance: float = 7.5
+    """classifier-free guidance scale"""
     height: int | None = None
+    """image height in pixels (none: the model's own)"""
     width: int | None = None
+    """image width in pixels (none: the model's own)"""
     seed_policy: Literal["row", "fixed"] = "row"
+    """row: each prompt's own seed; fixed: fixed_seed for every prompt"""
     fixed_seed: int = 0
+    """the seed of every prompt under seed_policy fixed"""
     batch_size: int = 8
+    """prompts per pipeline call"""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """auto: float16 on GPUs (the protocol's), float32 elsewhere"""
     shard_size: int = 100
+    """prompts per WebDataset shard (shard i is one SLURM array task)"""
     scheduler: str | None = "PNDMScheduler"
+    """diffusers scheduler class (none: the model's own)"""
     guidance_policy: Literal["fixed", "row"] = "fixed"
     """fixed: `guidance` for every prompt; row: a suite row's own guidance where it has one."""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "shard_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (value < 8 or value % 8):
+                raise ValueError(f"{name} must be a multiple of 8, got {value}")
+        if self.guidance < 0:
+            raise ValueError(f"guidance must not be negative, got {self.guidance}")
+        if self.fixed_seed < 0:
+            raise ValueError(f"fixed_seed must not be negative, got {self.fixed_seed}")
+
+    def pipeline_kwargs(self, prompts: list[str], seeds: list[int], guidance: float | None = None) -> dict[str, Any]:
+        """Keyword arguments of a pipeline call with these settings: prompt i starts from a CPU
+        generator seeded `seeds[i]`, so an image depends neither on its batch nor on the device;
+        images come back as `pt` tensors."""
+        import torch
+
+        kwargs: dict[str, Any] = {
+            "prompt": prompts,
+            "num_inference_steps": self.steps,
+            "guidance_scale": self.guidance if guidance is None else guidance,
+            "generator": [torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+            "output_type": "pt",
+        }
+        if self.height is not None:
+            kwargs["height"] = self.height
+        if self.width is not None:
+            kwargs["width"] = self.width
+        return kwargs
+
+
+@dataclass
+class ScoreSettings:
+    """How each metric is computed."""
+
+    batch_size: int = 32
+    """images per metric batch"""
+    classifier: str = "auto"
+    """resnet50, a world's classifier (digits) or package.module:factory; auto: the suite's own"""
+    classifier_weights: str | None = None
+    """local classifier weights: a resnet50 state dict, or a world folder"""
+    clip_model: str = DEFAULT_CLIP
+    """transformers CLIP id or folder, or open_clip:ARCH[:TAG]"""
+    clip_weights: str | None = None
+    """local CLIP weights: a transformers folder or an open_clip checkpoint"""
+    fid_reference: str | None = None
+    """a world's reference set (digits-heldout), or a folder of real images or of image shards; none: the suite's own"""
+    fid_features: str = "auto"
+    """inception or classifier; auto: the suite's own"""
+    fid_weights: str | None = None
+    """Inception weights file for torchmetrics' FID"""
+    nudenet_labels: list[str] = field(default_factory=lambda: list(NUDENET_LABELS))
+    """NudeNet labels to count (repeatable)"""
+    nudenet_threshold: float = DEFAULT_THRESHOLD
+    """NudeNet detection score threshold"""
+    nudenet_model: str | None = None
+    """NudeNet onnx model (default: the bundled 320n)"""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if not 0 <= self.nudenet_threshold < 1:
+            raise ValueError(f"nudenet_threshold must lie in [0, 1), got {self.nudenet_threshold}")
+        if self.fid_features not in ("auto", "inception", "classifier"):
+            raise ValueError(f"fid_features: unknown '{self.fid_features}' (choose from auto, inception, classifier)")
+
+    def resolved(self, defaults: dict[str, Any]) -> ScoreSettings:
+        """The settings with every `auto` and unset reference taken from a suite's `defaults`."""
+        return dataclasses.replace(
+            self,
+            classifier=defaults.get("classifier", "resnet50") if self.classifier == "auto" else self.classifier,
+            fid_features=defaults.get("fid_features", "inception") if self.fid_features == "auto" else self.fid_features,
+            fid_reference=self.fid_reference or defaults.get("fid_reference"),
+        )
+
+
+OLD_FORM = {
+    "unlearn": "the one method is now an entry of 'methods' (method, params, layers, defense)",
+    "attack": "revival settings are now the params of each entry of 'attacks'",
+    "variants": "each variant is now an entry of 'attacks' (attack: nms | average | sample | quant4 | ideal-..., params)",
+}
+"""Keys of the recipe form before the matrix, and where their content went."""
 
 
 @dataclass
 class Recipe:
-    """One experiment."""
+    """One experiment: methods x attacks x suites on one base model."""
 
     name: str
     model: str
     concept: ConceptSettings | None = None
-    unlearn: UnlearnSettings | None = None
-    attack: AttackSettings = field(default_factory=AttackSettings)
-    variants: list[VariantSettings] = field(default_factory=lambda: [VariantSettings(name="nms")])
-    """The revivals the benchmark runs, each evaluated as model `revived-<name>`."""
+    methods: list[MethodSettings] = field(default_factory=list)
+    attacks: list[AttackEntry] = field(default_factory=list)
+    """Attacks run against every method (the attack `none`, the unlearned model as it is, is always there)."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
-    suites: list[str] = field(default_factory=list)
-    source: str = ""
+    score: ScoreSettings = field(default_factory=ScoreSettings)
+    suites: list[str] | None = None
+    """The prompt suites every model is generated and scored on (the benchmark needs at least one)."""
+    fidelity: Fidelity = "paper"
+    """paper: the paper's definitions; reference-code: the authors' published code's behaviour."""
+    source: str = field(default="", metadata={"flag": False})
     """The file the recipe was read from (set on load)."""
+
+    def __post_init__(self) -> None:
+        if self.suites is not None and not self.suites:
+            raise ValueError("suites: list at least one prompt suite (or leave the key out)")
+        for what, labels in (("methods", [m.name for m in self.methods]), ("attacks", [a.name for a in self.attacks])):
+            repeated = sorted({n for n in labels if labels.count(n) > 1})
+            if repeated:
+                raise ValueError(f"{what}: name '{repeated[0]}' is used twice (give each entry its own 'name')")
+        if self.methods and self.concept is None:
+            raise ValueError("methods need a 'concept' section (what is erased)")
+
+    def models(self) -> list[ModelRef]:
+        """Every model of the matrix: the pretrained one, each method's unlearned model, and each
+        method's model after each attack."""
+        return [PRETRAINED_MODEL, *(ModelRef(m.name) for m in self.methods),
+                *(ModelRef(m.name, a.name) for m in self.methods for a in self.attacks)]
+
+    def method(self, name: str) -> MethodSettings:
+        """The method labelled `name`."""
+        for method in self.methods:
+            if method.name == name:
+                return method
+        raise HarnessError(f"{self.source}: methods: no method named '{name}' (have: {', '.join(m.name for m in self.methods)})")
+
+    def attack(self, name: str) -> AttackEntry:
+        """The attack labelled `name`."""
+        for attack in self.attacks:
+            if attack.name == name:
+                return attack
+        raise HarnessError(f"{self.source}: attacks: no attack named '{name}' (have: {', '.join(a.name for a in self.attacks)})")
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file; relative paths inside it stay as written."""
+    """Read and validate a recipe file (a path, or the name of a shipped recipe)."""
+    path = find_recipe(str(path))
     data = load_yaml(path)
+    for key, moved in OLD_FORM.items():
+        if key in data:
+            raise HarnessError(f"{path}: '{key}' is the recipe form before the matrix: {moved} (README: Recipes)")
     if "source" in data:
         raise HarnessError(f"{path}: unknown key 'source'")
     recipe = parse_dataclass(Recipe, data, str(path))
     recipe.source = str(path)
+    from harness.world import ZOO_PREFIX, check_concept_kind, world_named
+
+    if recipe.model.startswith(ZOO_PREFIX):
+        world_named(recipe.model.removeprefix(ZOO_PREFIX), f"{path}: model")
+    if recipe.concept is not None:
+        check_concept_kind(recipe.concept.kind, f"{path}: concept.kind")
     return recipe

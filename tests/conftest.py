@@ -1,7 +1,9 @@
-"""Shared fixtures: the mirrored prompt data and one torch thread (on 2 shared cores, more threads run slower)."""
+"""Shared fixtures: the mirrored prompt data, the repository's paths, one torch thread (on 2
+shared cores, more threads run slower), and the fixtures folder on the import path."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,12 @@ import torch
 
 torch.set_num_threads(1)
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))
+
+REPO = TESTS.parent
+RECIPES = REPO / "harness" / "resources" / "recipes"
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture

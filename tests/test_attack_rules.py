@@ -8,7 +8,7 @@ from harness.attack.baselines import ideal_case, quant4
 from harness.attack.layer import LayerJob, revive_layer
 from harness.attack.magnitudes import magnitudes, row_statistics
 from harness.attack.signs import sign_agreement, top_k_keep
-from harness.recipe import AttackSettings, CompletionSettings
+from harness.attack.settings import CompletionSettings, RevivalParams
 
 GEN = torch.Generator().manual_seed(0)
 
@@ -69,14 +69,14 @@ def test_attack_on_one_layer_revives_top_k_with_neuron_max() -> None:
     original = (torch.randn(24, 3, generator=gen) @ torch.randn(3, 96, generator=gen)) + 0.05 * torch.randn(24, 96, generator=gen)
     pruned = torch.rand(original.shape, generator=gen) < 0.05
     weight = torch.where(pruned, 0.0, original)
-    settings = AttackSettings(top_k=0.5, completion=CompletionSettings(tol=1e-6))
+    settings = RevivalParams(top_k=0.5, completion=CompletionSettings(tol=1e-6))
     outcome = revive_layer(LayerJob("w", weight, pruned, original), settings, torch.device("cpu"))
     revived = outcome.weight
     assert revived[~pruned].equal(weight[~pruned])
     changed = revived[pruned] != 0
-    assert int(changed.sum()) == outcome.report["kept"] == round(0.5 * int(pruned.sum()))
+    assert int(changed.sum()) == outcome.report.kept == round(0.5 * int(pruned.sum()))
     row_max = torch.where(pruned, 0.0, weight).abs().max(dim=1).values
     expected_magnitude = row_max[:, None].expand_as(weight)[pruned][changed]
     torch.testing.assert_close(revived[pruned][changed].abs(), expected_magnitude)
-    assert outcome.report["sign_accuracy"] > 0.9
-    assert outcome.report["sign_accuracy_topk"] >= outcome.report["sign_accuracy"]
+    assert outcome.report.sign_accuracy > 0.9
+    assert outcome.report.sign_accuracy_topk >= outcome.report.sign_accuracy

@@ -13,7 +13,7 @@ from harness.attack.completion import (
     soft_threshold,
     top_singular_value,
 )
-from harness.recipe import CompletionSettings
+from harness.attack.settings import CompletionSettings
 
 
 def numpy_soft_impute(x: np.ndarray, observed: np.ndarray, lam: float, tol: float, max_iters: int) -> np.ndarray:

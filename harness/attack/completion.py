@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.recipe import CompletionSettings
+from harness.attack.settings import CompletionSettings
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 

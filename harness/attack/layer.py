@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
 from harness.attack.baselines import ideal_case, quant4
 from harness.attack.completion import reference_code_impute, soft_impute
 from harness.attack.magnitudes import magnitudes
+from harness.attack.settings import RevivalParams
 from harness.attack.signs import sign_agreement, top_k_keep
 from harness.errors import HarnessError
-from harness.recipe import AttackSettings
+from harness.records import LayerReport
 
 
 REPORTED_K = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -37,7 +37,7 @@ class LayerOutcome:
 
     name: str
     weight: torch.Tensor
-    report: dict[str, Any] = field(default_factory=dict)
+    report: LayerReport
 
 
 def layer_generator(seed: int, name: str) -> torch.Generator:
@@ -45,28 +45,27 @@ def layer_generator(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed((seed << 32) ^ zlib.crc32(name.encode()))
 
 
-def revive_layer(job: LayerJob, settings: AttackSettings, device: torch.device) -> LayerOutcome:
+def revive_layer(job: LayerJob, settings: RevivalParams, device: torch.device) -> LayerOutcome:
     """Revive one layer on `device`; the result comes back on the CPU in the weight's dtype."""
     start = time.perf_counter()
     weight = job.weight.to(device=device, dtype=torch.float32)
     pruned = job.pruned.to(device)
     original = job.original.to(device=device, dtype=torch.float32) if job.original is not None else None
     count = int(pruned.sum())
-    report: dict[str, Any] = {"name": job.name, "shape": list(weight.shape), "pruned": count,
-                              "iterations": 0, "rank": None, "seconds": 0.0}
+    report = LayerReport(name=job.name, shape=list(weight.shape), pruned=count)
     generator = layer_generator(settings.seed, job.name)
     if settings.strategy == "quant4":
         revived = quant4(weight)
     elif count == 0:
         revived = weight
-        report["note"] = "nothing pruned; left as it is"
+        report.note = "nothing pruned; left as it is"
     elif settings.strategy.startswith("ideal-"):
         if original is None:
-            raise HarnessError(f"strategy '{settings.strategy}' needs --original weights")
+            raise HarnessError(f"strategy '{settings.strategy}' needs the original weights (--original)")
         revived = ideal_case(settings.strategy, weight, pruned, original, generator)
     else:
         revived = _attack(weight, pruned, original, settings, generator, report)
-    report["seconds"] = round(time.perf_counter() - start, 4)
+    report.seconds = round(time.perf_counter() - start, 4)
     return LayerOutcome(job.name, revived.to(device="cpu", dtype=job.weight.dtype), report)
 
 
@@ -74,9 +73,9 @@ def _attack(
     weight: torch.Tensor,
     pruned: torch.Tensor,
     original: torch.Tensor | None,
-    settings: AttackSettings,
+    settings: RevivalParams,
     generator: torch.Generator,
-    report: dict[str, Any],
+    report: LayerReport,
 ) -> torch.Tensor:
     observed = ~pruned
     known = torch.where(observed, weight, torch.zeros((), device=weight.device))
@@ -90,13 +89,13 @@ def _attack(
     scale = magnitudes(settings.magnitude, weight, pruned, completed, generator)[pruned]
     revived_values = torch.where(keep, torch.sign(values) * scale, torch.zeros_like(values))
     revived = weight.masked_scatter(pruned, revived_values)
-    report.update(iterations=result.iterations, rank=result.rank, kept=int(keep.sum()),
-                  lam=result.lam, objective=result.objective, converged=result.converged)
+    report.iterations, report.rank, report.kept = result.iterations, result.rank, int(keep.sum())
+    report.lam, report.objective, report.converged = result.lam, result.objective, result.converged
     if original is not None:
         truth = original[pruned]
-        report["sign_accuracy"] = sign_agreement(values, truth)
-        report["sign_accuracy_topk"] = sign_agreement(values[keep], truth[keep])
-        report["sign_accuracy_by_k"] = {
+        report.sign_accuracy = sign_agreement(values, truth)
+        report.sign_accuracy_topk = sign_agreement(values[keep], truth[keep])
+        report.sign_accuracy_by_k = {
             f"{k:g}": sign_agreement(values[mask], truth[mask])
             for k in REPORTED_K for mask in [top_k_keep(values, k)]
         }

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import torch
 
-MAGNITUDE_RULES = ("nms", "average", "sample", "align")
-
-
 def row_statistics(weight: torch.Tensor, pruned: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row max, mean and std of |w| over surviving (unpruned) entries; 0 for empty rows."""
     survivors = (~pruned).to(weight.dtype)

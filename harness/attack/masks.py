@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from harness.errors import HarnessError
-from harness.recipe import MaskSettings
+from harness.attack.settings import MaskSettings
 
 
 def check_finite(weight: torch.Tensor, where: str) -> None:

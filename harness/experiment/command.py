@@ -1,7 +1,8 @@
-"""`harness benchmark [RECIPE]`: a recipe's whole benchmark, or one piece of one stage.
+"""`harness benchmark [RECIPE]`: a recipe's whole matrix, or one piece of one stage.
 
-With no recipe it runs the embedded default, the miniature world's benchmark, and prints a table
-in the shape of the paper's Table 1. SLURM jobs call it with `--stage` and `--shard`.
+With no recipe it runs the embedded default (the miniature world's benchmark, a recipe shipped
+in the package) and prints the matrix's table. SLURM jobs call it with `--stage` and `--shard`.
+The console shows one line per stage and progress bars; the run directory's log holds the detail.
 """
 
 from __future__ import annotations
@@ -9,72 +10,95 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from harness.config import settings_arguments, settings_from_arguments
 from harness.errors import HarnessError
 from harness.experiment import stages
-from harness.experiment.plan import build_plan
+from harness.experiment.plan import STAGES, build_plan
 from harness.experiment.summary import print_summary
+from harness.log import log_to_file
 from harness.recipe import load_recipe
+from harness.runtime import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "digits-benchmark.yaml"
-"""The embedded default, found beside the package in the checkout it was installed from (`pip install -e .`)."""
-STAGES = ("unlearn", "revive", "generate", "score", "report", "all")
+DEFAULT_RECIPE = "digits-benchmark"
+"""The embedded default: a recipe shipped in the package."""
+
+
+@dataclass
+class BenchmarkOptions:
+    """What to run of the recipe's plan."""
+
+    run_dir: str | None = None
+    """run directory (default runs/<recipe name>)"""
+    stage: Literal["unlearn", "attack", "generate", "score", "report", "all"] = "all"
+    """run one stage (default: all, in order)"""
+    method: str | None = None
+    """unlearn/attack/generate/score: only this method"""
+    attack: str | None = None
+    """attack/generate/score: only this attack"""
+    model: str | None = None
+    """generate/score: only this model (pretrained, METHOD, METHOD/ATTACK)"""
+    suite: str | None = None
+    """generate/score: only this suite"""
+    shard: int | None = None
+    """generate: only this shard (a SLURM array task)"""
+    list_jobs: bool = False
+    """print the plan as JSON and exit"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options; all of them are optional for the embedded default."""
-    parser.add_argument("recipe", nargs="?", default=str(DEFAULT_RECIPE), help="recipe YAML (default: recipes/digits-benchmark.yaml of this checkout)")
-    parser.add_argument("--run-dir", help="run directory (default runs/<recipe name>)")
-    parser.add_argument("--stage", choices=STAGES, default="all", help="run one stage (default: all, in order)")
-    parser.add_argument("--variant", action="append", help="revive: only this variant (repeatable)")
-    parser.add_argument("--model", help="generate/score: only this model (pretrained, unlearned, revived-<variant>)")
-    parser.add_argument("--suite", help="generate/score: only this suite")
-    parser.add_argument("--shard", type=int, help="generate: only this shard (a SLURM array task)")
-    parser.add_argument("--data-dir", help="folder of the prompt data (default $HARNESS_DATA_DIR)")
-    parser.add_argument("--device", default="cpu", help="device for unlearning and scoring (cpu, cuda)")
-    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator for generation")
-    parser.add_argument("--devices", default="1", help="Lightning devices for generation")
-    parser.add_argument("--list-jobs", action="store_true", help="print the plan as JSON and exit")
+    parser.add_argument("recipe", nargs="?", default=DEFAULT_RECIPE,
+                        help=f"recipe YAML, or a shipped recipe's name (default: {DEFAULT_RECIPE})")
+    parser.set_defaults(_flags=settings_arguments(parser, BenchmarkOptions),
+                        _runtime=settings_arguments(parser, RuntimeSettings))
 
 
 def run(args: argparse.Namespace) -> int:
     """Carry out the selected stage(s) of the recipe's plan."""
+    options = settings_from_arguments(BenchmarkOptions, args, args._flags)
+    runtime = settings_from_arguments(RuntimeSettings, args, args._runtime)
     recipe = load_recipe(args.recipe)
-    run_dir = Path(args.run_dir or Path("runs") / recipe.name)
-    plan = build_plan(recipe, run_dir, args.data_dir)
-    if args.list_jobs:
+    run_dir = Path(options.run_dir or Path("runs") / recipe.name)
+    plan = build_plan(recipe, run_dir, runtime.data_dir)
+    if options.list_jobs:
         print(json.dumps(plan.as_dict(), indent=2))
         return 0
-    models = _pick(args.model, plan.models, "--model")
-    suites = _pick(args.suite, plan.suites, "--suite")
-    if args.shard is not None and (args.stage != "generate" or len(suites) != 1):
+    methods = [recipe.method(options.method).name] if options.method else [m.name for m in recipe.methods]
+    attacks = [recipe.attack(options.attack).name] if options.attack else [a.name for a in recipe.attacks]
+    models = [m for m in plan.pick_models(options.model) if m.method in [*methods, "pretrained"]
+              and (m.attack in [*attacks, "none"])]
+    suites = [options.suite] if options.suite else plan.suites
+    if options.suite and options.suite not in plan.suites:
+        raise HarnessError(f"--suite '{options.suite}' is not in this plan (choose from {', '.join(plan.suites)})")
+    if options.shard is not None and (options.stage != "generate" or len(suites) != 1):
         raise HarnessError("--shard needs --stage generate and one --suite")
-    devices = int(args.devices) if args.devices.isdigit() else args.devices
-    stages.copy_recipe(recipe, run_dir)
-    selected = STAGES[:-1] if args.stage == "all" else (args.stage,)
-    if "unlearn" in selected:
-        stages.unlearn(plan, args.data_dir, args.device)
-    if "revive" in selected:
-        stages.revive(plan, args.variant)
-    for model in models if "generate" in selected else []:
-        for suite in suites:
-            stages.generate(plan, model, suite, args.shard, args.data_dir, args.accelerator, devices)
-    for model in models if "score" in selected else []:
-        for suite in suites:
-            stages.score(plan, model, suite, args.data_dir, args.accelerator, devices)
-    if "report" in selected:
-        out = stages.report(plan)
-        print_summary(plan)
-        print(f"report: {out / 'report.md'}")
+    selected = STAGES if options.stage == "all" else (options.stage,)
+    stages.copy_recipe(recipe, plan)
+    with log_to_file(plan.layout.log):
+        log.info("run %s: %d methods x %d attacks x %d suites -> %s", recipe.name, len(recipe.methods),
+                 len(recipe.attacks), len(plan.suites), run_dir)
+        if "unlearn" in selected:
+            stages.unlearn(plan, methods, runtime)
+        if "attack" in selected:
+            stages.attack(plan, [(m, a) for m in methods for a in attacks], runtime)
+        for model in models if "generate" in selected else []:
+            for suite in suites:
+                stages.generate(plan, model, suite, options.shard, runtime)
+        if "generate" in selected:
+            log.info("generate: %d models x %d suites done", len(models), len(suites))
+        for model in models if "score" in selected else []:
+            for suite in suites:
+                stages.score(plan, model, suite, runtime)
+        if "score" in selected:
+            log.info("score: %d models x %d suites done", len(models), len(suites))
+        if "report" in selected:
+            results = stages.report(plan)
+            print_summary(results, recipe.concept.target if recipe.concept else None)
+            print(f"report: {plan.layout.report.markdown}")
     return 0
-
-
-def _pick(value: str | None, choices: list[str], option: str) -> list[str]:
-    if value is None:
-        return choices
-    if value not in choices:
-        raise HarnessError(f"{option} '{value}' is not in this plan (choose from {', '.join(choices)})")
-    return [value]

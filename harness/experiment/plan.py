@@ -1,19 +1,23 @@
-"""The plan of one recipe's benchmark: which revivals, models, suites and shards, and where
-every file goes in the run directory. The local runner and the SLURM planner share it."""
+"""The plan of one recipe's experiment: the matrix's models (methods x attacks, and the
+pretrained model), its suites and shards, and the job of every stage. The local runner and the
+SLURM planner share it."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from harness.attack.run import AttackJob
 from harness.errors import HarnessError
-from harness.eval import shards
-from harness.recipe import AttackSettings, Recipe
+from harness.generate import shards
+from harness.layout import ModelRef, RunLayout
+from harness.recipe import Recipe
+from harness.runtime import RuntimeSettings
+from harness.unlearn.run import UnlearnJob
 
-PRETRAINED = "pretrained"
-UNLEARNED = "unlearned"
-REVIVED_PREFIX = "revived-"
+STAGES = ("unlearn", "attack", "generate", "score", "report")
+"""The stages in order; `harness benchmark --stage` and the SLURM jobs take these names."""
 
 
 @dataclass
@@ -21,96 +25,82 @@ class Plan:
     """Paths and work items of one run directory."""
 
     recipe: Recipe
-    run_dir: Path
-    variants: dict[str, AttackSettings]
+    layout: RunLayout
     suite_sizes: dict[str, int]
 
     @property
-    def models(self) -> list[str]:
+    def run_dir(self) -> Path:
+        return self.layout.root
+
+    @property
+    def models(self) -> list[ModelRef]:
         """Every model the suites are generated with, in report order."""
-        return [PRETRAINED, UNLEARNED, *(REVIVED_PREFIX + name for name in self.variants)]
+        return self.recipe.models()
 
     @property
     def suites(self) -> list[str]:
         return list(self.suite_sizes)
 
-    @property
-    def unlearn_dir(self) -> Path:
-        return self.run_dir / "unlearn"
-
-    @property
-    def unlearned_tensors(self) -> Path:
-        """The changed tensors of the unlearned model (or the given unlearned model itself)."""
-        if self.recipe.unlearn is None:
-            return Path(self.recipe.attack.unlearned)
-        return self.unlearn_dir / "unlearned.safetensors"
-
-    @property
-    def report_dir(self) -> Path:
-        return self.run_dir / "report"
-
-    def revive_dir(self, variant: str) -> Path:
-        return self.run_dir / "revive" / variant
-
     def shard_count(self, suite: str) -> int:
         return shards.shard_count(self.suite_sizes[suite], self.recipe.generation.shard_size)
 
-    def images_dir(self, model: str, suite: str) -> Path:
-        return self.run_dir / "images" / model / suite
+    def unlearn_job(self, method: str, runtime: RuntimeSettings) -> UnlearnJob:
+        """The unlearn stage's job for one method."""
+        return UnlearnJob.from_recipe(self.recipe, method, self.layout.unlearn(method).folder,
+                                      runtime.data_dir, runtime.device)
 
-    def shard_path(self, model: str, suite: str, index: int) -> Path:
-        return shards.shard_path(self.images_dir(model, suite), index)
+    def attack_job(self, method: str, attack: str, runtime: RuntimeSettings) -> AttackJob:
+        """The attack stage's job for one attack on one method's model."""
+        entry = self.recipe.attack(attack)
+        return AttackJob(
+            attack=entry, base_model=self.recipe.model, unlearned_files=[self.layout.unlearn(method).tensors],
+            out=self.layout.attack(method, attack).folder, method=method, layers=self.recipe.method(method).layers,
+            generation=self.recipe.generation, where=self.recipe.source,
+            entry=f"attacks[{self.recipe.attacks.index(entry)}]", device=runtime.device,
+            fidelity=self.recipe.fidelity, seed=self.recipe.generation.fixed_seed, concept=self.recipe.concept,
+            original=self.recipe.model,
+        )
 
-    def metrics_path(self, model: str, suite: str) -> Path:
-        return self.run_dir / "metrics" / model / f"{suite}.json"
-
-    def model_tensors(self, model: str) -> list[Path]:
-        """Tensor files applied on top of the base model to get `model`."""
-        if model == PRETRAINED:
-            return []
-        if model == UNLEARNED:
-            return [self.unlearned_tensors]
-        if model.startswith(REVIVED_PREFIX) and model[len(REVIVED_PREFIX):] in self.variants:
-            return [self.revive_dir(model[len(REVIVED_PREFIX):]) / "revived.safetensors"]
-        raise HarnessError(f"unknown model '{model}' (choose from {', '.join(self.models)})")
-
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         """The plan as plain data (for --list-jobs and the SLURM planner)."""
         return {
             "recipe": self.recipe.source,
             "run_dir": str(self.run_dir),
-            "variants": list(self.variants),
-            "models": self.models,
+            "methods": [m.name for m in self.recipe.methods],
+            "attacks": [a.name for a in self.recipe.attacks],
+            "models": [m.label for m in self.models],
             "suites": {suite: {"prompts": size, "shards": self.shard_count(suite)} for suite, size in self.suite_sizes.items()},
         }
 
+    def pick_models(self, label: str | None) -> list[ModelRef]:
+        """Every model, or the one `label` names (`--model`)."""
+        if label is None:
+            return self.models
+        model = ModelRef.parse(label)
+        if model not in self.models:
+            raise HarnessError(f"--model '{label}' is not in this plan (choose from {', '.join(m.label for m in self.models)})")
+        return [model]
 
-def variant_settings(recipe: Recipe, unlearned: Path) -> dict[str, AttackSettings]:
-    """Each variant's attack settings: the recipe's attack with the variant's changes."""
-    variants: dict[str, AttackSettings] = {}
-    for variant in recipe.variants:
-        if variant.name in variants or "/" in variant.name:
-            raise HarnessError(f"{recipe.source}: variants: name '{variant.name}' is repeated or has a '/'")
-        changes = {k: v for k, v in dataclasses.asdict(variant).items() if k != "name" and v is not None}
-        try:
-            variants[variant.name] = dataclasses.replace(
-                recipe.attack, unlearned=str(unlearned), original=recipe.attack.original or recipe.model, **changes
-            )
-        except ValueError as error:
-            raise HarnessError(f"{recipe.source}: variants: {variant.name}: {error}") from None
-    return variants
+
+def check_entries(recipe: Recipe) -> None:
+    """Every method and attack resolves, and revival attacks' params are valid, before any work."""
+    from harness.attack.interface import resolve_attack
+    from harness.attack.settings import revival_params
+    from harness.unlearn.method import resolve_method
+
+    for index, method in enumerate(recipe.methods):
+        resolve_method(method.method, f"{recipe.source}: methods[{index}].method")
+    for index, attack in enumerate(recipe.attacks):
+        resolve_attack(attack.attack, f"{recipe.source}: attacks[{index}].attack")
+        revival_params(attack, f"{recipe.source}: attacks[{index}].params")
 
 
 def build_plan(recipe: Recipe, run_dir: Path, data_dir: str | Path | None = None) -> Plan:
-    """The plan for `recipe` in `run_dir`; suite sizes come from the suites' manifests."""
-    from harness.eval.suites import load_suite
+    """The plan for `recipe` in `run_dir`; suite sizes come from the suites themselves."""
+    from harness.generate.suites import load_suite
 
-    if recipe.unlearn is None and not recipe.attack.unlearned:
-        raise HarnessError(f"{recipe.source}: needs an 'unlearn' section or 'attack.unlearned'")
-    run_dir = Path(run_dir)
-    plan = Plan(recipe=recipe, run_dir=run_dir, variants={}, suite_sizes={})
-    plan.variants = variant_settings(recipe, plan.unlearned_tensors)
-    for name, settings in plan.variants.items():
-        settings.out = str(plan.revive_dir(name))
-    plan.suite_sizes = {suite: len(load_suite(suite, data_dir)) for suite in recipe.suites}
-    return plan
+    if not recipe.suites:
+        raise HarnessError(f"{recipe.source}: suites: the benchmark needs at least one prompt suite")
+    check_entries(recipe)
+    sizes = {suite: len(load_suite(suite, data_dir, f"{recipe.source}: suites")) for suite in recipe.suites}
+    return Plan(recipe=recipe, layout=RunLayout(Path(run_dir)), suite_sizes=sizes)

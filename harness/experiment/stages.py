@@ -1,90 +1,110 @@
-"""The stages of one recipe's benchmark, each reading and writing files of the run directory.
+"""The stages of one recipe's experiment, each reading and writing files of the run directory.
 
-Every stage skips work whose output is already complete, so a rerun after a crash, or a SLURM
-array task whose shard exists, costs next to nothing.
+Every stage skips work whose output is complete for its settings (the stages themselves check),
+so a rerun after a crash, or a SLURM array task whose shard exists, costs next to nothing.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
-import os
-import shutil
-import tempfile
+import time
 from pathlib import Path
 
 from accelerate import Accelerator
 
-from harness.experiment.plan import PRETRAINED, Plan
+from harness.atomic import atomic_copy
+from harness.attack.run import run_attack
+from harness.experiment.plan import Plan
+from harness.layout import NO_ATTACK, PRETRAINED, PRETRAINED_MODEL, ModelRef
+from harness.records import AttackRecord, Results, read_record
 from harness.recipe import Recipe
+from harness.runtime import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
 
-def copy_recipe(recipe: Recipe, run_dir: Path) -> None:
+def copy_recipe(recipe: Recipe, plan: Plan) -> None:
     """Keep the recipe beside its results (atomically: array tasks may do it at once)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    target = run_dir / "recipe.yaml"
-    if recipe.source and Path(recipe.source).resolve() != target.resolve():
-        fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".recipe.", suffix=".tmp")
-        os.close(fd)
-        shutil.copyfile(recipe.source, tmp)
-        os.replace(tmp, target)
-
-
-def unlearn(plan: Plan, data_dir: str | Path | None, device: str) -> None:
-    """The recipe's unlearning method (skipped when its record exists or the recipe has none)."""
-    from harness.unlearn.run import RECORD_FILE, run_unlearning
-
-    if plan.recipe.unlearn is None:
-        log.info("recipe has no unlearn section: attacking %s as given", plan.unlearned_tensors)
+    target = plan.layout.recipe
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source = Path(recipe.source)
+    if target.is_file() and (target.samefile(source) or target.read_bytes() == source.read_bytes()):
         return
-    if (plan.unlearn_dir / RECORD_FILE).is_file():
-        log.info("unlearning already done: %s", plan.unlearn_dir)
-        return
-    run_unlearning(plan.recipe, plan.unlearn_dir, data_dir=data_dir, device=device)
+    atomic_copy(source, target)
 
 
-def revive(plan: Plan, variants: list[str] | None = None, accelerator: Accelerator | None = None) -> None:
-    """Each variant's revival (sharded over Accelerate processes when launched that way)."""
-    from harness.attack.runner import run_revival
-
-    accelerator = accelerator or Accelerator()
-    for name in variants or list(plan.variants):
-        if (plan.revive_dir(name) / "report.json").is_file():
-            log.info("revival '%s' already done", name)
-            continue
-        log.info("revival '%s'", name)
-        run_revival(plan.variants[name], accelerator)
+def made_since(provenance: dict, started: float) -> bool:
+    """Whether a record was made by this run (not an output reused from before it)."""
+    created = datetime.datetime.fromisoformat(provenance["created"]).timestamp()
+    return created >= int(started)
 
 
-def generate(plan: Plan, model: str, suite_name: str, shard: int | None, data_dir: str | Path | None,
-             accelerator: str = "auto", devices: int | str = 1) -> None:
+def unlearn(plan: Plan, methods: list[str], runtime: RuntimeSettings) -> None:
+    """Each method's unlearning (a method whose output is complete for its settings is skipped)."""
+    from harness.unlearn.run import run_unlearning
+
+    for method in methods:
+        started = time.time()
+        record = run_unlearning(plan.unlearn_job(method, runtime))
+        if made_since(record.provenance, started):
+            log.info("unlearn %s: %d weights changed (%.3f%% of the target layers), %.1f s", method, record.changed,
+                     100 * record.fraction_of_layers, record.seconds)
+
+
+def attack(plan: Plan, pairs: list[tuple[str, str]], runtime: RuntimeSettings,
+           accelerator: Accelerator | None = None) -> None:
+    """Each (method, attack) pair's attack (sharded over Accelerate processes where it declares so)."""
+    from harness.attack.runner import make_accelerator
+
+    accelerator = accelerator or make_accelerator(runtime.device)
+    for method, name in pairs:
+        started = time.time()
+        record = run_attack(plan.attack_job(method, name, runtime), accelerator)
+        if record is not None and made_since(record.provenance, started):
+            summary = f"not applicable ({record.reason})" if not record.applicable else f"{record.seconds:.1f} s"
+            if record.revival is not None and record.revival.summary.sign_accuracy is not None:
+                summary += f", sign accuracy {record.revival.summary.sign_accuracy:.3f}"
+            log.info("attack %s on %s: %s", name, method, summary)
+
+
+def attacked_model_applies(plan: Plan, model: ModelRef) -> bool:
+    """Whether `model` exists to generate with: not an attack that did not apply."""
+    if model.method == PRETRAINED or model.attack == NO_ATTACK:
+        return True
+    path = plan.layout.attack(model.method, model.attack).record
+    return not path.is_file() or read_record(AttackRecord, path).applicable
+
+
+def generate(plan: Plan, model: ModelRef, suite_name: str, shard: int | None, runtime: RuntimeSettings) -> None:
     """Images of one suite with one model (one shard when given), as WebDataset shards."""
-    from harness.eval.generate import generate_suite
-    from harness.eval.suites import load_suite
+    from harness.generate.run import generate_suite
+    from harness.generate.suites import load_suite
 
-    suite = load_suite(suite_name, data_dir)
-    generate_suite(plan.recipe.model, [str(p) for p in plan.model_tensors(model)], suite, plan.recipe.generation,
-                   plan.images_dir(model, suite_name), model, shard=shard, devices=devices, accelerator=accelerator)
-
-
-def score(plan: Plan, model: str, suite_name: str, data_dir: str | Path | None,
-          accelerator: str = "auto", devices: int | str = 1) -> None:
-    """The suite's metrics for one model's images; the CLIP score compares with the pretrained model."""
-    from harness.eval.score import score_suite
-    from harness.eval.suites import load_suite
-
-    if plan.metrics_path(model, suite_name).is_file():
-        log.info("metrics of %s on %s already written", model, suite_name)
+    if not attacked_model_applies(plan, model):
+        log.debug("generate %s: the attack did not apply; nothing to generate", model)
         return
-    suite = load_suite(suite_name, data_dir)
-    reference = plan.images_dir(PRETRAINED, suite_name) if model != PRETRAINED else None
-    score_suite(plan.images_dir(model, suite_name), suite, list(suite.metrics), plan.metrics_path(model, suite_name),
-                reference=reference, accelerator=accelerator, devices=devices)
+    suite = load_suite(suite_name, runtime.data_dir, f"{plan.recipe.source}: suites")
+    generate_suite(plan.recipe.model, plan.layout.model_tensors(model), suite, plan.recipe.generation,
+                   plan.layout.images(model, suite_name).folder, model.label, shard=shard, runtime=runtime)
 
 
-def report(plan: Plan) -> Path:
-    """Tables, plots and grids of the run."""
-    from harness.eval.report import write_report
+def score(plan: Plan, model: ModelRef, suite_name: str, runtime: RuntimeSettings) -> None:
+    """The suite's metrics for one model's images; the CLIP score compares with the pretrained model."""
+    from harness.generate.suites import load_suite
+    from harness.score.run import score_suite
 
-    return write_report([plan.run_dir], plan.report_dir).parent
+    if not attacked_model_applies(plan, model):
+        return
+    suite = load_suite(suite_name, runtime.data_dir, f"{plan.recipe.source}: suites")
+    reference = plan.layout.images(PRETRAINED_MODEL, suite_name).folder if model != PRETRAINED_MODEL else None
+    score_suite(plan.layout.images(model, suite_name).folder, suite, list(suite.metrics),
+                plan.layout.metrics(model, suite_name), reference=reference, settings=plan.recipe.score, runtime=runtime)
+
+
+def report(plan: Plan) -> Results:
+    """results.json, tables, plots and grids of the run; returns the results."""
+    from harness.report.run import write_report
+
+    write_report([plan.run_dir], plan.layout.report.folder)
+    return read_record(Results, plan.layout.results)

@@ -1,52 +1,42 @@
-"""The table the main command prints: the paper's Table 1 in shape (erased-class and
-preserved-class accuracy per model), with FID and the revivals' sign accuracy."""
+"""The table the main command prints, read from results.json: per model of the matrix, the
+erased class's accuracy and the preserved classes' (with n and 95% intervals), FID and the
+revival's sign accuracy; a cell without numbers says why."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
-
-from harness.experiment.plan import REVIVED_PREFIX, Plan
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+from harness.records import ResultRow, Results
+from harness.stats import format_share
 
 
 def _format(value: float | None, digits: int = 3) -> str:
-    return "missing" if value is None else f"{value:.{digits}f}"
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def summary_rows(plan: Plan) -> list[dict[str, Any]]:
-    """One row per model: erased and preserved accuracy, FID, sign accuracy (revivals)."""
-    target = plan.recipe.concept.target if plan.recipe.concept else None
-    rows = []
-    for model in plan.models:
-        row: dict[str, Any] = {"model": model, "erased": None, "preserved": None, "fid": None, "sign_accuracy": None}
-        for suite in plan.suites:
-            metrics = (_read(plan.metrics_path(model, suite)) or {}).get("metrics", {})
-            per_class = metrics.get("accuracy_per_class") or {}
-            if target in per_class:
-                row["erased"] = per_class[target]
-                others = [v for k, v in per_class.items() if k != target]
-                row["preserved"] = sum(others) / len(others) if others else None
-            if metrics.get("fid") is not None:
-                row["fid"] = metrics["fid"]
-        if model.startswith(REVIVED_PREFIX):
-            revive = _read(plan.revive_dir(model[len(REVIVED_PREFIX):]) / "report.json") or {}
-            row["sign_accuracy"] = revive.get("summary", {}).get("sign_accuracy")
-        rows.append(row)
-    return rows
+def summary_lines(results: Results, target: str | None, suite: str | None = None) -> list[str]:
+    """The printed table's lines for one suite (default: the first that scores the erased class)."""
+    rows = results.rows
+    suites = list(dict.fromkeys(r.suite for r in rows))
+    suite = suite or next((s for s in suites if any(r.n_erased for r in rows if r.suite == s)), suites[0] if suites else None)
+    chosen = [r for r in rows if r.suite == suite]
+    method_width = max([len("method"), *(len(r.method) for r in chosen)])
+    attack_width = max([len("attack"), *(len(r.attack) for r in chosen)])
+    lines = [f"\n{results.recipe.get('name', '')}: erased concept '{target}', suite {suite}",
+             f"{'method':<{method_width}} {'attack':<{attack_width}} {'erased acc [95% CI]':>26} "
+             f"{'preserved acc [95% CI]':>26} {'FID':>8} {'sign acc':>8}"]
+    for row in chosen:
+        lines.append(_line(row, method_width, attack_width))
+    return lines
 
 
-def print_summary(plan: Plan) -> None:
+def _line(row: ResultRow, method_width: int, attack_width: int) -> str:
+    head = f"{row.method:<{method_width}} {row.attack:<{attack_width}} "
+    if row.status != "done":
+        return head + row.status
+    erased = format_share(row.erased_accuracy, row.n_erased, row.erased_ci, 3)
+    preserved = format_share(row.preserved_accuracy, row.n_preserved, row.preserved_ci, 3)
+    return head + f"{erased:>26} {preserved:>26} {_format(row.fid, 2):>8} {_format(row.metrics.get('sign_accuracy')):>8}"
+
+
+def print_summary(results: Results, target: str | None) -> None:
     """Print the table to standard output."""
-    target = plan.recipe.concept.target if plan.recipe.concept else "?"
-    print(f"\n{plan.recipe.name}: erased concept '{target}'")
-    rows = summary_rows(plan)
-    width = max(len("model"), *(len(row["model"]) for row in rows))
-    print(f"{'model':<{width}} {'erased acc':>10} {'preserved acc':>13} {'FID':>9} {'sign acc':>9}")
-    for row in rows:
-        print(f"{row['model']:<{width}} {_format(row['erased']):>10} {_format(row['preserved']):>13} "
-              f"{_format(row['fid'], 2):>9} {_format(row['sign_accuracy']):>9}")
+    print("\n".join(summary_lines(results, target)))

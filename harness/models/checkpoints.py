@@ -7,6 +7,7 @@ full-UNet dump. Pickled files load with `weights_only=True`: plain tensors only.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -38,10 +39,11 @@ def load_state_dict(source: str | Path) -> dict[str, torch.Tensor]:
 
 def resolve_local(source: str) -> Path:
     """A local path for `source`: the path itself, the zoo's folder, or a hub snapshot."""
-    if source.startswith("zoo:"):
-        from harness.models.zoo.world import resolve
+    from harness.world import world_of_source
 
-        return resolve(source)
+    world = world_of_source(source)
+    if world is not None:
+        return world.pipeline_dir()
     path = Path(source).expanduser()
     if path.exists():
         return path
@@ -80,7 +82,7 @@ def _load_unet_folder(folder: Path) -> dict[str, torch.Tensor]:
     unet = folder / "unet" if (folder / "model_index.json").is_file() else folder
     for name in UNET_WEIGHT_FILES:
         if (unet / name).is_file():
-            log.info("loading UNet weights from %s", unet / name)
+            log.debug("loading UNet weights from %s", unet / name)
             return load_tensor_file(unet / name)
     raise HarnessError(f"{folder}: no UNet weights found (looked for {', '.join(UNET_WEIGHT_FILES)} in {unet})")
 
@@ -98,18 +100,61 @@ def _load_weights_only(path: Path) -> dict[str, torch.Tensor]:
     return data
 
 
+HEAD_BYTES = 4 << 20
+"""Large weight files are identified by size plus the digest of their first and last 4 MiB."""
+
+
+def source_identity(source: str) -> str:
+    """A content identity of a model source, cheap enough for every stage to compute: a world's
+    own identity, a hub id as given, or a digest of a local file or folder (file names, sizes,
+    small files whole, the head and tail of large ones)."""
+    from harness.world import world_of_source
+
+    world = world_of_source(source)
+    if world is not None:
+        return world.identity()
+    path = Path(source).expanduser()
+    if not path.exists():
+        return f"hub:{source}"
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}:{size}".encode())
+        with open(file, "rb") as handle:
+            if size <= 2 * HEAD_BYTES:
+                digest.update(handle.read())
+            else:
+                digest.update(handle.read(HEAD_BYTES))
+                handle.seek(-HEAD_BYTES, 2)
+                digest.update(handle.read(HEAD_BYTES))
+    return f"local:{digest.hexdigest()[:20]}"
+
+
 def is_hub_id(source: str) -> bool:
     """`owner/name` that is not a local path."""
-    if source.startswith("zoo:") or Path(source).expanduser().exists():
+    from harness.world import ZOO_PREFIX
+
+    if source.startswith(ZOO_PREFIX) or Path(source).expanduser().exists():
         return False
     parts = source.split("/")
     return len(parts) == 2 and all(parts) and not source.startswith((".", "/", "~"))
 
 
 def _hub_snapshot(repo_id: str) -> Path:
+    """The UNet files of a hub model: from the local hub cache, else downloaded when the hub answers."""
     from huggingface_hub import snapshot_download
 
+    from harness.models.hub import hub_reachable, unreachable_message
+
+    patterns = ["model_index.json", "unet/*"]
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["model_index.json", "unet/*"]))
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:  # not in the cache: the hub client raises several types
+        pass
+    if not hub_reachable():
+        raise HarnessError(unreachable_message(repo_id, "a local path (a diffusers folder, .safetensors or .pt file)"))
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as error:  # network, auth and missing-repo errors all end here
         raise HarnessError(f"{repo_id}: not a local path and the hub download failed ({type(error).__name__})") from None

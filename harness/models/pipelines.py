@@ -1,24 +1,38 @@
-"""Loading a text-to-image pipeline by name and writing changed UNet tensors into it."""
+"""Loading a text-to-image pipeline by name, writing changed UNet tensors into it, and calling it
+the same way everywhere (unlearning methods, attacks and generation).
+
+A pipeline is any diffusers pipeline called like StableDiffusionPipeline (prompt, steps,
+guidance, generator, output_type) whose `encode_prompt(prompt, device, num_images_per_prompt,
+do_classifier_free_guidance)` returns the UNet's conditioning; classes that diffusers does not
+know by name (a world's own pipeline) are registered in harness.registry (kind `pipeline`).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
+import diffusers
 import torch
 from diffusers import DiffusionPipeline
 
 from harness.errors import HarnessError
 from harness.models.checkpoints import is_hub_id, resolve_local
+from harness.models.hub import hub_reachable, unreachable_message
+from harness.registry import registered, resolve
 
 log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def load_pipeline(
     source: str, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> DiffusionPipeline:
     """A pipeline from a hub id, a local diffusers folder or `zoo:NAME`; safety checker off."""
+    quiet_loading()
     if is_hub_id(source):
         location: str | Path = source
         class_name = "StableDiffusionPipeline"
@@ -28,19 +42,42 @@ def load_pipeline(
         if not index.is_file():
             raise HarnessError(f"{source}: not a pipeline (no model_index.json in {location})")
         class_name = json.loads(index.read_text()).get("_class_name", "")
-    if class_name == "DigitsPipeline":
-        from harness.models.zoo.pipeline import DigitsPipeline
-
-        pipeline = DigitsPipeline.from_pretrained(location, dtype=dtype)
+    if class_name in registered("pipeline"):
+        cls = resolve("pipeline", class_name, f"{source}: model_index.json _class_name")
+        pipeline = cls.from_pretrained(location, dtype=dtype)
     else:
         extra = {"safety_checker": None, "requires_safety_checker": False} if "StableDiffusion" in class_name else {}
-        try:
-            pipeline = DiffusionPipeline.from_pretrained(location, dtype=dtype, **extra)
-        except OSError as error:
-            raise HarnessError(f"{source}: cannot load the pipeline ({str(error).splitlines()[0]})") from None
-    log.info("loaded %s from %s", class_name, location)
+        pipeline = _from_pretrained(source, location, dtype, extra)
+    log.debug("loaded %s from %s", class_name, location)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device)
+
+
+def _from_pretrained(source: str, location: str | Path, dtype: torch.dtype | None, extra: dict) -> DiffusionPipeline:
+    """diffusers' loader: from the local folder or hub cache, else from the hub when it answers."""
+    try:
+        return DiffusionPipeline.from_pretrained(location, dtype=dtype, local_files_only=True, **extra)
+    except (OSError, ValueError) as error:
+        if not is_hub_id(source):
+            raise HarnessError(f"{source}: cannot load the pipeline ({_first_line(error)})") from None
+    if not hub_reachable():
+        raise HarnessError(unreachable_message(f"pipeline {source}", "a local diffusers folder as the model"))
+    try:
+        return DiffusionPipeline.from_pretrained(location, dtype=dtype, **extra)
+    except (OSError, ValueError) as error:
+        raise HarnessError(f"{source}: cannot load the pipeline ({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def quiet_loading() -> None:
+    """No per-component loading bars from diffusers and transformers (the harness shows its own)."""
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def apply_tensors(pipeline: DiffusionPipeline, tensors: dict[str, torch.Tensor], where: str = "tensors") -> None:
@@ -53,6 +90,8 @@ def apply_tensors(pipeline: DiffusionPipeline, tensors: dict[str, torch.Tensor],
             raise HarnessError(
                 f"{where}: '{name}' has shape {tuple(value.shape)}, the UNet's has {tuple(params[name].shape)}"
             )
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise HarnessError(f"{where}: '{name}' holds non-finite values")
     with torch.no_grad():
         for name, value in tensors.items():
             params[name].copy_(value.to(dtype=params[name].dtype, device=params[name].device))
@@ -60,14 +99,28 @@ def apply_tensors(pipeline: DiffusionPipeline, tensors: dict[str, torch.Tensor],
 
 @torch.no_grad()
 def prompt_embeddings(pipeline: DiffusionPipeline, prompts: list[str]) -> torch.Tensor:
-    """The UNet's conditioning for `prompts`, made the way the pipeline itself makes it.
-
-    Stable Diffusion's `encode_prompt(prompt, device, num_images_per_prompt, cfg)` returns all
-    77 token states; the miniature world's `encode_prompt(prompts)` returns its one-token context.
-    """
-    from harness.models.zoo.pipeline import DigitsPipeline
-
-    if isinstance(pipeline, DigitsPipeline):
-        return pipeline.encode_prompt(prompts)
+    """The UNet's conditioning for `prompts`, made the way the pipeline itself makes it."""
     embeddings, _ = pipeline.encode_prompt(prompts, pipeline.unet.device, 1, False)
     return embeddings.to(pipeline.unet.dtype)
+
+
+def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
+    """`auto` is float16 on a GPU (as the protocol generates) and float32 elsewhere."""
+    if name == "auto":
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    return DTYPES[name]
+
+
+def is_scheduler(name: str) -> bool:
+    """Whether `name` is a diffusers scheduler class."""
+    cls = getattr(diffusers, name, None)
+    return isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)
+
+
+def set_scheduler(pipeline: Any, name: str | None, where: str) -> None:
+    """Swap in the diffusers scheduler class `name`, built from the current scheduler's config."""
+    if name is None or type(pipeline.scheduler).__name__ == name:
+        return
+    if not is_scheduler(name):
+        raise HarnessError(f"{where}: generation.scheduler: '{name}' is not a diffusers scheduler")
+    pipeline.scheduler = getattr(diffusers, name).from_config(pipeline.scheduler.config)

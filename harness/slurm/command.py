@@ -1,18 +1,22 @@
-"""`harness slurm plan RECIPE`: the sbatch scripts of a recipe's whole benchmark.
+"""`harness slurm plan RECIPE`: the sbatch scripts of a recipe's whole matrix.
 
-Writes one script per job (unlearn, revive, one array job per suite, score, report) and
-submit.sh into RUN_DIR/slurm, then prints the sbatch commands; `--submit` runs them, chaining
-the jobs with `afterok` dependencies, and records the job ids in jobs.json.
+Writes one script per job (unlearn, attack, one array job per suite, score, report) and the
+submit script into RUN_DIR/slurm, then prints the sbatch commands; `--submit` runs them,
+chaining the jobs with `afterok` dependencies, and records the job ids. GPUs and CPUs per task
+default to what the cluster's nodes have (`sinfo`), so a small local cluster works as it is.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.slurm.planner import DEFAULT_TIMES, STAGES, SlurmOptions, submit, write_plan
+from harness.layout import SlurmFiles
+from harness.experiment.plan import STAGES
+from harness.slurm.planner import DEFAULT_TIMES, SlurmOptions, submit, write_plan
 from harness.slurm.templates import DEFAULT_FOLDER
 
 
@@ -25,10 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     plan.add_argument("--out", type=Path, help="folder for the scripts (default RUN_DIR/slurm)")
     plan.add_argument("--partition", help="SLURM partition (default: the cluster's)")
     plan.add_argument("--account", help="SLURM account to charge")
-    plan.add_argument("--gpus", type=int, default=1,
-                      help="GPUs of each generate task and of the unlearn and score jobs (default 1; 0 for CPU)")
-    plan.add_argument("--revive-gpus", type=int, help="GPUs of the revive job, used by Accelerate (default --gpus)")
-    plan.add_argument("--cpus", type=int, default=8, help="CPUs per task (default 8)")
+    plan.add_argument("--gpus", type=int,
+                      help="GPUs of each generate task and of the unlearn, attack and score jobs "
+                           "(default: 1 when the cluster's nodes have GPUs, else 0)")
+    plan.add_argument("--attack-gpus", type=int, help="GPUs of the attack job, used by Accelerate (default --gpus)")
+    plan.add_argument("--cpus", type=int, help="CPUs per task (default: 8, or fewer when the nodes have fewer)")
     plan.add_argument("--time", action="append", default=[], metavar="STAGE=LIMIT",
                       help="time limit of a stage, e.g. generate=04:00:00 (repeatable; defaults: "
                            + ", ".join(f"{k}={v}" for k, v in DEFAULT_TIMES.items()) + ")")
@@ -54,26 +59,43 @@ def parse_times(items: list[str]) -> dict[str, str]:
     return times
 
 
+def cluster_resources() -> tuple[int, int]:
+    """(GPUs, CPUs) a task may ask for on the cluster's smallest node: from `sinfo`, else (1, 8)."""
+    try:
+        result = subprocess.run(["sinfo", "-h", "-o", "%c %G"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return 1, 8
+    lines = [line.split(maxsplit=1) for line in result.stdout.splitlines() if line.strip()]
+    if result.returncode != 0 or not lines:
+        return 1, 8
+    cpus = min((int(parts[0].rstrip("+")) for parts in lines if parts[0].rstrip("+").isdigit()), default=8)
+    gpus = 1 if all(len(parts) > 1 and "gpu" in parts[1] for parts in lines) else 0
+    return gpus, min(8, cpus)
+
+
 def run(args: argparse.Namespace) -> int:
     from harness.experiment.plan import build_plan
     from harness.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
     run_dir = args.run_dir or Path("runs") / recipe.name
+    gpus, cpus = (args.gpus, args.cpus) if args.gpus is not None and args.cpus is not None else cluster_resources()
     options = SlurmOptions(
-        partition=args.partition, account=args.account, gpus=args.gpus, revive_gpus=args.revive_gpus,
-        cpus=args.cpus, times=parse_times(args.time), setup=args.setup, max_parallel=args.max_parallel,
+        partition=args.partition, account=args.account, gpus=gpus if args.gpus is None else args.gpus,
+        attack_gpus=args.attack_gpus, cpus=cpus if args.cpus is None else args.cpus,
+        times=parse_times(args.time), setup=args.setup, max_parallel=args.max_parallel,
         sbatch_options=args.sbatch_option, python=args.python, templates=args.templates, data_dir=args.data_dir,
     )
     plan = build_plan(recipe, run_dir, args.data_dir)
-    out = args.out or run_dir / "slurm"
-    jobs = write_plan(plan, Path(args.recipe), options, out)
+    files = SlurmFiles(Path(args.out)) if args.out else plan.layout.slurm
+    jobs = write_plan(plan, Path(recipe.source), options, files.folder)
     if not args.submit:
-        print(f"# {len(jobs)} jobs written to {out}; submit them with: bash {out / 'submit.sh'}")
-        print((out / "submit.sh").read_text().split("set -euo pipefail\n", 1)[1], end="")
+        print(f"# {len(jobs)} jobs written to {files.folder} (GPUs per task {options.gpus}, CPUs {options.cpus}); "
+              f"submit them with: bash {files.submit}")
+        print(files.submit.read_text().split("set -euo pipefail\n", 1)[1], end="")
         return 0
-    ids = submit(jobs, out)
+    ids = submit(jobs, files.folder)
     for job in jobs:
         print(f"{job.name}: {ids[job.name]}")
-    print(f"# job ids in {out / 'jobs.json'}; logs in {out / 'logs'}")
+    print(f"# job ids in {files.jobs}; logs in {files.logs}")
     return 0

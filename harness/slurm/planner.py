@@ -1,9 +1,10 @@
-"""The SLURM plan of one recipe's benchmark: sbatch scripts chained by `afterok` dependencies.
+"""The SLURM plan of one recipe's matrix: sbatch scripts chained by `afterok` dependencies.
 
-Jobs, in submission order: `unlearn` (absent when the recipe names an unlearned model), `revive`
-(every variant, Accelerate over the job's GPUs), one array job `generate-<suite>` per suite whose
-task i generates shard i for every model, `score`, `report`. Scripts are rendered from the
-templates in slurm/ and written to one folder with `submit.sh`, the same chain as shell lines.
+Jobs, in submission order: `unlearn` (every method), `attack` (every attack on every method;
+revival attacks use Accelerate over the job's GPUs; absent when the recipe lists no attack), one
+array job `generate-<suite>` per suite whose task i generates shard i for every model, `score`,
+`report`. Scripts are rendered from the shipped templates and written to one folder with the
+submit script, the same chain as shell lines.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.experiment.plan import Plan
+from harness.experiment.plan import STAGES, Plan
+from harness.layout import SlurmFiles
 from harness.provenance import write_json_atomic
 from harness.slurm.templates import DEFAULT_FOLDER, load_template, render
 
-STAGES = ("unlearn", "revive", "generate", "score", "report")
-DEFAULT_TIMES = {"unlearn": "02:00:00", "revive": "02:00:00", "generate": "02:00:00",
+DEFAULT_TIMES = {"unlearn": "02:00:00", "attack": "02:00:00", "generate": "02:00:00",
                  "score": "08:00:00", "report": "00:30:00"}
 _TIME = re.compile(r"(\d+-)?\d+(:\d+){0,2}|UNLIMITED|INFINITE", re.IGNORECASE)
 
@@ -34,8 +35,8 @@ class SlurmOptions:
     account: str | None = None
     gpus: int = 1
     """GPUs of the unlearn and score jobs and of every generate task."""
-    revive_gpus: int | None = None
-    """GPUs of the revive job, where Accelerate spreads the layers (default: `gpus`)."""
+    attack_gpus: int | None = None
+    """GPUs of the attack job, where Accelerate spreads a revival's layers (default: `gpus`)."""
     cpus: int = 8
     times: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_TIMES))
     setup: str = ""
@@ -50,8 +51,8 @@ class SlurmOptions:
     data_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if self.gpus < 0 or (self.revive_gpus is not None and self.revive_gpus < 0):
-            raise HarnessError(f"GPUs per job must be 0 or more, got {self.gpus}/{self.revive_gpus}")
+        if self.gpus < 0 or (self.attack_gpus is not None and self.attack_gpus < 0):
+            raise HarnessError(f"--gpus / --attack-gpus: must be 0 or more, got {self.gpus}/{self.attack_gpus}")
         if self.cpus < 1 or self.max_parallel < 1:
             raise HarnessError(f"--cpus and --max-parallel must be at least 1, got {self.cpus}/{self.max_parallel}")
         for stage, limit in self.times.items():
@@ -79,27 +80,28 @@ class Job:
 
 
 def write_plan(plan: Plan, recipe_path: Path, options: SlurmOptions, out: Path) -> list[Job]:
-    """Write the scripts and submit.sh into `out`; the jobs come back in submission order."""
-    writer = _ScriptWriter(plan, Path(recipe_path).resolve(), options, Path(out).resolve())
+    """Write the scripts and the submit script into `out`; the jobs come back in submission order."""
+    writer = _ScriptWriter(plan, Path(recipe_path).resolve(), options, SlurmFiles(Path(out).resolve()))
     jobs: list[Job] = []
-    if plan.recipe.unlearn is not None:
+    if plan.recipe.methods:
         jobs.append(writer.job("unlearn", "unlearn", [], {}))
-    jobs.append(writer.job("revive", "revive", [j.name for j in jobs], {}))
-    models = " ".join(shlex.quote(model) for model in plan.models)
+    if plan.recipe.attacks:
+        jobs.append(writer.job("attack", "attack", [j.name for j in jobs], {}))
+    before_generate = [j.name for j in jobs]
+    models = " ".join(shlex.quote(model.label) for model in plan.models)
     for suite in plan.suites:
         count = plan.shard_count(suite)
         array = f"0-{count - 1}%{min(options.max_parallel, count)}"
-        folders = " ".join(shlex.quote(str(plan.images_dir(m, suite).resolve())) for m in plan.models)
-        values = {"suite": shlex.quote(suite), "models": models, "image_folders": folders}
-        jobs.append(writer.job(f"generate-{suite}", "generate", ["revive"], values, array=array))
+        values = {"suite": shlex.quote(suite), "models": models}
+        jobs.append(writer.job(f"generate-{suite}", "generate", before_generate, values, array=array))
     jobs.append(writer.job("score", "score", [j.name for j in jobs if j.stage == "generate"], {}))
     jobs.append(writer.job("report", "report", ["score"], {}))
-    (writer.out / "logs").mkdir(parents=True, exist_ok=True)
+    writer.files.logs.mkdir(parents=True, exist_ok=True)
     for job in jobs:
         job.script.write_text(job.text)
         job.script.chmod(0o755)
-    submit = writer.out / "submit.sh"
-    submit.write_text("#!/bin/bash\n# Submit the benchmark of " + str(recipe_path) + " (written by harness slurm plan).\n"
+    submit = writer.files.submit
+    submit.write_text("#!/bin/bash\n# Submit the matrix of " + str(recipe_path) + " (written by harness slurm plan).\n"
                       "set -euo pipefail\n" + "\n".join(submit_lines(jobs)) + "\n")
     submit.chmod(0o755)
     return jobs
@@ -132,7 +134,7 @@ def submit(jobs: list[Job], out: Path) -> dict[str, str]:
             message = (result.stderr.strip().splitlines() or ["no message"])[-1]
             raise HarnessError(f"sbatch {job.script}: {message}")
         ids[job.name] = result.stdout.strip().split(";")[0]
-    write_json_atomic(Path(out) / "jobs.json", {
+    write_json_atomic(SlurmFiles(Path(out)).jobs, {
         job.name: {"id": ids[job.name], "stage": job.stage, "script": str(job.script), "after": job.after} for job in jobs
     })
     return ids
@@ -141,8 +143,8 @@ def submit(jobs: list[Job], out: Path) -> dict[str, str]:
 class _ScriptWriter:
     """Renders one stage's template with the options every script shares."""
 
-    def __init__(self, plan: Plan, recipe_path: Path, options: SlurmOptions, out: Path) -> None:
-        self.plan, self.recipe_path, self.options, self.out = plan, recipe_path, options, out
+    def __init__(self, plan: Plan, recipe_path: Path, options: SlurmOptions, files: SlurmFiles) -> None:
+        self.plan, self.recipe_path, self.options, self.files = plan, recipe_path, options, files
         self.run_dir = plan.run_dir.resolve()
         self.header = load_template(options.templates, "header.sbatch")
         self.harness = f"{shlex.quote(options.python)} -m harness.cli"
@@ -150,8 +152,8 @@ class _ScriptWriter:
     def gpus(self, stage: str) -> int:
         if stage == "report":
             return 0
-        if stage == "revive" and self.options.revive_gpus is not None:
-            return self.options.revive_gpus
+        if stage == "attack" and self.options.attack_gpus is not None:
+            return self.options.attack_gpus
         return self.options.gpus
 
     def job(self, name: str, stage: str, after: list[str], values: dict[str, str], array: str | None = None) -> Job:
@@ -163,7 +165,7 @@ class _ScriptWriter:
                  f"--ntasks-per-node={self.gpus(stage)}" if stage == "generate" and self.gpus(stage) > 1 else None,
                  f"--array={array}" if array else None,
                  *options.sbatch_options]
-        log = self.out / "logs" / ("%x-%A_%a.out" if array else "%x-%j.out")
+        log = self.files.logs / ("%x-%A_%a.out" if array else "%x-%j.out")
         header = render(self.header, {
             "job_name": f"{self.plan.recipe.name}-{name}",
             "log": str(log),
@@ -183,14 +185,14 @@ class _ScriptWriter:
         }
         text = render(load_template(options.templates, f"{stage}.sbatch"), common | values,
                       str(options.templates / f"{stage}.sbatch"))
-        script = self.out / f"{STAGES.index(stage) + 1:02d}-{name}.sbatch"
+        script = self.files.script(STAGES.index(stage) + 1, name)
         return Job(name, stage, script, after, "\n".join(line.rstrip() for line in text.splitlines()) + "\n")
 
     def launcher(self, stage: str) -> str:
-        """How the stage starts `harness` on several GPUs: `accelerate launch` for the revive, one
+        """How the stage starts `harness` on several GPUs: `accelerate launch` for the attacks, one
         `srun` task per GPU for generation (Lightning takes its processes from SLURM)."""
         gpus = self.gpus(stage)
-        if gpus > 1 and stage == "revive":
+        if gpus > 1 and stage == "attack":
             accelerate = f"{shlex.quote(self.options.python)} -m accelerate.commands.launch"
             return f"{accelerate} --multi_gpu --num_processes {gpus} -m harness.cli"
         if gpus > 1 and stage == "generate":
@@ -200,7 +202,7 @@ class _ScriptWriter:
     def stage_options(self, stage: str) -> str:
         """Options every command of the stage gets: the data folder and its GPUs."""
         options = ["--data-dir", str(Path(self.options.data_dir).resolve())] if self.options.data_dir else []
-        if stage in ("unlearn", "score") and self.gpus(stage) > 0:
+        if stage in ("unlearn", "attack", "score") and self.gpus(stage) > 0 and not (stage == "attack" and self.gpus(stage) > 1):
             options += ["--device", "cuda"]
         if stage == "generate" and self.gpus(stage) > 1:
             options += ["--devices", str(self.gpus(stage))]

@@ -1,4 +1,4 @@
-"""sbatch templates: text files in the checkout's slurm/ folder with `{{name}}` placeholders.
+"""sbatch templates: text files shipped in the package (harness/resources/slurm) with `{{name}}` placeholders.
 
 A template may only name placeholders the planner fills; an unknown one is an error naming the
 file, so a site's edited copy of the templates (`--templates DIR`) fails early, not on the cluster.
@@ -10,9 +10,10 @@ import re
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.resources import resource_dir
 
-DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "slurm"
-"""The checkout's slurm/ folder."""
+DEFAULT_FOLDER = resource_dir("slurm")
+"""The shipped templates."""
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 

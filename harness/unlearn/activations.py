@@ -116,22 +116,6 @@ def column_norms(
     with recorder, torch.no_grad():
         for start in tqdm(range(0, len(prompts), batch), desc=desc, unit="batch"):
             chunk = slice(start, start + batch)
-            recorder.run(pipeline, generation_kwargs(list(prompts[chunk]), generation, list(seeds[chunk])))
-    log.info("recorded %d UNet calls x %d layers over %d %s", calls, len(layers), len(prompts), desc)
+            recorder.run(pipeline, generation.pipeline_kwargs(list(prompts[chunk]), list(seeds[chunk])))
+    log.debug("recorded %d UNet calls x %d layers over %d %s", calls, len(layers), len(prompts), desc)
     return recorder.norms()
-
-
-def generation_kwargs(prompts: list[str], generation: GenerationSettings, seeds: list[int]) -> dict[str, Any]:
-    """Keyword arguments of a diffusers-style pipeline call; prompt i starts from seed `seeds[i]`."""
-    kwargs: dict[str, Any] = {
-        "prompt": prompts,
-        "num_inference_steps": generation.steps,
-        "guidance_scale": generation.guidance,
-        "generator": [torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-        "output_type": "pt",
-    }
-    if generation.height is not None:
-        kwargs["height"] = generation.height
-    if generation.width is not None:
-        kwargs["width"] = generation.width
-    return kwargs

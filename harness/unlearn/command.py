@@ -1,23 +1,40 @@
-"""`harness unlearn --recipe FILE --out DIR`: run a recipe's unlearning method (and defense)."""
+"""`harness unlearn --recipe FILE --out DIR [--method NAME]`: run one method of a recipe (and its defense)."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from pathlib import Path
 
+from harness.config import settings_arguments, settings_from_arguments
 from harness.recipe import load_recipe
-from harness.unlearn.run import run_unlearning
+from harness.runtime import RuntimeSettings
+from harness.unlearn.run import UnlearnJob, run_unlearning
+
+
+@dataclass
+class UnlearnOptions:
+    """What to unlearn and where to."""
+
+    recipe: str
+    """recipe YAML (or a shipped recipe's name) with model, concept and methods"""
+    out: str
+    """output folder for the unlearned tensors, the mask and the record"""
+    method: str | None = None
+    """which of the recipe's methods (by name; default: the only one)"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--recipe", required=True, help="recipe YAML with model, concept and unlearn sections")
-    parser.add_argument("--out", required=True, help="folder for unlearned.safetensors, mask.safetensors, unlearn.json")
-    parser.add_argument("--data-dir", default=None,
-                        help="prompt word lists (overrides concept.data_dir; default $HARNESS_DATA_DIR)")
-    parser.add_argument("--device", default="auto", help="torch device; auto = cuda when available, else cpu")
+    parser.set_defaults(_flags=settings_arguments(parser, UnlearnOptions),
+                        _runtime=settings_arguments(parser, RuntimeSettings, skip=("accelerator", "devices", "strategy", "num_nodes")))
 
 
 def run(args: argparse.Namespace) -> int:
-    recipe = load_recipe(args.recipe)
-    out = run_unlearning(recipe, args.out, data_dir=args.data_dir, device=args.device)
-    print(out / "unlearn.json")
+    options = settings_from_arguments(UnlearnOptions, args, args._flags)
+    runtime = settings_from_arguments(RuntimeSettings, args, args._runtime)
+    recipe = load_recipe(options.recipe)
+    job = UnlearnJob.from_recipe(recipe, options.method, Path(options.out), runtime.data_dir, runtime.device)
+    record = run_unlearning(job)
+    print(f"{job.method.name}: changed {record.changed} weights ({100 * record.fraction_of_layers:.3f}% of the "
+          f"target layers) in {record.seconds:.1f} s -> {options.out}")
     return 0

@@ -18,14 +18,14 @@ from harness.config import parse_dataclass
 from harness.errors import HarnessError
 from harness.unlearn.activations import TooFewCalls, column_norms
 from harness.unlearn.prompts import prompt_pairs
-from harness.unlearn.registry import UnlearnContext, UnlearnResult
+from harness.unlearn.method import UnlearnContext, UnlearnResult
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ConceptPruneParams:
-    """`unlearn.params` of the `conceptprune` method. Paper settings: objects 0.02 / 10,
+    """`params` of the `conceptprune` method. Paper settings: objects 0.02 / 10,
     artists 0.01 / 10, nudity 0.01 / 9."""
 
     skill_ratio: float = 0.02
@@ -61,20 +61,20 @@ def skilled_mask(
 
 
 def conceptprune(context: UnlearnContext, params: dict) -> UnlearnResult:
-    """The registered method `conceptprune` (signature in harness.unlearn.registry)."""
-    settings = parse_dataclass(ConceptPruneParams, params, context.key("unlearn.params"))
+    """The registered method `conceptprune` (signature in harness.unlearn.method)."""
+    settings = parse_dataclass(ConceptPruneParams, params, context.key("params"))
     seed = context.generation.fixed_seed if settings.seed is None else settings.seed
     weights = dict(context.pipeline.unet.named_parameters())
     for name in context.layers:
         if weights[name].dim() != 2:
             raise HarnessError(
-                f"{context.key('unlearn.layers')}: '{name}' is not a linear weight (shape {tuple(weights[name].shape)})"
+                f"{context.key('layers')}: '{name}' is not a linear weight (shape {tuple(weights[name].shape)})"
             )
     ks = {name: int(settings.skill_ratio * weights[name].shape[1]) for name in context.layers}
     for name, k in ks.items():
         if k < 1:
             raise HarnessError(
-                f"{context.key('unlearn.params.skill_ratio')}: {settings.skill_ratio} x "
+                f"{context.key('params.skill_ratio')}: {settings.skill_ratio} x "
                 f"{weights[name].shape[1]} input features of '{name}' leaves k = 0"
             )
     pairs = prompt_pairs(context.concept, context.data_dir, context.where)
@@ -87,12 +87,12 @@ def conceptprune(context: UnlearnContext, params: dict) -> UnlearnResult:
                 [s for _, s in runs], f"{side} prompts",
             )
     except TooFewCalls as error:
-        raise HarnessError(f"{context.key('unlearn.params.tau')}: {error}") from None
+        raise HarnessError(f"{context.key('params.tau')}: {error}") from None
     masks, tensors = {}, {}
     for name in context.layers:
         masks[name] = skilled_mask(weights[name], norms["base"][name], norms["target"][name], ks[name]).cpu()
         tensors[name] = weights[name].detach().cpu().masked_fill(masks[name], 0)
-        log.info("%s: %d of %d weights skilled", name, int(masks[name].sum()), masks[name].numel())
+        log.debug("%s: %d of %d weights skilled", name, int(masks[name].sum()), masks[name].numel())
     info = {
         "params": dataclasses.asdict(settings) | {"seed": seed},
         "k": ks,

@@ -2,8 +2,8 @@
 
 PROTOCOL.md section 1. Art: "a photo of a {thing}" vs "a {thing} in the style of {artist}"
 (things.txt); nudity: "a photo of a {human}" vs "a photo of a naked {human}" (humans.txt);
-objects: "a {scene}" vs "a {object} in a {scene}" (common_scenes.txt). The miniature world's
-digits: its neutral prompts vs the digit's concept prompts (harness.models.zoo.digits).
+objects: "a {scene}" vs "a {object} in a {scene}" (common_scenes.txt). A world's kinds (the
+miniature world's digits) take the world's own pairs.
 """
 
 from __future__ import annotations
@@ -43,15 +43,16 @@ def resolve_data_dir(explicit: str | Path | None, from_recipe: str | None) -> Pa
 
 def prompt_pairs(concept: ConceptSettings, data_dir: Path | None, where: str) -> PromptPairs:
     """Base and target prompts for `concept`; `where` names the recipe file in errors."""
-    if not concept.target.strip():
-        raise HarnessError(f"{where}: concept.target: empty target")
-    if concept.kind == "digit":
-        return _digit_pairs(concept.target, where)
     if concept.kind not in TEMPLATES:
-        raise HarnessError(
-            f"{where}: concept.kind: no prompt templates for '{concept.kind}' "
-            f"(choose from {', '.join([*TEMPLATES, 'digit'])})"
-        )
+        from harness.world import concept_kinds, world_of_kind
+
+        world = world_of_kind(concept.kind)
+        if world is None:
+            raise HarnessError(
+                f"{where}: concept.kind: no prompt templates for '{concept.kind}' (choose from {', '.join(concept_kinds())})"
+            )
+        base, target = world.prompt_pairs(concept.target, concept.kind, f"{where}: concept.target")
+        return PromptPairs(base=base, target=target)
     filename, base, target = TEMPLATES[concept.kind]
     words = read_word_list(_word_file(filename, concept.kind, data_dir, where), where)
     return PromptPairs(
@@ -78,19 +79,3 @@ def _word_file(filename: str, kind: str, data_dir: Path | None, where: str) -> P
     if not path.is_file():
         raise HarnessError(f"{where}: concept.data_dir: {path} not found (kind '{kind}' needs {filename})")
     return path
-
-
-def _digit_pairs(target: str, where: str) -> PromptPairs:
-    from harness.models.zoo import digits
-
-    name = target.strip().lower()
-    if name.isdigit() and int(name) < len(digits.DIGIT_NAMES):
-        digit = int(name)
-    elif name in digits.DIGIT_NAMES:
-        digit = digits.DIGIT_NAMES.index(name)
-    else:
-        raise HarnessError(
-            f"{where}: concept.target: '{target}' is no digit, so it has no prompts "
-            f"(choose from {', '.join(digits.DIGIT_NAMES)} or 0-9)"
-        )
-    return PromptPairs(base=list(digits.NEUTRAL_PROMPTS), target=list(digits.concept_prompts(digit)))

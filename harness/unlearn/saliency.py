@@ -23,16 +23,15 @@ from tqdm.auto import tqdm
 
 from harness.config import parse_dataclass
 from harness.models.pipelines import prompt_embeddings
-from harness.unlearn.activations import generation_kwargs
 from harness.unlearn.prompts import prompt_pairs
-from harness.unlearn.registry import UnlearnContext, UnlearnResult
+from harness.unlearn.method import UnlearnContext, UnlearnResult
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class SaliencyParams:
-    """`unlearn.params` of the `saliency` method."""
+    """`params` of the `saliency` method."""
 
     fraction: float = 0.01
     """Share of the target weights zeroed (per layer, or of all target weights with scope global)."""
@@ -53,8 +52,8 @@ class SaliencyParams:
 
 
 def saliency(context: UnlearnContext, params: dict) -> UnlearnResult:
-    """The registered method `saliency` (signature in harness.unlearn.registry)."""
-    settings = parse_dataclass(SaliencyParams, params, context.key("unlearn.params"))
+    """The registered method `saliency` (signature in harness.unlearn.method)."""
+    settings = parse_dataclass(SaliencyParams, params, context.key("params"))
     prompts = prompt_pairs(context.concept, context.data_dir, context.where).target
     chosen = [prompts[i % len(prompts)] for i in range(settings.samples)]
     pipeline = context.pipeline
@@ -102,7 +101,7 @@ def forget_samples(pipeline: Any, prompts: list[str], context: UnlearnContext, s
     with torch.no_grad():
         for start in tqdm(range(0, len(prompts), batch), desc="forgetting set", unit="batch"):
             chunk = prompts[start : start + batch]
-            kwargs = generation_kwargs(chunk, context.generation, [seed + start + i for i in range(len(chunk))])
+            kwargs = context.generation.pipeline_kwargs(chunk, [seed + start + i for i in range(len(chunk))])
             kwargs["output_type"] = "latent" if latent else "pt"
             images = pipeline(**kwargs).images
             outputs.append(images if latent else images * 2 - 1)
@@ -141,5 +140,5 @@ def forgetting_gradients(
         unet.zero_grad(set_to_none=True)
         for name, parameter in parameters.items():
             parameter.requires_grad_(previous[name])
-    log.info("forgetting gradients over %d samples x %d draws", len(samples), settings.noise_draws)
+    log.debug("forgetting gradients over %d samples x %d draws", len(samples), settings.noise_draws)
     return sums

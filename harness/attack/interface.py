@@ -1,0 +1,158 @@
+"""The interface every attack has, and what its threat model lets it read.
+
+An attack is a callable
+
+    attack(context: AttackContext, params: dict) -> AttackResult
+
+decorated with `@declares(...)` to say what it reads beyond the unlearned model:
+
+- `concept`: the erased concept (prompt-space attacks that target it);
+- `original`: the original weights (only the ideal-case studies; flagged as such in results);
+- `sharded`: it spreads its own work over Accelerate processes (every process calls it);
+  an undeclared attack runs on the main process only.
+
+What every attack gets: the unlearned model (`context.unlearned_state()`, or a loaded
+`context.pipeline()`), the base model's source and the method's target layer names, the
+generation settings, the device, seeds, the fidelity setting and a scratch folder. Reading a
+thing it did not declare is an error. `context.measurement_original()` gives the original
+weights for *measuring* an attack (sign accuracy), never for choosing what it writes.
+
+The result holds `tensors` (UNet parameters the attack changed, applied on top of the
+unlearned model), `info` (a JSON-ready record) and, for the revival family, `revival` (its
+per-layer report). An attack that does not apply to a model (nothing pruned to revive) raises
+`NotApplicable` with the reason, which the matrix shows in that cell.
+
+A recipe names an attack by a registered name (`nms`, `quant4`, ...; harness.registry) or an
+import path `package.module:function`, so a new attack needs no edit to the harness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.errors import HarnessError
+from harness.recipe import GenerationSettings
+from harness.models.checkpoints import load_state_dict, load_tensor_file
+from harness.records import ReviveReport
+from harness.registry import resolve_callable
+from harness.recipe import ConceptSettings
+
+READS = ("concept", "original", "sharded")
+
+
+class NotApplicable(Exception):
+    """The attack does not apply to this model; the message says why."""
+
+
+@dataclass
+class AttackResult:
+    """What an attack changed, and its record."""
+
+    tensors: dict[str, torch.Tensor]
+    info: dict[str, Any] = field(default_factory=dict)
+    revival: ReviveReport | None = None
+
+
+Attack = Callable[["AttackContext", dict], AttackResult]
+
+
+def declares(*reads: str) -> Callable[[Attack], Attack]:
+    """Mark an attack function with what it reads (see the module docstring)."""
+    unknown = [r for r in reads if r not in READS]
+    if unknown:
+        raise ValueError(f"unknown declaration '{unknown[0]}' (choose from {', '.join(READS)})")
+
+    def mark(function: Attack) -> Attack:
+        function.reads = frozenset(reads)  # type: ignore[attr-defined]
+        return function
+
+    return mark
+
+
+def attack_reads(attack: Attack) -> frozenset[str]:
+    """What an attack declared it reads (nothing, when undeclared)."""
+    return frozenset(getattr(attack, "reads", frozenset()))
+
+
+def resolve_attack(name: str, where: str) -> Attack:
+    """The callable for a registered name or a `package.module:function` import path."""
+    return resolve_callable("attack", name, where)
+
+
+@dataclass
+class AttackContext:
+    """What an attack may read; see the module docstring."""
+
+    base_model: str
+    unlearned_files: list[Path]
+    """Tensor files that make the unlearned model, applied in order on top of the base model."""
+    layers: list[str]
+    """Glob patterns of the layers the unlearning method was allowed to change."""
+    device: torch.device
+    generation: GenerationSettings
+    scratch: Path
+    """A folder the attack may write to (checkpoints, parts); it does not outlive the stage's output."""
+    reads: frozenset[str]
+    where: str = "recipe"
+    entry: str = "attack"
+    fidelity: str = "paper"
+    seed: int = 0
+    accelerator: Any = None
+    concept_settings: ConceptSettings | None = None
+    original_source: str | None = None
+    _unlearned: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    def key(self, path: str) -> str:
+        """An error prefix naming a key of the attack's entry, e.g. 'recipes/x.yaml: attacks[0].params'."""
+        return f"{self.where}: {self.entry}.{path}"
+
+    def unlearned_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors the unlearning changed (the files' union, later files winning), on the CPU."""
+        tensors: dict[str, torch.Tensor] = {}
+        for path in self.unlearned_files:
+            tensors.update(load_tensor_file(path))
+        return tensors
+
+    def unlearned_state(self) -> dict[str, torch.Tensor]:
+        """The unlearned UNet's whole state (base weights with the changed tensors), on the CPU."""
+        if self._unlearned is None:
+            state = dict(load_state_dict(self.base_model))
+            state.update(self.unlearned_tensors())
+            self._unlearned = state
+        return self._unlearned
+
+    def pipeline(self, dtype: torch.dtype | None = None) -> Any:
+        """The unlearned model as a pipeline on the attack's device."""
+        from harness.models.pipelines import apply_tensors, load_pipeline, set_scheduler
+
+        pipeline = load_pipeline(self.base_model, "cpu", dtype=dtype)
+        set_scheduler(pipeline, self.generation.scheduler, self.where)
+        for path in self.unlearned_files:
+            apply_tensors(pipeline, load_tensor_file(path), where=str(path))
+        return pipeline.to(self.device)
+
+    @property
+    def concept(self) -> ConceptSettings:
+        """The erased concept; only for attacks that declare `concept`."""
+        self._require("concept")
+        if self.concept_settings is None:
+            raise HarnessError(f"{self.where}: the attack needs the recipe's 'concept' section")
+        return self.concept_settings
+
+    def original_state(self) -> dict[str, torch.Tensor]:
+        """The original weights; only for attacks that declare `original` (the ideal cases)."""
+        self._require("original")
+        return self.measurement_original() or {}
+
+    def measurement_original(self) -> dict[str, torch.Tensor] | None:
+        """The original weights for measuring the attack (sign accuracy), or None when not given."""
+        return load_state_dict(self.original_source) if self.original_source else None
+
+    def _require(self, what: str) -> None:
+        if what not in self.reads:
+            raise HarnessError(f"{self.entry}: the attack reads '{what}' but does not declare it (@declares('{what}'))")

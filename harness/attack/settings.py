@@ -1,0 +1,135 @@
+"""Settings of the revival attack: how pruned positions are found, how the matrix is completed,
+and how signs and magnitudes are chosen. `harness revive` takes them as options and a recipe's
+revival attacks take them as `params`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from harness.config import parse_dataclass
+from harness.errors import HarnessError
+from harness.recipe import SD_FFN_LAYERS, AttackEntry
+
+
+Magnitude = Literal["nms", "average", "sample", "align"]
+Strategy = Literal["attack", "quant4", "ideal-sign-nms", "ideal-sign-sample", "ideal-magnitude-random-sign"]
+IDEAL_STRATEGIES = ("ideal-sign-nms", "ideal-sign-sample", "ideal-magnitude-random-sign")
+"""The strategies that read the original weights (the paper's ideal-case study)."""
+
+
+@dataclass
+class MaskSettings:
+    """How pruned positions are found: exact zeros (neither key given), a mask file, or |w| <= threshold."""
+
+    file: str | None = field(default=None, metadata={"flag": "--mask-file"})
+    """safetensors file of masks (nonzero = pruned) per layer"""
+    threshold: float | None = field(default=None, metadata={"flag": "--zero-threshold"})
+    """count |w| <= THRESHOLD as pruned (for models defended with Gaussian obfuscation)"""
+
+    def __post_init__(self) -> None:
+        if self.file and self.threshold is not None:
+            raise ValueError("mask: give a mask file or a threshold, not both")
+        if self.threshold is not None and not self.threshold > 0:
+            raise ValueError(f"mask threshold must be positive, got {self.threshold}")
+
+    @property
+    def kind(self) -> Literal["zeros", "file", "threshold"]:
+        """Which of the three ways the settings choose."""
+        return "file" if self.file else "threshold" if self.threshold is not None else "zeros"
+
+
+@dataclass
+class CompletionSettings:
+    """Matrix completion: SoftImpute (the paper) or the authors' published code's behaviour."""
+
+    mode: Literal["softimpute", "reference-code"] = field(default="softimpute", metadata={"flag": "--completion"})
+    """completion mode: softimpute (the paper's) or reference-code (the authors' published code)"""
+    lambda_ratio: float = 0.02
+    """lambda = lambda_ratio * largest singular value of the zero-filled matrix (s1/50)."""
+    path_steps: int = 2
+    """Warm starts along a geometric lambda path from s1 down to lambda, this many stages."""
+    tol: float = 1e-4
+    """relative change of the imputed entries that ends a stage"""
+    max_iters: int = 100
+    """iterations per stage at most"""
+    max_rank: int | None = None
+    """keep at most this many singular values (none: no cap)"""
+    dtype: Literal["float32", "float64"] = "float32"
+    """completion precision"""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.lambda_ratio < 1:
+            raise ValueError(f"lambda_ratio must lie in (0, 1), got {self.lambda_ratio}")
+        if self.tol <= 0 or self.max_iters < 1 or self.path_steps < 1:
+            raise ValueError("tol must be positive, max_iters and path_steps at least 1")
+        if self.max_rank is not None and self.max_rank < 1:
+            raise ValueError(f"max_rank must be at least 1, got {self.max_rank}")
+
+
+@dataclass
+class RevivalParams:
+    """The revival's algorithm: which layers, which positions, completion, Top-K and magnitudes."""
+
+    layers: list[str] = field(default_factory=lambda: list(SD_FFN_LAYERS))
+    """target layer glob over UNet parameter names (repeatable)"""
+    mask: MaskSettings = field(default_factory=MaskSettings)
+    completion: CompletionSettings = field(default_factory=CompletionSettings)
+    top_k: float = 0.6
+    """fraction of completed values whose sign is kept (global per layer)"""
+    magnitude: Magnitude = "nms"
+    """magnitude rule: nms (the paper's), average, sample, align"""
+    strategy: Strategy = "attack"
+    """attack, the quant4 baseline, or an ideal case (these read the original weights)"""
+    seed: int = 0
+    """seed of sampled magnitudes and random signs"""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.top_k <= 1:
+            raise ValueError(f"top_k must lie in (0, 1], got {self.top_k}")
+        if not self.layers:
+            raise ValueError("layers must name at least one glob pattern")
+
+
+@dataclass
+class ReviveSettings:
+    """Everything `harness revive` needs: the models, the output folder, the device, the algorithm."""
+
+    unlearned: str | None = None
+    """unlearned model: hub id, diffusers folder, .safetensors or .pt state dict, or zoo:NAME"""
+    original: str | None = None
+    """original model, for sign accuracy and the ideal-case ablations"""
+    out: str | None = None
+    """output folder (revived tensors and the report)"""
+    device: str = "auto"
+    """auto (each process's own device), cpu, cuda, cuda:1, ..."""
+    params: RevivalParams = field(default_factory=RevivalParams)
+    allow_nothing_pruned: bool = False
+    """finish (exit 0) even when no target layer has a pruned entry"""
+
+
+REVIVAL_PRESETS: dict[str, dict[str, str]] = {
+    "nms": {"magnitude": "nms", "strategy": "attack"},
+    "average": {"magnitude": "average", "strategy": "attack"},
+    "sample": {"magnitude": "sample", "strategy": "attack"},
+    "align": {"magnitude": "align", "strategy": "attack"},
+    "quant4": {"strategy": "quant4"},
+    **{strategy: {"strategy": strategy} for strategy in IDEAL_STRATEGIES},
+}
+"""The registered attacks of the revival family and the settings each one's name fixes."""
+
+
+def revival_settings(params: dict[str, Any], preset: dict[str, str], where: str) -> RevivalParams:
+    """`params` over the defaults, with what the attack's name fixes (`preset`) not contradicted."""
+    for key, value in preset.items():
+        if key in params and params[key] != value:
+            raise HarnessError(f"{where}.{key}: this attack fixes {key} = {value}; "
+                               f"choose the attack named for {params[key]} instead")
+    return parse_dataclass(RevivalParams, {**params, **preset}, where)
+
+
+def revival_params(entry: AttackEntry, where: str) -> RevivalParams | None:
+    """The revival settings of a recipe's attack entry, or None when it is not a revival attack."""
+    if entry.attack not in REVIVAL_PRESETS:
+        return None
+    return revival_settings(entry.params, REVIVAL_PRESETS[entry.attack], where)

@@ -1,1 +1,0 @@
-"""Prompt suites, generation, image shards, metrics and reports."""

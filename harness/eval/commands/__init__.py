@@ -1,1 +1,0 @@
-"""The evaluation stages' commands: `harness data`, `harness generate`, `harness score`."""

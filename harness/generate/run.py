@@ -1,0 +1,141 @@
+"""The generate stage: a prompt suite's images with one model, into WebDataset shards.
+
+`generate_suite` loads the pipeline in every process, applies changed UNet tensors, and runs a
+Lightning predict loop: one process, DDP over CPU processes, GPUs or nodes through Lightning's
+usual `accelerator`/`devices`/`strategy`/`num_nodes`. Complete shards are skipped, so a rerun
+after a crash redoes only what was missing; `shard=i` runs shard i alone (one SLURM array task).
+With `strategy="ddp"` Lightning starts the other processes by re-running the current command,
+so call it from a script or the CLI (in a notebook use `ddp_notebook`).
+
+The output folder (harness.layout.GenerationFiles) holds the record (model, suite, settings,
+tensors by content, provenance) and the shards. The record's key covers everything an image
+depends on; a rerun with another key removes the old shards and generates anew, never a mix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from harness.errors import HarnessError
+from harness.generate import shards
+from harness.generate.loop import GenerationModule, PromptDataModule, ShardSink, sample_meta
+from harness.recipe import GenerationSettings
+from harness.generate.suites import Suite
+from harness.layout import GenerationFiles
+from harness.lightning_quiet import quiet_lightning
+from harness.models.checkpoints import load_tensor_file, source_identity
+from harness.models.pipelines import apply_tensors, is_scheduler, load_pipeline, resolve_dtype, set_scheduler
+from harness.provenance import provenance
+from harness.records import GenerationRecord, TensorIdentity, completed, file_digest, settings_key, write_record
+from harness.runtime import RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+BATCH_FREE = ("batch_size",)
+"""Settings that change no prompt's seed (on some CPU kernels only the rounding of a rare pixel)."""
+GENERATOR = "torch.Generator('cpu') seeded per image"
+
+
+def generate_suite(
+    pipeline_source: str,
+    tensors: list[str | Path],
+    suite: Suite,
+    settings: GenerationSettings,
+    out_dir: str | Path,
+    model_tag: str,
+    shard: int | None = None,
+    runtime: RuntimeSettings | None = None,
+) -> GenerationRecord:
+    """Generate `suite` with the pipeline at `pipeline_source` (hub id, folder or `zoo:NAME`)
+    after writing each safetensors file of `tensors` into its UNet (`apply_tensors`); only shard
+    `shard` when given. Returns the folder's record."""
+    runtime = runtime or RuntimeSettings(accelerator="cpu")
+    if settings.scheduler is not None and not is_scheduler(settings.scheduler):
+        raise HarnessError(f"generation.scheduler: '{settings.scheduler}' is not a diffusers scheduler class")
+    missing = [str(p) for p in tensors if not Path(p).is_file()]
+    if missing:
+        raise HarnessError(f"{missing[0]}: no such file (the tensors to apply)")
+    files = GenerationFiles(Path(out_dir))
+    total = shards.shard_count(len(suite), settings.shard_size)
+    if shard is not None and not 0 <= shard < total:
+        raise HarnessError(
+            f"--shard {shard}: suite {suite.name} has shards 0..{total - 1} (shard size {settings.shard_size})"
+        )
+    wanted = [shard] if shard is not None else list(range(total))
+    dtype = resolve_dtype(settings.dtype, "cuda" if _on_gpu(runtime.accelerator) else "cpu")
+    record = run_record(pipeline_source, [Path(p) for p in tensors], suite, settings, model_tag, dtype)
+    _start_folder(files, record)
+    done = set(shards.complete_shards(files.folder, len(suite), settings.shard_size))
+    pending = [i for i in wanted if i not in done]
+    log.debug("generate %s / %s: %d of %d shards complete, %d to do", model_tag, suite.name, len(done), total, len(pending))
+    if pending:
+        pipeline = build_pipeline(pipeline_source, [Path(p) for p in tensors], settings, dtype)
+        images = sum(len(shards.shard_ids(i, len(suite), settings.shard_size)) for i in pending)
+        sink = ShardSink(files.folder, suite, settings, sample_meta(model_tag, suite, settings, dtype), images)
+        with quiet_lightning():
+            trainer = pl.Trainer(
+                accelerator=runtime.accelerator, devices=runtime.lightning_devices, strategy=runtime.strategy,
+                num_nodes=runtime.num_nodes, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                enable_progress_bar=False, use_distributed_sampler=False, callbacks=[sink],
+            )
+            trainer.predict(GenerationModule(pipeline, settings, dtype),
+                            datamodule=PromptDataModule(suite, settings, pending), return_predictions=False)
+        trainer.strategy.barrier("generated")
+    missing = [i for i in wanted if not files.shard(i).is_file()]
+    if missing:
+        raise HarnessError(f"{files.folder}: shards {missing} were not completed")
+    return record
+
+
+def _on_gpu(accelerator: str) -> bool:
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def _start_folder(files: GenerationFiles, record: GenerationRecord) -> None:
+    """Make the folder hold `record`: keep it when its key matches, else drop the old shards."""
+    if files.folder.exists() and not files.folder.is_dir():
+        raise HarnessError(f"--out {files.folder}: exists and is not a folder")
+    previous = completed(GenerationRecord, files.record, record.key)
+    if previous is None:
+        stale = files.shards()
+        if files.record.is_file() or stale:
+            log.info("%s: made with other settings or inputs; generating anew (%d old shards removed)",
+                     files.folder, len(stale))
+        for path in stale:
+            path.unlink(missing_ok=True)
+        try:
+            files.folder.mkdir(parents=True, exist_ok=True)
+            write_record(files.record, record)
+        except OSError as error:
+            raise HarnessError(f"--out {files.folder}: cannot write there ({error.strerror or error})") from None
+    shards.clear_stale_partials(files.folder)
+
+
+def build_pipeline(source: str, tensors: list[Path], settings: GenerationSettings, dtype: torch.dtype):
+    """The pipeline on the CPU in `dtype`, with changed tensors applied and the scheduler set."""
+    pipeline = load_pipeline(source, device="cpu", dtype=dtype)
+    for path in tensors:
+        apply_tensors(pipeline, load_tensor_file(path), where=str(path))
+    set_scheduler(pipeline, settings.scheduler, "generation")
+    return pipeline
+
+
+def run_record(
+    source: str, tensors: list[Path], suite: Suite, settings: GenerationSettings, model_tag: str, dtype: torch.dtype
+) -> GenerationRecord:
+    """What makes a folder's images. The key covers the model's name (each image records it), its
+    content (not its paths), the suite's prompts and seeds and the sampling settings (batch size
+    aside)."""
+    identities = [TensorIdentity(str(p), file_digest(p)) for p in tensors]
+    settings_record = {**dataclasses.asdict(settings), "dtype": str(dtype).removeprefix("torch.")}
+    prompts = [(r.prompt, r.seed, r.guidance, r.label) for r in suite.records]
+    key = settings_key("generate", model_tag, source_identity(source), [t.sha256 for t in identities], suite.name, prompts,
+                       {k: v for k, v in settings_record.items() if k not in BATCH_FREE}, GENERATOR)
+    return GenerationRecord(key=key, model=model_tag, suite=suite.name, count=len(suite), source=source,
+                            source_identity=source_identity(source), tensors=identities, settings=settings_record,
+                            generator=GENERATOR, provenance=provenance())

@@ -1,0 +1,252 @@
+"""The run directory's contract: every file name and folder of a stage's output and of a run,
+in one place. Nothing else spells a file name, and a model of the matrix is named here.
+
+A run directory (`runs/<recipe name>/`):
+
+    recipe.yaml                          the recipe that made it
+    harness.log                          everything the run logged, in detail
+    unlearn/<method>/                    one method's output (UnlearnFiles)
+    attacks/<method>/<attack>/           one attack on one method's model (AttackFiles)
+    images/<method>/<attack>/<suite>/    a model's images of a suite (GenerationFiles)
+    metrics/<method>/<attack>/<suite>.json
+    results.json                         one row per method x attack x suite
+    report/                              tables, plots, grids (ReportFiles)
+    slurm/                               sbatch scripts (SlurmFiles)
+
+The pretrained model is method `pretrained`, attack `none`; a method's unlearned model as it is
+has attack `none`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+PRETRAINED = "pretrained"
+NO_ATTACK = "none"
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+"""What a method or attack label may look like (it names folders)."""
+
+
+def check_label(name: str, what: str) -> str:
+    """`name` if it may label a method or attack (letters, digits, '.', '_', '-'; not reserved)."""
+    if not LABEL.fullmatch(name) or name in (PRETRAINED, NO_ATTACK):
+        raise ValueError(f"{what} '{name}' must be letters, digits, '.', '_' or '-', and not "
+                         f"'{PRETRAINED}' or '{NO_ATTACK}'")
+    return name
+
+
+@dataclass(frozen=True, order=True)
+class ModelRef:
+    """One model of the matrix: a method's unlearned model after an attack (or none)."""
+
+    method: str
+    attack: str = NO_ATTACK
+
+    @property
+    def label(self) -> str:
+        """`pretrained`, `<method>` or `<method>/<attack>`."""
+        return self.method if self.attack == NO_ATTACK else f"{self.method}/{self.attack}"
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        """The model a label names (`conceptprune/nms`, `conceptprune`, `pretrained`)."""
+        method, _, attack = text.partition("/")
+        return cls(method, attack or NO_ATTACK)
+
+    def __str__(self) -> str:
+        return self.label
+
+
+PRETRAINED_MODEL = ModelRef(PRETRAINED)
+
+
+@dataclass(frozen=True)
+class UnlearnFiles:
+    """An unlearning method's output folder: the changed tensors, the mask, the record."""
+
+    folder: Path
+
+    @property
+    def tensors(self) -> Path:
+        return self.folder / "unlearned.safetensors"
+
+    @property
+    def mask(self) -> Path:
+        return self.folder / "mask.safetensors"
+
+    @property
+    def record(self) -> Path:
+        return self.folder / "unlearn.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        """Training checkpoints of methods that train (resumed after a crash)."""
+        return self.folder / "checkpoints"
+
+
+@dataclass(frozen=True)
+class AttackFiles:
+    """An attack's output folder: the attacked tensors and the record."""
+
+    folder: Path
+
+    @property
+    def tensors(self) -> Path:
+        return self.folder / "attacked.safetensors"
+
+    @property
+    def record(self) -> Path:
+        return self.folder / "attack.json"
+
+    @property
+    def parts(self) -> Path:
+        """Per-process parts of a sharded attack, merged by the main process."""
+        return self.folder / ".parts"
+
+    def part_tensors(self, rank: int) -> Path:
+        return self.parts / f"part-{rank}.safetensors"
+
+    def part_record(self, rank: int) -> Path:
+        return self.parts / f"part-{rank}.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        """Training checkpoints of attacks that train (resumed after a crash)."""
+        return self.folder / "checkpoints"
+
+
+SHARD_NAME = "shard-{:06d}.tar"
+SHARD_GLOB = "shard-*.tar"
+
+
+@dataclass(frozen=True)
+class GenerationFiles:
+    """A suite's images from one model: the record and WebDataset shards of fixed id ranges."""
+
+    folder: Path
+
+    @property
+    def record(self) -> Path:
+        return self.folder / "generation.json"
+
+    def shard(self, index: int) -> Path:
+        """The complete shard's file name."""
+        return self.folder / SHARD_NAME.format(index)
+
+    def partial(self, index: int, writer: str) -> Path:
+        """The name shard `index` has while `writer` (unique per process) writes it."""
+        return self.folder / f".{SHARD_NAME.format(index)}.{writer}.partial"
+
+    def shards(self) -> list[Path]:
+        return sorted(self.folder.glob(SHARD_GLOB))
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """The report folder: markdown, its record, and the tables, plots and grids it lists."""
+
+    folder: Path
+
+    @property
+    def markdown(self) -> Path:
+        return self.folder / "report.md"
+
+    @property
+    def record(self) -> Path:
+        return self.folder / "report.json"
+
+
+@dataclass(frozen=True)
+class SlurmFiles:
+    """The sbatch scripts of a run, the script that submits them, the job ids and the logs."""
+
+    folder: Path
+
+    @property
+    def submit(self) -> Path:
+        return self.folder / "submit.sh"
+
+    @property
+    def jobs(self) -> Path:
+        return self.folder / "jobs.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.folder / "logs"
+
+    def script(self, order: int, name: str) -> Path:
+        return self.folder / f"{order:02d}-{name}.sbatch"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Every path of one run directory."""
+
+    root: Path
+
+    @property
+    def recipe(self) -> Path:
+        return self.root / "recipe.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "harness.log"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.json"
+
+    @property
+    def report(self) -> ReportFiles:
+        return ReportFiles(self.root / "report")
+
+    @property
+    def slurm(self) -> SlurmFiles:
+        return SlurmFiles(self.root / "slurm")
+
+    def unlearn(self, method: str) -> UnlearnFiles:
+        return UnlearnFiles(self.root / "unlearn" / method)
+
+    def attack(self, method: str, attack: str) -> AttackFiles:
+        return AttackFiles(self.root / "attacks" / method / attack)
+
+    def images(self, model: ModelRef, suite: str) -> GenerationFiles:
+        return GenerationFiles(self.root / "images" / model.method / model.attack / suite)
+
+    def metrics(self, model: ModelRef, suite: str) -> Path:
+        return self.root / "metrics" / model.method / model.attack / f"{suite}.json"
+
+    def model_tensors(self, model: ModelRef) -> list[Path]:
+        """The tensor files applied, in order, on top of the base model to make `model`."""
+        if model.method == PRETRAINED:
+            return []
+        files = [self.unlearn(model.method).tensors]
+        if model.attack != NO_ATTACK:
+            files.append(self.attack(model.method, model.attack).tensors)
+        return files
+
+    def scored(self) -> dict[tuple[ModelRef, str], Path]:
+        """Every metrics file present: (model, suite) -> path."""
+        found = {}
+        for path in sorted((self.root / "metrics").glob("*/*/*.json")):
+            found[(ModelRef(path.parent.parent.name, path.parent.name), path.stem)] = path
+        return found
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether `path` looks like a run directory (a recipe copy or results)."""
+    layout = RunLayout(path)
+    return layout.recipe.is_file() or layout.results.is_file() or (path / "metrics").is_dir()
+
+
+def require_run_dir(path: Path) -> RunLayout:
+    """The layout of an existing run directory, else a HarnessError naming it."""
+    if not path.is_dir():
+        raise HarnessError(f"{path}: run directory not found")
+    if not is_run_dir(path):
+        raise HarnessError(f"{path}: not a run directory (no recipe.yaml, results.json or metrics/)")
+    return RunLayout(path)

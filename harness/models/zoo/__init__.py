@@ -1,1 +1,0 @@
-"""The miniature world: small models the harness builds itself so every stage runs on a CPU."""

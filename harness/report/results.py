@@ -1,0 +1,117 @@
+"""`results.json`: one row per method x attack x suite, collected from a run directory's files.
+
+Each row holds the erased class's accuracy and the other classes' (pooled) with their n and
+95% Wilson intervals, FID, the suite's other scalar metrics and the attack's sign accuracy; a
+cell without numbers says why (not applicable, or which file is missing). The rows carry the
+recipe, the package versions and the seeds that made them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.layout import NO_ATTACK, PRETRAINED, ModelRef, RunLayout
+from harness.provenance import package_versions, provenance
+from harness.records import AttackRecord, ResultRow, Results, ScoreResult, UnlearnRecord, read_record, write_record
+from harness.recipe import Recipe
+from harness.stats import wilson_interval
+
+log = logging.getLogger(__name__)
+
+PER_CLASS_KEYS = ("accuracy_per_class", "accuracy_counts_per_class")
+
+
+def collect_results(layout: RunLayout, recipe: Recipe | None) -> Results:
+    """The run's rows from its files (nothing is filled in)."""
+    scored = layout.scored()
+    models = recipe.models() if recipe is not None else []
+    models += sorted({m for m, _ in scored} - set(models))
+    suites = list(recipe.suites or []) if recipe is not None else []
+    suites += sorted({s for _, s in scored} - set(suites))
+    target = recipe.concept.target if recipe is not None and recipe.concept is not None else None
+    rows = [result_row(layout, model, suite, target) for model in models for suite in suites]
+    return Results(
+        recipe=_recipe_data(recipe),
+        versions=package_versions(),
+        seeds=_seeds(layout, recipe),
+        rows=rows,
+        provenance=provenance(),
+    )
+
+
+def result_row(layout: RunLayout, model: ModelRef, suite: str, target: str | None) -> ResultRow:
+    """One cell: its numbers from the metrics file, or why there are none."""
+    row = ResultRow(method=model.method, attack=model.attack, suite=suite, erased_accuracy=None,
+                    preserved_accuracy=None, n_erased=0, n_preserved=0, erased_ci=None, preserved_ci=None,
+                    fid=None, status="done")
+    attack = attack_record(layout, model)
+    if attack is not None and not attack.applicable:
+        row.status = f"not applicable: {attack.reason}"
+        return row
+    path = layout.metrics(model, suite)
+    if not path.is_file():
+        row.status = f"missing: {path.relative_to(layout.root)}"
+        return row
+    score = read_record(ScoreResult, path)
+    row.n_images = score.count
+    counts = score.class_counts(target)
+    if counts.erased is not None:
+        row.erased_accuracy, row.n_erased, row.erased_ci = _share(*counts.erased)
+    if counts.preserved is not None:
+        row.preserved_accuracy, row.n_preserved, row.preserved_ci = _share(*counts.preserved)
+    fid = score.metrics.get("fid")
+    row.fid = float(fid) if isinstance(fid, (int, float)) else None
+    row.metrics = {k: v for k, v in score.metrics.items() if k != "fid" and k not in PER_CLASS_KEYS}
+    if attack is not None and attack.revival is not None:
+        row.metrics["sign_accuracy"] = attack.revival.summary.sign_accuracy
+    return row
+
+
+def attack_record(layout: RunLayout, model: ModelRef) -> AttackRecord | None:
+    """The record of the attack that made `model`, when it is an attacked model and present."""
+    if model.method == PRETRAINED or model.attack == NO_ATTACK:
+        return None
+    path = layout.attack(model.method, model.attack).record
+    return read_record(AttackRecord, path) if path.is_file() else None
+
+
+def unlearn_record(layout: RunLayout, method: str) -> UnlearnRecord | None:
+    """A method's unlearn record, when present."""
+    path = layout.unlearn(method).record
+    return read_record(UnlearnRecord, path) if path.is_file() else None
+
+
+def _share(correct: int, n: int) -> tuple[float | None, int, list[float] | None]:
+    interval = wilson_interval(correct, n)
+    return (correct / n if n else None), n, (list(interval) if interval else None)
+
+
+def _recipe_data(recipe: Recipe | None) -> dict[str, Any]:
+    return dataclasses.asdict(recipe) if recipe is not None else {}
+
+
+def _seeds(layout: RunLayout, recipe: Recipe | None) -> dict[str, Any]:
+    if recipe is None:
+        return {}
+    methods = {}
+    for method in recipe.methods:
+        try:
+            record = unlearn_record(layout, method.name)
+        except HarnessError as error:
+            log.warning("%s", error)
+            record = None
+        methods[method.name] = record.seeds if record is not None else None
+    return {
+        "generation": {"policy": recipe.generation.seed_policy, "fixed_seed": recipe.generation.fixed_seed},
+        "methods": methods,
+        "attacks": {a.name: a.params.get("seed", 0) for a in recipe.attacks},
+    }
+
+
+def write_results(layout: RunLayout, results: Results) -> Path:
+    """Write `results.json` atomically."""
+    return write_record(layout.results, results)

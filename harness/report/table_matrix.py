@@ -1,0 +1,41 @@
+"""The matrix: for every method (rows) and attack (columns), the erased concept's accuracy with
+its 95% interval and n, per suite that scores it; a cell without numbers says why."""
+
+from __future__ import annotations
+
+from harness.layout import ModelRef
+from harness.records import ResultRow
+from harness.report.cells import Cell, Table, slug
+from harness.report.runs import RunData
+from harness.stats import format_share
+
+
+def cell_text(row: ResultRow | None) -> Cell:
+    """`0.80 [0.49, 0.94] n=10 (kept 1.00)`, or why the cell is empty."""
+    if row is None:
+        return None
+    if row.status != "done":
+        return row.status
+    erased = format_share(row.erased_accuracy, row.n_erased, row.erased_ci)
+    if row.preserved_accuracy is not None:
+        return f"{erased}; preserved {row.preserved_accuracy:.2f}"
+    return erased
+
+
+def matrix_tables(runs: list[RunData]) -> list[Table]:
+    """One table per run and suite whose rows measure the erased class."""
+    tables = []
+    for run in runs:
+        methods = list(dict.fromkeys(m.method for m in run.models))
+        attacks = list(dict.fromkeys(m.attack for m in run.models))
+        for suite in run.suites:
+            if not any(r.n_erased for r in run.results.rows if r.suite == suite):
+                continue
+            rows: list[list[Cell]] = [[method, *(cell_text(run.row(ModelRef(method, attack), suite))
+                                                 for attack in attacks)] for method in methods]
+            tables.append(Table(f"matrix_{slug(run.name)}_{slug(suite)}",
+                                f"The matrix: erased-class accuracy after each attack ({run.name}, {suite})",
+                                ["Method", *attacks], rows,
+                                [f"'{run.target}' accuracy [95% Wilson interval] n=images; preserved: the other "
+                                 "classes' accuracy; the run's results hold every number"]))
+    return tables

@@ -1,0 +1,178 @@
+"""FID with torchmetrics' FrechetInceptionDistance against a reference image set.
+
+Features: torchmetrics' InceptionV3 (2048-d; needs torch-fidelity, weights from a path or its
+download) for real models; in the miniature world the digit classifier's penultimate features.
+References: a world's named set (the miniature world's `digits-heldout`: its real held-out
+digits at the generated size), a folder of images, or a folder of image shards. Folder images are centre-cropped to a square and resized
+to the generated images' size. Reference statistics (feature sum, outer-product sum, count) are
+cached as safetensors under a hash of the source (file names, sizes and times; the feature
+extractor; the size), so a second score against the same reference reads them back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from harness.errors import HarnessError
+from harness.generate import shards
+from harness.layout import GenerationFiles
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+
+
+class ClassifierFeatures(nn.Module):
+    """A classifier's `.features` as a torchmetrics feature extractor for uint8 images."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(images)
+
+
+def build_fid(
+    features: str, classifier: nn.Module | None = None, weights: str | None = None
+) -> FrechetInceptionDistance:
+    """An FID metric that keeps its real statistics across resets.
+
+    `features` is `inception` or `classifier` (then `classifier` must have `.features`)."""
+    if features == "classifier":
+        if classifier is None or not hasattr(classifier, "features"):
+            raise HarnessError("fid: feature extractor 'classifier' needs a classifier with .features")
+        metric = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), reset_real_features=False)
+    else:
+        try:
+            metric = FrechetInceptionDistance(
+                feature=2048, reset_real_features=False, feature_extractor_weights_path=weights
+            )
+        except ModuleNotFoundError:
+            raise HarnessError("fid: the Inception features need torch-fidelity (pip install torch-fidelity)") from None
+    metric.orig_dtype = torch.float32  # compute() reads it even on a process that saw no images
+    return metric
+
+
+def reference_key(source: str, size: tuple[int, int], feature_id: str) -> str:
+    """A hash naming the reference statistics of `source` at `size` under one feature extractor."""
+    folder = Path(source)
+    if not folder.is_dir():
+        if _named_reference(source, size, 1) is None:
+            raise HarnessError(f"fid reference {source}: no such folder, and no world names a reference set so")
+        listing: object = source
+    else:
+        listing = [
+            (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in _reference_files(folder)
+        ]
+    text = json.dumps({"source": listing, "size": list(size), "features": feature_id}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def feature_id(metric: FrechetInceptionDistance) -> str:
+    """A hash of the feature extractor's weights, so new weights never reuse old statistics."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(metric.inception.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"{type(metric.inception).__name__}:{digest.hexdigest()[:24]}"
+
+
+def load_reference(
+    metric: FrechetInceptionDistance,
+    source: str,
+    size: tuple[int, int],
+    channels: int,
+    cache_dir: Path,
+    key: str,
+    batch_size: int,
+) -> None:
+    """Fill the metric's real statistics from the cache, or compute and cache them."""
+    from harness.models.checkpoints import save_tensors
+
+    path = cache_dir / f"fid-reference-{key}.safetensors"
+    if path.is_file():
+        states = load_file(str(path))
+        device = metric.real_features_sum.device
+        for name in REAL_STATES:
+            setattr(metric, name, states[name].to(device))
+        log.debug("fid: reference statistics from %s", path)
+        return
+    count = 0
+    for batch in _reference_batches(source, size, channels, batch_size):
+        metric.update(batch.to(metric.real_features_sum.device), real=True)
+        count += len(batch)
+    if count < 2:
+        raise HarnessError(f"fid reference {source}: needs at least 2 images, found {count}")
+    save_tensors({name: getattr(metric, name).cpu() for name in REAL_STATES}, path, metadata={"source": source})
+    log.info("fid: %d reference images from %s, statistics cached in %s", count, source, path)
+
+
+def _reference_batches(source: str, size: tuple[int, int], channels: int, batch_size: int) -> Iterator[torch.Tensor]:
+    folder = Path(source)
+    if not folder.is_dir():
+        named = _named_reference(source, size, batch_size)
+        assert named is not None  # reference_key checked it
+        for batch in named:
+            yield torch.stack([_fit(image, size, channels) for image in batch])
+        return
+    if GenerationFiles(folder).shards():
+        batch = []
+        for shard in GenerationFiles(folder).shards():
+            for sample in shards.read_shard(shard):
+                batch.append(_fit(sample.image, size, channels))
+                if len(batch) == batch_size:
+                    yield torch.stack(batch)
+                    batch = []
+        if batch:
+            yield torch.stack(batch)
+        return
+    files = _reference_files(folder)
+    for start in range(0, len(files), batch_size):
+        yield torch.stack([_load_image(f, size, channels) for f in files[start : start + batch_size]])
+
+
+def _named_reference(source: str, size: tuple[int, int], batch_size: int) -> Iterator[torch.Tensor] | None:
+    from harness.world import reference_images
+
+    return reference_images(source, size, batch_size)
+
+
+def _reference_files(folder: Path) -> list[Path]:
+    shard_files = GenerationFiles(folder).shards()
+    return shard_files or sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _load_image(path: Path, size: tuple[int, int], channels: int) -> torch.Tensor:
+    with Image.open(path) as image:
+        image = image.convert("L" if channels == 1 else "RGB")
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side)).resize((size[1], size[0]), Image.BICUBIC)
+        pixels = torch.from_numpy(np.asarray(image).copy())
+    return pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1)
+
+
+def _fit(image: torch.Tensor, size: tuple[int, int], channels: int) -> torch.Tensor:
+    if image.shape[0] != channels:
+        image = (
+            image.expand(channels, -1, -1)
+            if image.shape[0] == 1
+            else image.float().mean(0, keepdim=True).round().to(torch.uint8)
+        )
+    if tuple(image.shape[1:]) != size:
+        image = torch.nn.functional.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True)[0]
+        image = image.round().clamp(0, 255).to(torch.uint8)
+    return image

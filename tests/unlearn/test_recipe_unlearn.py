@@ -1,0 +1,74 @@
+"""The shipped unlearning recipes: they load, name real methods with valid params, carry the
+paper's settings, and the SD-v1.5 ConceptPrune recipe runs on a tiny SD-shaped pipeline."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from harness.config import parse_dataclass
+from harness.recipe import load_recipe
+from harness.records import UnlearnRecord, read_record
+from harness.layout import UnlearnFiles
+from harness.unlearn.conceptprune import ConceptPruneParams
+from harness.unlearn.method import resolve_method
+from harness.unlearn.run import UnlearnJob, run_unlearning
+from harness.unlearn.saliency import SaliencyParams
+
+from fixtures.paths import RECIPES
+from fixtures.tiny_sd import TINY_FFN_LAYERS, save_tiny_sd_pipeline
+
+PARAMS = {"conceptprune": ConceptPruneParams, "saliency": SaliencyParams}
+UNLEARN_RECIPES = sorted(p for p in RECIPES.glob("*.yaml") if load_recipe(p).methods)
+
+
+def test_every_method_has_recipes_for_sd15_and_the_world() -> None:
+    entries = [(r, m) for r in map(load_recipe, UNLEARN_RECIPES) for m in r.methods]
+    for method in PARAMS:
+        models = {r.model for r, m in entries if m.method == method}
+        assert {"runwayml/stable-diffusion-v1-5", "zoo:digits"} <= models, method
+    defended = {r.model for r, m in entries if m.defense}
+    assert {"runwayml/stable-diffusion-v1-5", "zoo:digits"} <= defended
+
+
+@pytest.mark.parametrize("path", UNLEARN_RECIPES, ids=lambda p: p.name)
+def test_recipe_names_a_method_and_valid_params(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.methods and recipe.concept is not None
+    for index, method in enumerate(recipe.methods):
+        resolve_method(method.method)
+        if method.method in PARAMS:
+            parse_dataclass(PARAMS[method.method], method.params, f"{path}: methods[{index}].params")
+
+
+@pytest.mark.parametrize(
+    ("name", "skill_ratio", "tau"),
+    [("sd15-conceptprune-golf-ball", 0.02, 10), ("sd15-conceptprune-van-gogh", 0.01, 10),
+     ("sd15-conceptprune-nudity", 0.01, 9)],
+)
+def test_sd15_recipes_carry_the_paper_settings(name: str, skill_ratio: float, tau: int) -> None:
+    recipe = load_recipe(RECIPES / f"{name}.yaml")
+    [method] = recipe.methods
+    assert method.params["skill_ratio"] == skill_ratio and method.params["tau"] == tau
+    g = recipe.generation
+    assert (g.steps, g.guidance, g.height, g.width, g.scheduler, g.fixed_seed) == (50, 7.5, 512, 512, "PNDMScheduler", 0)
+
+
+def test_the_sd15_recipe_runs_on_a_tiny_sd_pipeline(tmp_path: Path, shared_data: Path) -> None:
+    """Only the model and the image size change; tau 10 needs 10 PNDM UNet calls, so 9 steps."""
+    recipe = load_recipe(RECIPES / "sd15-conceptprune-golf-ball.yaml")
+    recipe = dataclasses.replace(
+        recipe,
+        model=str(save_tiny_sd_pipeline(tmp_path / "pipe")),
+        generation=dataclasses.replace(recipe.generation, steps=9, height=64, width=64, batch_size=12),
+    )
+    record = run_unlearning(UnlearnJob.from_recipe(recipe, None, tmp_path / "out", str(shared_data)))
+    assert record == read_record(UnlearnRecord, UnlearnFiles(tmp_path / "out").record)
+    assert record.selected_layers == TINY_FFN_LAYERS
+    assert record.params == {"skill_ratio": 0.02, "tau": 10, "seed": 0, "images_per_prompt": 1}
+    assert record.info["prompts"]["target"][0] == "a golf ball in a road"
+    assert record.info["k"][TINY_FFN_LAYERS[0]] == 1  # int(0.02 * 64)
+    assert all(r.changed <= 10 * r.shape[0] for r in record.layers)  # k per row per call, tau calls
+    assert record.changed > 0 and record.sigma_u is not None and record.sigma_u > 0
