@@ -118,6 +118,10 @@ class AttackFiles:
         """Training checkpoints of attacks that train (resumed after a crash)."""
         return self.folder / "checkpoints"
 
+    def snapshot(self, step: int) -> Path:
+        """The attacked tensors after `step` training steps (the points of a recovery curve)."""
+        return self.folder / "snapshots" / f"step-{step:06d}.safetensors"
+
 
 SHARD_NAME = "shard-{:06d}.tar"
 SHARD_GLOB = "shard-*.tar"

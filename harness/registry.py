@@ -18,6 +18,9 @@ REGISTERED: dict[str, dict[str, str]] = {
         "conceptprune": "harness.unlearn.conceptprune:conceptprune",
         "saliency": "harness.unlearn.saliency:saliency",
         "checkpoint": "harness.unlearn.checkpoint:checkpoint",
+        "esd": "harness.unlearn.esd:esd",
+        "ac": "harness.unlearn.ac:ac",
+        "dimum": "harness.unlearn.dimum:dimum",
     },
     "attack": {
         "nms": "harness.attack.revival:nms",
@@ -28,6 +31,7 @@ REGISTERED: dict[str, dict[str, str]] = {
         "ideal-sign-nms": "harness.attack.revival:ideal_sign_nms",
         "ideal-sign-sample": "harness.attack.revival:ideal_sign_sample",
         "ideal-magnitude-random-sign": "harness.attack.revival:ideal_magnitude_random_sign",
+        "dimra": "harness.attack.relearn:dimra",
     },
     "classifier": {
         "resnet50": "harness.score.metrics.classifiers:ResNet50Classifier",

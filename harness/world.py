@@ -54,6 +54,15 @@ class World:
         """uint8 batches (N, C, H, W) of the reference image set `name` at `size`, or None."""
         return None
 
+    def labelled_images(self, split: str, size: int) -> tuple[torch.Tensor, list[str]] | None:
+        """Real images in [0, 1] (N, C, size, size) of a split (`train`, `heldout`) and their labels
+        (concept names of the world's kind), or None when the world has none."""
+        return None
+
+    def label_prompts(self, label: str) -> list[str]:
+        """Prompts that describe an image of `label` (the captions of labelled images)."""
+        raise HarnessError(f"world {self.name} has no prompts for label '{label}'")
+
 
 def all_worlds() -> list[World]:
     """Every registered world."""

@@ -51,11 +51,13 @@ class NotApplicable(Exception):
 
 @dataclass
 class AttackResult:
-    """What an attack changed, and its record."""
+    """What an attack changed, and its record; `snapshots` maps a training step to a tensor
+    file of the attacked tensors after it (the points of a recovery curve)."""
 
     tensors: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)
     revival: ReviveReport | None = None
+    snapshots: dict[int, Path] = field(default_factory=dict)
 
 
 Attack = Callable[["AttackContext", dict], AttackResult]
@@ -105,6 +107,11 @@ class AttackContext:
     accelerator: Any = None
     concept_settings: ConceptSettings | None = None
     original_source: str | None = None
+    settings_key: str = ""
+    """The key of the job's settings (training checkpoints of other settings are not resumed)."""
+    runtime: Any = None
+    """The stage's RuntimeSettings (devices, strategy, nodes for training attacks)."""
+    data_dir: str | None = None
     _unlearned: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
     def key(self, path: str) -> str:
@@ -135,6 +142,15 @@ class AttackContext:
         for path in self.unlearned_files:
             apply_tensors(pipeline, load_tensor_file(path), where=str(path))
         return pipeline.to(self.device)
+
+    def auxiliary_set(self, pipeline: Any, spec: Any, where: str) -> Any:
+        """An attacker's training data (a harness.train.data.DataSpec) built for `pipeline`. The
+        harness, not the attack, keeps the erased concept out of it: a world's images of that
+        class are left out, and a caption naming it is an error; the attack never learns which."""
+        from harness.train.data import build_set
+
+        exclude = self.concept_settings.target if self.concept_settings else None
+        return build_set(pipeline, spec, self.generation, self.base_model, self.seed, exclude, where, self.data_dir)
 
     @property
     def concept(self) -> ConceptSettings:

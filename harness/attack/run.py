@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from harness.layout import AttackFiles
 from harness.models.checkpoints import save_tensors, source_identity
 from harness.provenance import provenance
 from harness.records import AttackRecord, completed, file_digest, settings_key, write_record
+from harness.runtime import RuntimeSettings
 from harness.recipe import ConceptSettings
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ class AttackJob:
     concept: ConceptSettings | None = None
     original: str | None = None
     """The original model, for attacks that declare `original` and for measuring (sign accuracy)."""
+    data_dir: str | None = None
+    runtime: RuntimeSettings | None = None
 
     def key(self) -> str:
         """The identity of the output: the attack entry and the unlearned model's content."""
@@ -89,6 +93,7 @@ def run_attack(job: AttackJob, accelerator: Accelerator | None = None) -> Attack
         device=process_device(job.device, accelerator), generation=job.generation, scratch=files.folder,
         reads=reads, where=job.where, entry=job.entry, fidelity=job.fidelity, seed=job.seed,
         accelerator=accelerator, concept_settings=job.concept, original_source=job.original,
+        settings_key=key, runtime=job.runtime, data_dir=job.data_dir,
     )
     start = time.perf_counter()
     result, reason = None, None
@@ -103,7 +108,8 @@ def run_attack(job: AttackJob, accelerator: Accelerator | None = None) -> Attack
     record = AttackRecord(
         key=key, name=job.attack.name or job.attack.attack, attack=job.attack.attack, method=job.method,
         params=dict(job.attack.params), reads=sorted(reads - {"sharded"}), applicable=reason is None,
-        reason=reason, revival=result.revival if result else None, info=result.info if result else {},
+        reason=reason, revival=result.revival if result else None,
+        info=(result.info | {"snapshots": sorted(result.snapshots)}) if result else {},
         fidelity=job.fidelity, seconds=round(time.perf_counter() - start, 3), provenance=provenance(),
     )
     if reason is not None:
@@ -113,6 +119,9 @@ def run_attack(job: AttackJob, accelerator: Accelerator | None = None) -> Attack
         out = AttackFiles(folder)
         if result is not None:
             save_tensors(result.tensors, out.tensors, metadata={"attack": job.attack.attack})
+            for step, path in sorted(result.snapshots.items()):
+                out.snapshot(step).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, out.snapshot(step))
         write_record(out.record, record)
 
     publish_folder(files.folder, fill)

@@ -47,7 +47,7 @@ class Plan:
     def unlearn_job(self, method: str, runtime: RuntimeSettings) -> UnlearnJob:
         """The unlearn stage's job for one method."""
         return UnlearnJob.from_recipe(self.recipe, method, self.layout.unlearn(method).folder,
-                                      runtime.data_dir, runtime.device)
+                                      runtime.data_dir, runtime.device, runtime)
 
     def attack_job(self, method: str, attack: str, runtime: RuntimeSettings) -> AttackJob:
         """The attack stage's job for one attack on one method's model."""
@@ -58,7 +58,7 @@ class Plan:
             generation=self.recipe.generation, where=self.recipe.source,
             entry=f"attacks[{self.recipe.attacks.index(entry)}]", device=runtime.device,
             fidelity=self.recipe.fidelity, seed=self.recipe.generation.fixed_seed, concept=self.recipe.concept,
-            original=self.recipe.model,
+            original=self.recipe.model, data_dir=runtime.data_dir, runtime=runtime,
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -4,10 +4,12 @@ A method is a callable
 
     method(context: UnlearnContext, params: dict) -> UnlearnResult
 
-- `context` carries the loaded pipeline (not to be changed by the method), the target concept,
-  the target parameter names (UNet parameter names chosen by the entry's `layers`), the device,
-  the recipe's seed and generation settings, the prompt data folder, the fidelity setting, and
-  `where`/`key()` for error messages that name the recipe key.
+- `context` carries the loaded pipeline (loaded for this method alone: a training method may
+  train its UNet in place; a pruning method reads it), the target concept, the target parameter
+  names (UNet parameter names chosen by the entry's `layers`), the device, the recipe's seed and
+  generation settings, the prompt data folder, the fidelity setting, a scratch folder for
+  checkpoints with the key of the run's settings, and `where`/`key()` for error messages that
+  name the recipe key.
 - `params` is the entry's `params` mapping, unparsed: the method validates it itself, usually
   with `harness.config.parse_dataclass(MyParams, params, context.key("params"))`, so that a typo
   is an error naming `methods[i].params.<key>`.
@@ -50,6 +52,14 @@ class UnlearnContext:
     """The recipe key of the method's entry (e.g. `methods[0]`)."""
     fidelity: str = "paper"
     """paper, or reference-code (the authors' published code's behaviour where it differs)."""
+    base_model: str = ""
+    """The model source the pipeline was loaded from (a world's `zoo:NAME`, a hub id, a folder)."""
+    scratch: Path | None = None
+    """A folder for training checkpoints; a crashed run resumes from it."""
+    settings_key: str = ""
+    """The key of the job's settings (checkpoints of other settings are not resumed)."""
+    runtime: Any = None
+    """The stage's RuntimeSettings (devices, strategy, nodes for training methods)."""
 
     def key(self, path: str) -> str:
         """An error prefix naming a key of the method's entry, e.g. 'recipes/x.yaml: methods[0].params'."""

@@ -26,7 +26,7 @@ from harness.models.pipelines import load_pipeline, resolve_dtype, set_scheduler
 from harness.provenance import provenance
 from harness.recipe import Recipe
 from harness.records import LayerCount, UnlearnRecord, completed, settings_key, write_record
-from harness.runtime import resolve_device
+from harness.runtime import RuntimeSettings, resolve_device
 from harness.unlearn.defense import obfuscate
 from harness.unlearn.detectability import detectability, exact_zeros, modified_share, unmodified_sigma
 from harness.unlearn.method import UnlearnContext, UnlearnResult, resolve_method
@@ -52,10 +52,12 @@ class UnlearnJob:
     data_dir: str | None = None
     device: str = "auto"
     fidelity: str = "paper"
+    runtime: RuntimeSettings | None = None
+    """Devices and processes for training methods (default: one process on `device`)."""
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, method: str | None, out: Path, data_dir: str | None = None,
-                    device: str = "auto") -> UnlearnJob:
+                    device: str = "auto", runtime: RuntimeSettings | None = None) -> UnlearnJob:
         """The job of one of a recipe's methods (`method` may be None when the recipe has only one)."""
         if not recipe.methods:
             raise HarnessError(f"{recipe.source}: methods: the recipe lists no unlearning method")
@@ -66,7 +68,7 @@ class UnlearnJob:
         assert recipe.concept is not None  # the recipe checks that methods come with a concept
         return cls(model=recipe.model, concept=recipe.concept, method=entry, generation=recipe.generation,
                    out=Path(out), where=recipe.source, entry=f"methods[{recipe.methods.index(entry)}]",
-                   data_dir=data_dir, device=device, fidelity=recipe.fidelity)
+                   data_dir=data_dir, device=device, fidelity=recipe.fidelity, runtime=runtime)
 
     def key(self) -> str:
         """The identity of the output: base model content, concept, method entry, sampling, fidelity."""
@@ -76,8 +78,9 @@ class UnlearnJob:
 
 
 def output_is_ours(folder: Path) -> bool:
-    """Whether `folder` holds an unlearn stage's output (so it may be replaced)."""
-    return UnlearnFiles(folder).record.is_file()
+    """Whether `folder` holds an unlearn stage's output, or a training method's checkpoints."""
+    files = UnlearnFiles(folder)
+    return files.record.is_file() or files.checkpoints.is_dir()
 
 
 def run_unlearning(job: UnlearnJob) -> UnlearnRecord:
@@ -102,7 +105,8 @@ def run_unlearning(job: UnlearnJob) -> UnlearnRecord:
     context = UnlearnContext(
         pipeline=pipeline, concept=job.concept, layers=layers, device=device, seed=job.generation.fixed_seed,
         generation=job.generation, data_dir=resolve_data_dir(job.data_dir, job.concept.data_dir),
-        where=job.where, entry=job.entry, fidelity=job.fidelity,
+        where=job.where, entry=job.entry, fidelity=job.fidelity, base_model=job.model,
+        scratch=files.checkpoints, settings_key=key, runtime=job.runtime,
     )
     log.debug("unlearning '%s' (%s) with %s on %d layers", job.concept.target, job.concept.kind, job.method.name, len(layers))
     result = method(context, dict(job.method.params))

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from harness.config import parse_dataclass
-from harness.models.pipelines import prompt_embeddings
+from harness.models.pipelines import model_samples, prompt_embeddings
 from harness.unlearn.prompts import prompt_pairs
 from harness.unlearn.method import UnlearnContext, UnlearnResult
 
@@ -57,7 +57,8 @@ def saliency(context: UnlearnContext, params: dict) -> UnlearnResult:
     prompts = prompt_pairs(context.concept, context.data_dir, context.where).target
     chosen = [prompts[i % len(prompts)] for i in range(settings.samples)]
     pipeline = context.pipeline
-    samples = forget_samples(pipeline, chosen, context, settings.seed)
+    samples = model_samples(pipeline, chosen, context.generation, [settings.seed + i for i in range(len(chosen))],
+                            "forgetting set")
     gradients = forgetting_gradients(pipeline, context.layers, chosen, samples, settings)
     weights = {name: p.detach() for name, p in pipeline.unet.named_parameters() if name in gradients}
     scores = {
@@ -89,23 +90,6 @@ def top_fraction(scores: dict[str, torch.Tensor], fraction: float, scope: str) -
         mask[s.flatten().topk(count).indices] = True
         masks[name] = mask.reshape(s.shape)
     return masks
-
-
-def forget_samples(pipeline: Any, prompts: list[str], context: UnlearnContext, seed: int) -> torch.Tensor:
-    """The model's own samples in the UNet's input space for `prompts`, sample i seeded seed+i:
-    a latent pipeline (one with a `vae`) returns its latents; a pixel-space pipeline's `pt`
-    images in [0, 1] map back to the model's [-1, 1]."""
-    latent = getattr(pipeline, "vae", None) is not None
-    batch = max(1, context.generation.batch_size)
-    outputs = []
-    with torch.no_grad():
-        for start in tqdm(range(0, len(prompts), batch), desc="forgetting set", unit="batch"):
-            chunk = prompts[start : start + batch]
-            kwargs = context.generation.pipeline_kwargs(chunk, [seed + start + i for i in range(len(chunk))])
-            kwargs["output_type"] = "latent" if latent else "pt"
-            images = pipeline(**kwargs).images
-            outputs.append(images if latent else images * 2 - 1)
-    return torch.cat(outputs)
 
 
 def forgetting_gradients(

@@ -67,5 +67,18 @@ class DigitsWorld(World):
         images, _ = heldout_digits(size[0])
         return iter((images * 255).round().to(torch.uint8).split(batch_size))
 
+    def labelled_images(self, split: str, size: int) -> tuple[torch.Tensor, list[str]] | None:
+        from harness.worlds.digits.data import DIGIT_NAMES, heldout_digits, train_digits
+
+        if split not in ("train", "heldout"):
+            raise HarnessError(f"world digits: unknown split '{split}' (train or heldout)")
+        images, labels = (train_digits if split == "train" else heldout_digits)(size)
+        return images, [DIGIT_NAMES[int(d)] for d in labels]
+
+    def label_prompts(self, label: str) -> list[str]:
+        from harness.worlds.digits.data import concept_prompts, digit_of_name
+
+        return concept_prompts(digit_of_name(label))
+
 
 WORLD = DigitsWorld()

@@ -1,0 +1,233 @@
+"""Training data in the UNet's input space: samples with their prompts, from a world's real
+labelled images, a folder of image + caption pairs, WebDataset shards, or the model's own samples.
+
+A latent pipeline (one with a VAE) gets its images encoded to latents; a pixel-space pipeline
+gets them in [-1, 1]. Images are resized to the model's size (centre crop, then resize).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.nn import functional as F
+
+from harness.errors import HarnessError
+from harness.recipe import GenerationSettings
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclass
+class DataSpec:
+    """Where a training set comes from (a method's or an attack's `data` params)."""
+
+    source: Literal["world", "folder", "webdataset", "suite", "prompts"] = "world"
+    """world: the base world's real images; folder: image + .txt caption pairs; webdataset: tar
+    shards; suite: the pretrained model's images of a prompt suite; prompts: of the given prompts"""
+    path: str | None = None
+    """the folder, the shard pattern, or the suite's name"""
+    prompts: list[str] = field(default_factory=list)
+    """the prompts to generate from (source prompts)"""
+    count: int | None = None
+    """at most this many samples (suite and prompts: how many to generate)"""
+    split: Literal["train", "heldout"] = "train"
+    """the world's split (source world)"""
+
+    def __post_init__(self) -> None:
+        if self.source in ("folder", "webdataset", "suite") and not self.path:
+            raise ValueError(f"source {self.source} needs a 'path'")
+        if self.source == "prompts" and not self.prompts:
+            raise ValueError("source prompts needs 'prompts'")
+        if self.count is not None and self.count < 1:
+            raise ValueError(f"count must be at least 1, got {self.count}")
+
+
+def build_set(pipeline: Any, spec: DataSpec, generation: GenerationSettings, base_model: str, seed: int,
+              exclude: str | None, where: str, data_dir: str | None = None) -> TrainingSet:
+    """The training set `spec` names. `exclude` is a concept the set must not hold (the erased
+    one, for an attacker's data): left out of a world's labels, and an error where a caption or
+    prompt names it."""
+    from harness.world import world_of_source
+
+    size = model_size(pipeline, generation)
+    if spec.source == "world":
+        world = world_of_source(base_model)
+        if world is None:
+            raise HarnessError(f"{where}.source: 'world' needs a world's model (zoo:NAME), not {base_model}")
+        found = world_set(pipeline, world, spec.split, size, {exclude} if exclude else set(), where)
+    elif spec.source == "folder":
+        found = folder_set(pipeline, spec.path, size, where)
+    elif spec.source == "webdataset":
+        found = webdataset_set(pipeline, spec.path, size, where)
+    else:
+        prompts = list(spec.prompts)
+        if spec.source == "suite":
+            from harness.generate.suites import load_suite
+
+            prompts = [r.prompt for r in load_suite(spec.path, data_dir, f"{where}.path").records]
+        found = generated_set(pipeline, prompts[: spec.count] if spec.count else prompts, generation, seed, where)
+    if exclude and spec.source != "world":
+        named = mentions(found.prompts, exclude)
+        if named:
+            raise HarnessError(f"{where}: {len(named)} of its prompts name the erased concept '{exclude}' "
+                               f"(e.g. {named[0]!r}); the set must not hold it")
+    if spec.count is not None and len(found.inputs) > spec.count:
+        found = TrainingSet(found.inputs[: spec.count], found.prompts[: spec.count], found.labels[: spec.count], where)
+    return found
+
+
+@dataclass
+class TrainingSet:
+    """Samples (N, C, H, W) in the UNet's input space and the prompt of each."""
+
+    inputs: torch.Tensor
+    prompts: list[str]
+    labels: list[str | None]
+    source: str
+
+    def __post_init__(self) -> None:
+        if len(self.inputs) == 0:
+            raise HarnessError(f"{self.source}: no training samples")
+
+    def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+        """`size` samples drawn with replacement, and their prompts."""
+        index = torch.randint(0, len(self.inputs), (size,), generator=generator)
+        return self.inputs[index], [self.prompts[i] for i in index.tolist()]
+
+
+def model_size(pipeline: Any, generation: GenerationSettings) -> int:
+    """The image side a pipeline generates at (the generation settings', else the model's own)."""
+    if generation.height is not None:
+        return generation.height
+    factor = getattr(pipeline, "vae_scale_factor", 1) if getattr(pipeline, "vae", None) is not None else 1
+    return int(pipeline.unet.config.sample_size) * factor
+
+
+@torch.no_grad()
+def encode(pipeline: Any, images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] (N, C, H, W) in the UNet's input space: VAE latents, or pixels in [-1, 1]."""
+    vae = getattr(pipeline, "vae", None)
+    x = images.float() * 2 - 1
+    if vae is None:
+        channels = pipeline.unet.config.in_channels
+        return x.mean(1, keepdim=True) if channels == 1 and x.shape[1] == 3 else x
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    latents = [vae.encode(chunk.to(vae.device, vae.dtype)).latent_dist.mean for chunk in x.split(8)]
+    return (torch.cat(latents) * vae.config.scaling_factor).float().cpu()
+
+
+def world_set(pipeline: Any, world: Any, split: str, size: int, exclude: set[str], source: str) -> TrainingSet:
+    """A world's real images of every label but `exclude`, each captioned by one of its label's
+    prompts (cycling through them)."""
+    found = world.labelled_images(split, size)
+    if found is None:
+        raise HarnessError(f"{source}: world {world.name} has no labelled images")
+    images, labels = found
+    keep = [i for i, label in enumerate(labels) if label not in exclude]
+    if not keep:
+        raise HarnessError(f"{source}: no images left once {sorted(exclude)} are left out")
+    kept_labels = [labels[i] for i in keep]
+    assert not set(kept_labels) & exclude
+    prompts_of = {label: world.label_prompts(label) for label in set(kept_labels)}
+    prompts = [prompts_of[label][n % len(prompts_of[label])] for n, label in enumerate(kept_labels)]
+    return TrainingSet(encode(pipeline, images[keep]), prompts, list(kept_labels), source)
+
+
+def generated_set(pipeline: Any, prompts: list[str], generation: GenerationSettings, seed: int, source: str) -> TrainingSet:
+    """The pipeline's own samples for `prompts`, sample i from seed `seed + i`."""
+    from harness.models.pipelines import model_samples
+
+    if not prompts:
+        raise HarnessError(f"{source}: no prompts to generate from")
+    samples = model_samples(pipeline, prompts, generation, [seed + i for i in range(len(prompts))], source)
+    return TrainingSet(samples.float().cpu(), list(prompts), [None] * len(prompts), source)
+
+
+def folder_set(pipeline: Any, folder: str | Path, size: int, source: str) -> TrainingSet:
+    """Images of a folder, each captioned by the text file of the same stem (`cat.png` + `cat.txt`)."""
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise HarnessError(f"{source}: {folder} is not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise HarnessError(f"{source}: {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    images, prompts = [], []
+    for path in files:
+        caption = path.with_suffix(".txt")
+        if not caption.is_file():
+            raise HarnessError(f"{source}: {path.name} has no caption file {caption.name}")
+        images.append(_read_image(path.read_bytes(), size, f"{source}: {path}"))
+        prompts.append(caption.read_text().strip())
+    return TrainingSet(encode(pipeline, torch.stack(images)), prompts, [None] * len(prompts), source)
+
+
+def webdataset_set(pipeline: Any, pattern: str, size: int, source: str) -> TrainingSet:
+    """Samples of WebDataset tar shards (brace patterns allowed): an image member and a `txt`
+    caption (or a `json` record with `prompt` or `caption`) per key."""
+    import braceexpand
+
+    paths = [Path(p).expanduser() for p in braceexpand.braceexpand(pattern)]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise HarnessError(f"{source}: no such shard {missing[0]}")
+    images, prompts = [], []
+    for path in paths:
+        for key, parts in _tar_samples(path, source).items():
+            image_ext = next((e for e in parts if f".{e}" in IMAGE_SUFFIXES), None)
+            caption = parts.get("txt", b"").decode().strip() or _json_caption(parts.get("json"))
+            if image_ext is None or not caption:
+                raise HarnessError(f"{source}: {path.name}: sample {key} lacks an image or a caption")
+            images.append(_read_image(parts[image_ext], size, f"{source}: {path.name}: {key}"))
+            prompts.append(caption)
+    if not images:
+        raise HarnessError(f"{source}: the shards hold no samples")
+    return TrainingSet(encode(pipeline, torch.stack(images)), prompts, [None] * len(prompts), source)
+
+
+def _tar_samples(path: Path, source: str) -> dict[str, dict[str, bytes]]:
+    samples: dict[str, dict[str, bytes]] = {}
+    try:
+        with tarfile.open(path) as tar:
+            for member in tar:
+                handle = tar.extractfile(member)
+                if handle is not None:
+                    key, _, ext = member.name.partition(".")
+                    samples.setdefault(key, {})[ext.lower()] = handle.read()
+    except (tarfile.TarError, OSError) as error:
+        raise HarnessError(f"{source}: {path} is not a readable tar shard ({error})") from None
+    return samples
+
+
+def _json_caption(data: bytes | None) -> str:
+    if not data:
+        return ""
+    record = json.loads(data)
+    return str(record.get("prompt") or record.get("caption") or "").strip()
+
+
+def _read_image(data: bytes, size: int, where: str) -> torch.Tensor:
+    """RGB pixels in [0, 1] (3, size, size): centre-cropped square, resized."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            rgb = image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise HarnessError(f"{where}: not a readable image ({error})") from None
+    side = min(rgb.size)
+    left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
+    square = torch.from_numpy(np.asarray(rgb.crop((left, top, left + side, top + side))).copy()).permute(2, 0, 1)
+    return F.interpolate(square[None].float() / 255, size=(size, size), mode="bilinear", antialias=True)[0].clamp(0, 1)
+
+
+def mentions(prompts: list[str], concept: str) -> list[str]:
+    """The prompts that name `concept` (case-blind): what an auxiliary set must not hold."""
+    word = concept.strip().lower()
+    return [p for p in prompts if word and word in p.lower()]

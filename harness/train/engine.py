@@ -1,0 +1,281 @@
+"""The fine-tuning engine: one LightningModule and `Trainer.fit` for every training method and
+attack.
+
+An objective (ESD, AC, DiMUM, plain denoising, ...) says what one step's loss is; the engine
+trains the chosen UNet parameters toward it with AdamW and gradient clipping, in mixed
+precision on a GPU, over the devices, strategy and nodes Lightning is given, with a progress
+bar and a CSV log of the loss per step (TensorBoard too when it is installed). Every step's
+randomness comes from a generator seeded by (seed, step, process), and a Lightning checkpoint
+is written every `checkpoint_every` steps (loaded back with `weights_only=True`), so a run
+killed at any point resumes from its last checkpoint and ends with the weights an uninterrupted
+run reaches. Checkpoints hold only the trained parameters and the optimizer's state; they are
+kept under a key of the run's settings and dropped when the settings change.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from diffusers import DDPMScheduler
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from harness.lightning_quiet import quiet_lightning
+from harness.models.checkpoints import save_tensors
+from harness.runtime import RuntimeSettings
+from harness.train.trainable import trainable_names
+
+log = logging.getLogger(__name__)
+
+LAST = "last.ckpt"
+KEY_FILE = "settings.key"
+
+
+@dataclass
+class TrainParams:
+    """What every training method and attack takes in its `params`."""
+
+    steps: int = 1000
+    """optimizer steps"""
+    lr: float = 1e-5
+    """AdamW learning rate"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    batch_size: int = 1
+    """samples per step"""
+    trainable: str | list[str] = "esd-x"
+    """the parameters trained: a preset (esd-x: cross-attention, esd-u: all but cross-attention, full) or UNet globs"""
+    grad_clip: float = 1.0
+    """gradient-norm clipping (0: none)"""
+    checkpoint_every: int = 100
+    """steps between Lightning checkpoints (a killed run resumes from the last)"""
+    seed: int = 0
+    """seed of every step's draws"""
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("weight_decay and grad_clip must not be negative")
+
+
+class Objective:
+    """One training objective: `prepare` once on the training device, then one step's `loss`."""
+
+    needs_frozen = False
+    """Whether the objective reads a frozen copy of the UNet as it was before training."""
+
+    def prepare(self, module: FineTuneModule) -> None:
+        """Precompute what every step reads (prompt embeddings, anchor samples)."""
+
+    def loss(self, module: FineTuneModule, generator: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class FineTuneModule(pl.LightningModule):
+    """The pipeline's UNet under training (only `trainable` parameters receive gradients), a frozen
+    copy where the objective needs one, and the pipeline's other parts for the objective's use."""
+
+    def __init__(self, pipeline: Any, trainable: list[str], objective: Objective, params: TrainParams) -> None:
+        super().__init__()
+        self.unet = pipeline.unet
+        self.frozen = copy.deepcopy(pipeline.unet).requires_grad_(False).eval() if objective.needs_frozen else None
+        self.parts = {"pipeline": pipeline}  # not submodules: neither trained nor checkpointed
+        self.trainable = list(trainable)
+        self.objective = objective
+        self.params = params
+        self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
+        self.strict_loading = False  # checkpoints hold the trained parameters only
+        wanted = set(trainable)
+        for name, parameter in self.unet.named_parameters():
+            parameter.requires_grad_(name in wanted)
+
+    @property
+    def pipeline(self) -> Any:
+        return self.parts["pipeline"]
+
+    def on_fit_start(self) -> None:
+        for part in ("text_encoder", "vae"):
+            module = getattr(self.pipeline, part, None)
+            if module is not None:
+                module.to(self.device).requires_grad_(False).eval()
+        self.objective.prepare(self)
+
+    @torch.no_grad()
+    def embed(self, prompts: list[str]) -> torch.Tensor:
+        """The UNet's conditioning for prompts, from the pipeline's own text encoder."""
+        embeddings, _ = self.pipeline.encode_prompt(prompts, self.device, 1, False)
+        return embeddings.to(self.device)
+
+    def step_generator(self) -> torch.Generator:
+        """A CPU generator for this step and process: the same draws on a resumed run."""
+        return torch.Generator().manual_seed(self.params.seed * 1_000_003 + self.global_step * 1_009 + self.global_rank)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = self.objective.loss(self, self.step_generator())
+        self.log("loss", loss.detach(), prog_bar=True, on_step=True, logger=True, batch_size=self.params.batch_size)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        chosen = [p for n, p in self.unet.named_parameters() if n in set(self.trainable)]
+        return torch.optim.AdamW(chosen, lr=self.params.lr, weight_decay=self.params.weight_decay)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = {f"unet.{n}" for n in self.trainable}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def trained(self) -> dict[str, torch.Tensor]:
+        """The trained parameters, on the CPU, by UNet parameter name."""
+        params = dict(self.unet.named_parameters())
+        return {name: params[name].detach().float().cpu().clone() for name in self.trainable}
+
+
+class StepBar(TQDMProgressBar):
+    """Lightning's progress bar over steps, on the standard error like every other bar of the
+    harness, named after the run, without its logger version number."""
+
+    def __init__(self, desc: str) -> None:
+        super().__init__()
+        self.desc = desc
+
+    def init_train_tqdm(self) -> Tqdm:
+        return Tqdm(desc=self.desc, position=2 * self.process_position, disable=self.is_disabled, leave=False,
+                    dynamic_ncols=True, file=sys.stderr, smoothing=0, bar_format=self.BAR_FORMAT)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *_: Any) -> None:
+        super().on_train_epoch_start(trainer)
+        self.train_progress_bar.set_description(self.desc)
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
+
+class Snapshots(Callback):
+    """Write the trained parameters every `every` steps (for curves over training)."""
+
+    def __init__(self, every: int, path: Callable[[int], Path]) -> None:
+        self.every, self.path = every, path
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        step = trainer.global_step
+        if step % self.every == 0 and trainer.is_global_zero and not self.path(step).is_file():
+            save_tensors(pl_module.trained(), self.path(step))
+
+
+@dataclass
+class TrainOutcome:
+    """What a run trained: the parameters, the loss per step, how long it took."""
+
+    tensors: dict[str, torch.Tensor]
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    resumed_from: int = 0
+    device: str = "cpu"
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.losses[-1] if self.losses else None
+
+
+def precision_for(device: torch.device) -> str:
+    """Mixed precision on GPUs (bf16 where the GPU has it), full precision on CPUs."""
+    if device.type == "cuda":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def fine_tune(
+    pipeline: Any,
+    objective: Objective,
+    params: TrainParams,
+    folder: Path,
+    key: str,
+    where: str,
+    device: torch.device,
+    runtime: RuntimeSettings | None = None,
+    snapshot: tuple[int, Callable[[int], Path]] | None = None,
+) -> TrainOutcome:
+    """Train the pipeline's UNet toward `objective` for `params.steps` steps, checkpointing into
+    `folder` (resumed when it holds a checkpoint of the same `key`); `snapshot` = (every, path of
+    step) also writes the trained parameters along the way."""
+    names = trainable_names((n for n, _ in pipeline.unet.named_parameters()), params.trainable,
+                            f"{where}.trainable")
+    folder = Path(folder)
+    _keep_only_same_key(folder, key)
+    last = folder / LAST
+    resumed = _checkpoint_step(last)
+    module = FineTuneModule(pipeline, names, objective, params)
+    loggers: list[Any] = [CSVLogger(str(folder), name="logs")]  # a resumed run logs into a version of its own
+    if importlib.util.find_spec("tensorboard") is not None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(str(folder), name="tensorboard", version=0))
+    callbacks: list[Callback] = [ModelCheckpoint(dirpath=str(folder), every_n_train_steps=params.checkpoint_every,
+                                                 save_last=True, save_top_k=0, enable_version_counter=False),
+                                 StepBar(f"train {where.rpartition(': ')[2]}")]
+    if snapshot is not None:
+        callbacks.append(Snapshots(*snapshot))
+    runtime = runtime or RuntimeSettings(accelerator="gpu" if device.type == "cuda" else "cpu")
+    started = time.perf_counter()
+    with quiet_lightning():
+        trainer = pl.Trainer(
+            max_steps=params.steps, accelerator="gpu" if device.type == "cuda" else "cpu",
+            devices=runtime.lightning_devices if device.type == "cuda" else 1, strategy=runtime.strategy,
+            num_nodes=runtime.num_nodes, precision=precision_for(device), gradient_clip_val=params.grad_clip or None,
+            logger=loggers, callbacks=callbacks, enable_model_summary=False, log_every_n_steps=1,
+            num_sanity_val_steps=0, deterministic=False,
+        )
+        steps = DataLoader(range(params.steps), batch_size=None)
+        trainer.fit(module, train_dataloaders=steps, ckpt_path=str(last) if resumed else None, weights_only=True)
+    seconds = time.perf_counter() - started
+    log.debug("%s: %d steps (resumed at %d) in %.1f s", where, trainer.global_step, resumed, seconds)
+    return TrainOutcome(module.trained(), trainer.global_step, _losses(folder), round(seconds, 3), resumed, str(device))
+
+
+def _keep_only_same_key(folder: Path, key: str) -> None:
+    """Checkpoints of other settings are dropped, not resumed."""
+    marker = folder / KEY_FILE
+    if folder.exists() and (not marker.is_file() or marker.read_text().strip() != key):
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(key + "\n")
+
+
+def _checkpoint_step(path: Path) -> int:
+    """The global step a checkpoint was written at (0 when there is none)."""
+    if not path.is_file():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return int(state.get("global_step", 0))
+
+
+def _losses(folder: Path) -> list[float]:
+    """The loss of every step from the CSV logs (a resumed run writes a version of its own), by step."""
+    import csv
+
+    by_step: dict[int, float] = {}
+    for path in sorted((folder / "logs").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])):
+        with open(path) as handle:
+            for row in csv.DictReader(handle):
+                if row.get("loss"):
+                    by_step[int(row["step"])] = float(row["loss"])
+    return [by_step[s] for s in sorted(by_step)]

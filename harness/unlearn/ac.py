@@ -1,0 +1,85 @@
+"""AC, Ablating Concepts in Text-to-Image Diffusion Models (Kumari et al., ICCV 2023),
+model-based variant, registered as `ac`.
+
+The frozen model, before training, generates anchor samples from the anchor prompt (the
+recipe's `concept.anchor`, e.g. "a photo of a digit"). Each step noises a batch of them at
+random training timesteps and trains eps_theta(x_t, c_target, t) toward stopgrad(eps_theta(x_t,
+c_anchor, t)) (PROTOCOL.md section 6): the target prompt comes to predict what the anchor does.
+Defaults: the cross-attention key and value projections are trained (the paper's), lr 1e-5,
+400 steps, 50 anchor samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+
+from harness.config import parse_dataclass
+from harness.errors import HarnessError
+from harness.train.data import generated_set
+from harness.train.denoise import noise_samples
+from harness.train.engine import FineTuneModule, Objective, TrainParams
+from harness.unlearn.method import UnlearnContext, UnlearnResult
+from harness.unlearn.training import concept_prompts, train_method
+
+
+@dataclass
+class ACParams(TrainParams):
+    """`params` of the `ac` method."""
+
+    steps: int = 400
+    trainable: str | list[str] = field(default_factory=lambda: ["*attn2.to_k.*", "*attn2.to_v.*"])
+    """the parameters trained (default: the cross-attention keys and values, as the paper)"""
+    anchor_samples: int = 50
+    """how many anchor samples the frozen model makes"""
+    prompts: list[str] = field(default_factory=list)
+    """the concept prompts (default: a world's prompts of the concept, else its name)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.anchor_samples < 1:
+            raise ValueError(f"anchor_samples must be at least 1, got {self.anchor_samples}")
+
+
+class AnchorObjective(Objective):
+    """The model-based AC loss; see the module docstring."""
+
+    def __init__(self, anchors: torch.Tensor, anchor_prompt: str, prompts: list[str], batch_size: int) -> None:
+        self.anchors, self.anchor_prompt, self.prompts, self.batch_size = anchors, anchor_prompt, prompts, batch_size
+
+    def prepare(self, module: FineTuneModule) -> None:
+        self.anchors = self.anchors.to(module.device)
+        self.anchor = module.embed([self.anchor_prompt])
+        self.concept = module.embed(self.prompts)
+
+    def loss(self, module: FineTuneModule, generator: torch.Generator) -> torch.Tensor:
+        index = torch.randint(0, len(self.anchors), (self.batch_size,), generator=generator)
+        prompt = torch.randint(0, len(self.prompts), (self.batch_size,), generator=generator)
+        noised = noise_samples(module.noise_scheduler, self.anchors[index.to(self.anchors.device)], generator)
+        with torch.no_grad():
+            target = module.unet(noised.inputs, noised.timesteps,
+                                 encoder_hidden_states=self.anchor.expand(self.batch_size, -1, -1)).sample
+        predicted = module.unet(noised.inputs, noised.timesteps,
+                                encoder_hidden_states=self.concept[prompt.to(self.concept.device)]).sample
+        return F.mse_loss(predicted.float(), target.float())
+
+
+def anchor_prompt(context: UnlearnContext) -> str:
+    """The recipe's `concept.anchor`; AC and DiMUM need it."""
+    if not context.concept.anchor:
+        raise HarnessError(f"{context.where}: concept.anchor: this method maps the concept onto an anchor "
+                           "concept; name one (e.g. 'a photo of a digit', 'a painting')")
+    return context.concept.anchor
+
+
+def ac(context: UnlearnContext, params: dict) -> UnlearnResult:
+    """The registered method `ac` (signature in harness.unlearn.method)."""
+    settings = parse_dataclass(ACParams, params, context.key("params"))
+    anchor = anchor_prompt(context)
+    prompts = concept_prompts(context, settings.prompts)
+    anchors = generated_set(context.pipeline, [anchor] * settings.anchor_samples, context.generation, settings.seed,
+                            f"{context.key('params')} anchor samples")
+    objective = AnchorObjective(anchors.inputs, anchor, prompts, settings.batch_size)
+    return train_method(context, objective, settings, {"prompts": prompts, "anchor": anchor})

@@ -1,0 +1,92 @@
+"""DiMUM, unlearning by memorisation (seed 004, "Towards Irreversible Machine Unlearning for
+Diffusion Models"), registered as `dimum`. The paper's exact loss is not public; this is the form
+PROTOCOL.md section 6 describes, kept swappable as a method like any other:
+
+    L = E_retain ||eps - eps_theta(x_t | c)||^2 + lambda * E_alt ||eps - eps_theta(x^alt_t | c_forget)||^2
+
+The forget prompts are trained with the plain denoising loss on alternative samples (by default
+the frozen model's samples of the recipe's `concept.anchor`, or of the prompt `alternative`), so
+the model memorises the alternative where the concept was; the retain term (weight 1) keeps the
+rest: a world's real images of every other class with their prompts, or any data source
+(`retain`). Defaults: lr 1e-4, 500 steps, batch 4 per term, lambda 1, every UNet parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.config import parse_dataclass
+from harness.train.data import DataSpec, TrainingSet, build_set, generated_set
+from harness.train.denoise import denoising_loss
+from harness.train.engine import FineTuneModule, Objective, TrainParams
+from harness.unlearn.ac import anchor_prompt
+from harness.unlearn.method import UnlearnContext, UnlearnResult
+from harness.unlearn.training import concept_prompts, train_method
+
+
+@dataclass
+class DiMUMParams(TrainParams):
+    """`params` of the `dimum` method."""
+
+    steps: int = 500
+    lr: float = 1e-4
+    batch_size: int = 4
+    trainable: str | list[str] = "full"
+    lam: float = 1.0
+    """weight of the alternative (forget) term"""
+    alternative: str | None = None
+    """the prompt whose samples replace the concept (default: concept.anchor)"""
+    alternative_samples: int = 50
+    """how many alternative samples the frozen model makes"""
+    retain: DataSpec = field(default_factory=DataSpec)
+    """the retain data (default: the world's real images of the other classes)"""
+    prompts: list[str] = field(default_factory=list)
+    """the forget prompts (default: a world's prompts of the concept, else its name)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.lam < 0 or self.alternative_samples < 1:
+            raise ValueError("lam must not be negative and alternative_samples must be at least 1")
+
+
+class MemorisationObjective(Objective):
+    """Retain denoising plus lambda times the forget prompts' denoising on alternative samples."""
+
+    def __init__(self, retain: TrainingSet, alternatives: torch.Tensor, forget: list[str], params: DiMUMParams) -> None:
+        self.retain, self.alternatives, self.forget, self.params = retain, alternatives, forget, params
+
+    def prepare(self, module: FineTuneModule) -> None:
+        self.retain_inputs = self.retain.inputs.to(module.device)
+        self.prompt_index = {p: i for i, p in enumerate(dict.fromkeys(self.retain.prompts))}
+        self.retain_embeddings = module.embed(list(self.prompt_index))
+        self.alternatives = self.alternatives.to(module.device)
+        self.forget_embeddings = module.embed(self.forget)
+
+    def loss(self, module: FineTuneModule, generator: torch.Generator) -> torch.Tensor:
+        size = self.params.batch_size
+        retain = torch.randint(0, len(self.retain_inputs), (size,), generator=generator)
+        condition = self.retain_embeddings[[self.prompt_index[self.retain.prompts[i]] for i in retain.tolist()]]
+        loss = denoising_loss(module.unet, module.noise_scheduler, self.retain_inputs[retain.to(module.device)],
+                              condition, generator)
+        alternative = torch.randint(0, len(self.alternatives), (size,), generator=generator)
+        forget = torch.randint(0, len(self.forget), (size,), generator=generator)
+        return loss + self.params.lam * denoising_loss(
+            module.unet, module.noise_scheduler, self.alternatives[alternative.to(module.device)],
+            self.forget_embeddings[forget.to(module.device)], generator)
+
+
+def dimum(context: UnlearnContext, params: dict) -> UnlearnResult:
+    """The registered method `dimum` (signature in harness.unlearn.method)."""
+    settings = parse_dataclass(DiMUMParams, params, context.key("params"))
+    alternative = settings.alternative or anchor_prompt(context)
+    forget = concept_prompts(context, settings.prompts)
+    retain = build_set(context.pipeline, settings.retain, context.generation, context.base_model, settings.seed,
+                       context.concept.target, context.key("params.retain"),
+                       str(context.data_dir) if context.data_dir else None)
+    alternatives = generated_set(context.pipeline, [alternative] * settings.alternative_samples, context.generation,
+                                 settings.seed, f"{context.key('params')} alternative samples")
+    objective = MemorisationObjective(retain, alternatives.inputs, forget, settings)
+    return train_method(context, objective, settings, {"forget_prompts": forget, "alternative": alternative,
+                                                       "retain": retain.source, "retain_samples": len(retain.inputs)})

@@ -1,0 +1,95 @@
+"""ESD, Erasing Concepts from Diffusion Models (Gandikota et al., ICCV 2023), registered as `esd`.
+
+Each step (PROTOCOL.md section 6, after the authors' `esd_diffusers.py`): draw i uniformly from
+the DDIM steps 1..n-2; from fresh noise, sample i DDIM steps with the model *being trained*, the
+concept prompt and guidance `start_guidance` (no gradient), reaching z at the DDIM schedule's
+i-th timestep t; with the frozen original, e_0 = eps(z, t, empty prompt) and e_p = eps(z, t,
+concept prompt); with the trained model e_n = eps(z, t, concept prompt); the loss is
+MSE(e_n, e_0 - eta * (e_p - e_0)). Defaults: eta 1.0, lr 1e-5, 1000 steps, batch 1, 50 DDIM
+steps, `esd-x` (cross-attention; use `esd-u` for nudity). The concept prompt is a world's
+prompts of the concept (one per step, cycling) or the concept's name, as the authors' code uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import DDIMScheduler
+from torch.nn import functional as F
+
+from harness.config import parse_dataclass
+from harness.train.engine import FineTuneModule, Objective, TrainParams
+from harness.unlearn.method import UnlearnContext, UnlearnResult
+from harness.unlearn.training import concept_prompts, train_method
+
+
+@dataclass
+class ESDParams(TrainParams):
+    """`params` of the `esd` method (and the training settings every method has)."""
+
+    eta: float = 1.0
+    """negative guidance: how far past the empty prompt the concept's prediction is pushed"""
+    ddim_steps: int = 50
+    """DDIM steps of the sampling that makes each step's x_t"""
+    start_guidance: float = 3.0
+    """guidance of that sampling"""
+    prompts: list[str] = field(default_factory=list)
+    """the concept prompts (default: a world's prompts of the concept, else its name)"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ddim_steps < 3:
+            raise ValueError(f"ddim_steps must be at least 3, got {self.ddim_steps}")
+        if self.eta < 0 or self.start_guidance < 0:
+            raise ValueError("eta and start_guidance must not be negative")
+
+
+class ESDObjective(Objective):
+    """The ESD loss of one step; see the module docstring."""
+
+    needs_frozen = True
+
+    def __init__(self, prompts: list[str], params: ESDParams) -> None:
+        self.prompts, self.params = prompts, params
+
+    def prepare(self, module: FineTuneModule) -> None:
+        self.concept = module.embed(self.prompts)
+        self.empty = module.embed([""])
+        self.sampler = DDIMScheduler.from_config(module.pipeline.scheduler.config)
+        self.sampler.set_timesteps(self.params.ddim_steps, device=module.device)
+        config = module.unet.config
+        self.shape = (config.in_channels, int(config.sample_size), int(config.sample_size))
+
+    def loss(self, module: FineTuneModule, generator: torch.Generator) -> torch.Tensor:
+        count = self.params.batch_size
+        index = torch.randint(0, len(self.prompts), (count,), generator=generator)
+        concept = self.concept[index]
+        empty = self.empty.expand(count, -1, -1)
+        steps = int(torch.randint(1, self.params.ddim_steps - 1, (1,), generator=generator))
+        z = torch.randn((count, *self.shape), generator=generator).to(module.device)
+        with torch.no_grad():
+            z = self._sample(module, z, concept, empty, steps)
+            t = self.sampler.timesteps[steps]
+            e_0 = module.frozen(z, t, encoder_hidden_states=empty).sample
+            e_p = module.frozen(z, t, encoder_hidden_states=concept).sample
+        e_n = module.unet(z, t, encoder_hidden_states=concept).sample
+        target = e_0 - self.params.eta * (e_p - e_0)
+        return F.mse_loss(e_n.float(), target.float())
+
+    def _sample(self, module: FineTuneModule, z: torch.Tensor, concept: torch.Tensor, empty: torch.Tensor,
+                steps: int) -> torch.Tensor:
+        """`steps` DDIM steps from noise with the model being trained and guidance."""
+        guidance = self.params.start_guidance
+        for t in self.sampler.timesteps[:steps]:
+            both = module.unet(torch.cat([z, z]), t, encoder_hidden_states=torch.cat([empty, concept])).sample
+            uncond, cond = both.chunk(2)
+            z = self.sampler.step(uncond + guidance * (cond - uncond), t, z).prev_sample
+        return z
+
+
+def esd(context: UnlearnContext, params: dict) -> UnlearnResult:
+    """The registered method `esd` (signature in harness.unlearn.method)."""
+    settings = parse_dataclass(ESDParams, params, context.key("params"))
+    prompts = concept_prompts(context, settings.prompts)
+    return train_method(context, ESDObjective(prompts, settings), settings, {"prompts": prompts})
