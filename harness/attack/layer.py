@@ -12,7 +12,7 @@ import torch
 from harness.attack.baselines import ideal_case, quant4
 from harness.attack.completion import reference_code_impute, soft_impute
 from harness.attack.magnitudes import magnitudes
-from harness.attack.signs import sign_agreement, top_k_keep
+from harness.attack.signs import check_fidelity, sign_agreement, top_k_keep
 from harness.errors import HarnessError
 from harness.recipe import AttackSettings
 
@@ -55,17 +55,19 @@ def revive_layer(job: LayerJob, settings: AttackSettings, device: torch.device) 
     report: dict[str, Any] = {"name": job.name, "shape": list(weight.shape), "pruned": count,
                               "iterations": 0, "rank": None, "seconds": 0.0}
     generator = layer_generator(settings.seed, job.name)
+    fidelity = check_fidelity(getattr(settings, "fidelity", "paper"))
+    report["fidelity"] = fidelity
     if settings.strategy == "quant4":
-        revived = quant4(weight)
+        revived = quant4(weight, fidelity=fidelity)
     elif count == 0:
         revived = weight
         report["note"] = "nothing pruned; left as it is"
     elif settings.strategy.startswith("ideal-"):
         if original is None:
             raise HarnessError(f"strategy '{settings.strategy}' needs --original weights")
-        revived = ideal_case(settings.strategy, weight, pruned, original, generator)
+        revived = ideal_case(settings.strategy, weight, pruned, original, generator, fidelity=fidelity)
     else:
-        revived = _attack(weight, pruned, original, settings, generator, report)
+        revived = _attack(weight, pruned, original, settings, generator, report, fidelity=fidelity)
     report["seconds"] = round(time.perf_counter() - start, 4)
     return LayerOutcome(job.name, revived.to(device="cpu", dtype=job.weight.dtype), report)
 
@@ -77,6 +79,7 @@ def _attack(
     settings: AttackSettings,
     generator: torch.Generator,
     report: dict[str, Any],
+    fidelity: str = "paper",
 ) -> torch.Tensor:
     observed = ~pruned
     known = torch.where(observed, weight, torch.zeros((), device=weight.device))
@@ -86,18 +89,22 @@ def _attack(
         result = soft_impute(known, observed, settings.completion)
     completed = result.matrix.to(torch.float32)
     values = completed[pruned]
-    keep = top_k_keep(values, settings.top_k)
-    scale = magnitudes(settings.magnitude, weight, pruned, completed, generator)[pruned]
+    keep = top_k_keep(values, settings.top_k, fidelity=fidelity)
+    scale = magnitudes(settings.magnitude, weight, pruned, completed, generator, fidelity=fidelity)[pruned]
     revived_values = torch.where(keep, torch.sign(values) * scale, torch.zeros_like(values))
     revived = weight.masked_scatter(pruned, revived_values)
     report.update(iterations=result.iterations, rank=result.rank, kept=int(keep.sum()),
-                  lam=result.lam, objective=result.objective, converged=result.converged)
+                  lam=result.lam, objective=result.objective, converged=result.converged,
+                  residual=result.residual, completion_dtype=result.dtype_used or None,
+                  completion_algorithm=result.algorithm or None)
+    if result.notes:
+        report["completion_notes"] = list(result.notes)
     if original is not None:
         truth = original[pruned]
         report["sign_accuracy"] = sign_agreement(values, truth)
         report["sign_accuracy_topk"] = sign_agreement(values[keep], truth[keep])
         report["sign_accuracy_by_k"] = {
             f"{k:g}": sign_agreement(values[mask], truth[mask])
-            for k in REPORTED_K for mask in [top_k_keep(values, k)]
+            for k in REPORTED_K for mask in [top_k_keep(values, k, fidelity=fidelity)]
         }
     return revived
