@@ -20,11 +20,13 @@ Two families of matrices:
 Every method's returned matrix M is judged in float64 at the reference's lambda: the objective
 1/2 ||P_Omega(X - M)||^2 + lambda ||M||_* (nuclear norm from the singular values of M), the
 fixed-point residual ||M - S_lambda(P_Omega X + P_Omega^c M)|| / ||M||, and the sign agreement
-with the reference on the pruned entries. Seconds are wall time of the completion call only.
+with the reference and with a near-exact "tight" solution (the harness in float64 at tol
+1e-10, untimed) on the pruned entries. Seconds are wall time of the completion call only.
 
     python benchmarks/revival_speed.py [--family power-law|real-spectrum|both] [--layers N]
-        [--start K] [--skip-reference] [--skip-previous] [--threads T] [--device cuda]
-        [--tol 1e-4] [--reference-tol TOL] [--batch]
+        [--start K] [--skip-reference] [--skip-previous] [--skip-tight] [--threads T]
+        [--device cuda] [--tol 1e-4] [--dtype float32] [--reference-tol TOL]
+        [--reference-max-iters N] [--batch]
 """
 
 from __future__ import annotations
@@ -140,20 +142,21 @@ def timed(device: torch.device, call):
     return out, time.perf_counter() - start
 
 
+METHODS = ("harness", "previous", "reference", "tight")
+
+
 def run_family(family: str, args: argparse.Namespace, settings: CompletionSettings, device: torch.device) -> dict:
     shapes = list(enumerate(SD_FFN_SHAPES))[args.start: args.start + args.layers]
     print(f"\n## family {family}: {len(shapes)} layers")
-    print(f"{'layer':>5} {'shape':>10} {'pruned':>6} | {'harness s':>9} {'it':>3} {'rank':>4} | "
-          f"{'prev s':>7} {'it':>3} | {'ref s':>7} {'it':>3} | {'obj rel: harness':>16} {'prev':>9} | "
-          f"{'residual: harness':>17} {'prev':>8} {'ref':>8} | {'signs: harness':>14} {'prev':>6}")
+    print(f"{'layer':>5} {'shape':>10} {'pruned':>6} {'method':>9} {'seconds':>8} {'iters':>5} {'rank':>5} "
+          f"{'objective':>17} {'rel to ref':>10} {'rel to tight':>12} {'residual':>9} {'signs ref':>9} {'signs tight':>11}")
     layers = []
     for index, (rows, cols) in shapes:
         weight = weight_like(family, rows, cols, seed=index)
         pruned = concept_mask(weight, args.fraction)
-        known = torch.where(pruned, 0.0, weight)
-        layers.append((index, rows, cols, known, pruned))
-    harness_results: dict[int, tuple] = {}
-    if args.batch:  # same-shaped layers completed together; seconds shared out evenly
+        layers.append((index, rows, cols, torch.where(pruned, 0.0, weight), pruned))
+    batched: dict[int, tuple] = {}
+    if args.batch:  # same-shaped layers completed together; their seconds shared out evenly
         groups = defaultdict(list)
         for item in layers:
             groups[(item[1], item[2])].append(item)
@@ -161,78 +164,71 @@ def run_family(family: str, args: argparse.Namespace, settings: CompletionSettin
             results, seconds = timed(device, lambda: soft_impute_batch(
                 [g[3].to(device) for g in group], [(~g[4]).to(device) for g in group], settings))
             for item, result in zip(group, results):
-                harness_results[item[0]] = (result, seconds / len(group))
-    totals = defaultdict(float)
-    worst = defaultdict(float)
-    lowest = defaultdict(lambda: 1.0)
+                batched[item[0]] = (result, seconds / len(group))
+    totals: dict[str, float] = defaultdict(float)
+    worst: dict[str, float] = defaultdict(float)
+    lowest: dict[str, float] = defaultdict(lambda: 1.0)
     for index, rows, cols, known, pruned in layers:
         observed = ~pruned
-        if index not in harness_results:
-            harness_results[index] = timed(device, lambda: soft_impute(known.to(device), observed.to(device), settings))
-        ours, ours_seconds = harness_results[index]
-        totals["harness"] += ours_seconds
         k64, o64 = known.double().numpy(), observed.numpy()
         lam = settings.lambda_ratio * top_singular_value(known.double())
-        row = f"{index:>5} {rows:>4}x{cols:<5} {int(pruned.sum()):>6} | {ours_seconds:>9.2f} {ours.iterations:>3} {ours.rank:>4} | "
-        matrices = {"harness": ours.matrix.double().cpu().numpy()}
-        iterations = {}
+        runs: dict[str, tuple[np.ndarray, float | None, int | str, int | str, str]] = {}
+        result, seconds = batched.get(index) or timed(device, lambda: soft_impute(known.to(device), observed.to(device), settings))
+        runs["harness"] = (result.matrix.double().cpu().numpy(), seconds, result.iterations, result.rank,
+                           f"{result.dtype_used}" + (f"; {'; '.join(result.notes)}" if result.notes else ""))
         if not args.skip_previous:
             previous, seconds = timed(device, lambda: soft_impute_plain(known.to(device), observed.to(device), settings, residual=False))
-            totals["previous"] += seconds
-            matrices["previous"] = previous.matrix.double().cpu().numpy()
-            row += f"{seconds:>7.2f} {previous.iterations:>3} | "
-        else:
-            row += f"{'-':>7} {'-':>3} | "
+            runs["previous"] = (previous.matrix.double().cpu().numpy(), seconds, previous.iterations, previous.rank, "")
         if not args.skip_reference:
             with threadpool_limits(args.threads):
-                (reference, iterations["reference"]), seconds = timed(torch.device("cpu"), lambda: numpy_soft_impute(
-                    k64, o64, lam, args.reference_tol or settings.tol, settings.max_iters))
-            totals["reference"] += seconds
-            matrices["reference"] = reference
-            row += f"{seconds:>7.2f} {iterations['reference']:>3} | "
-        else:
-            row += f"{'-':>7} {'-':>3} | "
+                (reference, iterations), seconds = timed(torch.device("cpu"), lambda: numpy_soft_impute(
+                    k64, o64, lam, args.reference_tol or settings.tol, args.reference_max_iters or settings.max_iters))
+            runs["reference"] = (reference, seconds, iterations, "-", "")
+        if not args.skip_tight:
+            tight = soft_impute(known.double(), observed, CompletionSettings(
+                lambda_ratio=settings.lambda_ratio, path_steps=settings.path_steps, tol=1e-10, max_iters=1000, dtype="float64"))
+            runs["tight"] = (tight.matrix.numpy(), None, tight.iterations, tight.rank, "harness, float64, tol 1e-10, not timed")
         with threadpool_limits(args.threads):
-            judged = {name: judge(k64, o64, m, lam) for name, m in matrices.items()}
-        reference_objective = judged["reference"][0] if "reference" in judged else None
-        for name in ("harness", "previous"):
-            if name in judged and reference_objective is not None:
-                relative = (judged[name][0] - reference_objective) / abs(reference_objective)
-                worst[f"objective {name}"] = max(worst[f"objective {name}"], abs(relative))
-                row += f"{relative:>+{16 if name == 'harness' else 9}.2e} "
-            else:
-                row += f"{'-':>{16 if name == 'harness' else 9}} "
-        row += "| "
-        for name, width in (("harness", 17), ("previous", 8), ("reference", 8)):
-            if name in judged:
-                worst[f"residual {name}"] = max(worst[f"residual {name}"], judged[name][1])
-                row += f"{judged[name][1]:>{width}.1e} "
-            else:
-                row += f"{'-':>{width}} "
-        row += "| "
+            judged = {name: judge(k64, o64, run[0], lam) for name, run in runs.items()}
         missing = ~o64
-        for name, width in (("harness", 14), ("previous", 6)):
-            if name in matrices and "reference" in matrices:
-                agree = float(np.mean(np.sign(matrices[name][missing]) == np.sign(matrices["reference"][missing])))
-                lowest[name] = min(lowest[name], agree)
-                row += f"{agree:>{width}.5f} "
-            else:
-                row += f"{'-':>{width}} "
-        notes = "; ".join(ours.notes)
-        print(row + (f"  [{ours.dtype_used}: {notes}]" if notes else ""), flush=True)
+        for name in METHODS:
+            if name not in runs:
+                continue
+            matrix, seconds, iterations, rank, note = runs[name]
+            objective_value, residual = judged[name]
+            cells = []
+            for other in ("reference", "tight"):
+                if other in runs and other != name:
+                    relative = (objective_value - judged[other][0]) / abs(judged[other][0])
+                    agree = float(np.mean(np.sign(matrix[missing]) == np.sign(runs[other][0][missing])))
+                    worst[f"objective {name} vs {other}"] = max(worst[f"objective {name} vs {other}"], abs(relative))
+                    lowest[f"{name} vs {other}"] = min(lowest[f"{name} vs {other}"], agree)
+                    cells.append((f"{relative:+.2e}", f"{agree:.5f}"))
+                else:
+                    cells.append(("-", "-"))
+            if seconds is not None:
+                totals[name] += seconds
+            if name == "tight":
+                worst.pop("objective tight vs reference", None)
+                lowest.pop("tight vs reference", None)
+            worst[f"residual {name}"] = max(worst[f"residual {name}"], residual)
+            print(f"{index:>5} {rows:>4}x{cols:<5} {int(pruned.sum()):>6} {name:>9} "
+                  f"{(f'{seconds:.2f}' if seconds is not None else '-'):>8} {iterations:>5} {rank:>5} "
+                  f"{objective_value:>17.10e} {cells[0][0]:>10} {cells[1][0]:>12} {residual:>9.1e} "
+                  f"{cells[0][1]:>9} {cells[1][1]:>11}" + (f"  [{note}]" if note else ""), flush=True)
     line = f"total {family}: harness {totals['harness']:.1f} s"
-    if "previous" in totals:
-        line += f", previous {totals['previous']:.1f} s ({totals['previous'] / totals['harness']:.1f}x)"
-    if "reference" in totals:
-        line += f", numpy reference {totals['reference']:.1f} s ({totals['reference'] / totals['harness']:.1f}x)"
+    for name, label in (("previous", "previous algorithm"), ("reference", "numpy reference")):
+        if name in totals:
+            line += f", {label} {totals[name]:.1f} s ({totals[name] / totals['harness']:.1f}x the harness)"
     print(line)
-    summary = ", ".join(f"worst {k} {v:.2e}" for k, v in sorted(worst.items()))
-    if "reference" in totals:
-        summary += ", " + ", ".join(f"lowest sign agreement {k} {v:.5f}" for k, v in lowest.items())
-    print(summary)
+    print("worst |objective difference|: " + ", ".join(f"{k} {v:.1e}" for k, v in sorted(worst.items()) if k.startswith("objective")))
+    print("worst residual: " + ", ".join(f"{k.split()[1]} {v:.1e}" for k, v in sorted(worst.items()) if k.startswith("residual")))
+    if lowest:
+        print("lowest sign agreement on the pruned entries: " + ", ".join(f"{k} {v:.5f}" for k, v in sorted(lowest.items())))
     if len(shapes) == len(SD_FFN_SHAPES):
         target = 1.0 if device.type == "cuda" else TARGET_SECONDS[family]
-        print(f"target {target:g} s for all 16: {'met' if totals['harness'] <= target else 'NOT met'}")
+        print(f"target {target:g} s for all 16 layers: {'met' if totals['harness'] <= target else 'NOT met'} "
+              f"({totals['harness']:.1f} s)")
     return totals
 
 
@@ -248,6 +244,9 @@ def main() -> None:
     parser.add_argument("--skip-previous", action="store_true", help="no run of the previous harness algorithm")
     parser.add_argument("--tol", type=float, default=None, help="completion tolerance (default: the recipe's)")
     parser.add_argument("--reference-tol", type=float, default=None, help="the reference's tolerance (default: --tol)")
+    parser.add_argument("--reference-max-iters", type=int, default=None, help="the reference's iteration cap (default: max_iters)")
+    parser.add_argument("--skip-tight", action="store_true",
+                        help="no untimed float64 tol-1e-10 harness solution to compare everything with")
     parser.add_argument("--dtype", choices=["float32", "float64"], default=None, help="harness dtype (default: the recipe's)")
     parser.add_argument("--batch", action="store_true", help="complete same-shaped layers together (soft_impute_batch)")
     args = parser.parse_args()
@@ -263,7 +262,9 @@ def main() -> None:
     print(f"# settings: lambda = {settings.lambda_ratio} * s1, tol {settings.tol}, path steps {settings.path_steps}, "
           f"max_iters {settings.max_iters}, {settings.dtype}; reference: numpy float64 full SVD per iteration, "
           f"fixed lambda, tol {args.reference_tol or settings.tol}")
-    print("# objective relative to the reference's (negative: lower than the reference), all judged in float64")
+    print("# every method's matrix judged in float64 at the reference's lambda: objective, fixed-point residual;")
+    print("# 'rel to' = (objective - the other's) / the other's; 'signs' = sign agreement on the pruned entries;")
+    print("# tight = the harness in float64 at tol 1e-10 (untimed), a reference-independent near-exact solution")
     for family in (FAMILIES if args.family == "both" else (args.family,)):
         run_family(family, args, settings, device)
 

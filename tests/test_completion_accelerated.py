@@ -193,3 +193,12 @@ def test_unknown_acceleration_is_refused() -> None:
     known, observed = noisy_low_rank(10, 12, seed=10)
     with pytest.raises(ValueError, match="acceleration"):
         soft_impute(known, observed, CompletionSettings(), acceleration="momentum")
+
+
+def test_completion_options_come_from_settings_fields_where_present() -> None:
+    settings = CompletionSettings()
+    assert completion.completion_options(settings) == completion.SOLVER_OPTIONS
+    settings.acceleration = "nesterov"  # type: ignore[attr-defined]  # before the recipe has the field
+    settings.stage_tol = None  # type: ignore[attr-defined]
+    options = completion.completion_options(settings)
+    assert options["acceleration"] == "nesterov" and options["stage_tol"] is None and options["gram_refresh"] == 20

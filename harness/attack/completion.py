@@ -477,17 +477,34 @@ def _stall(layer: _Layer, t: torch.Tensor, operator: torch.Tensor, kept: torch.T
         layer.next_stage(t, 1)
 
 
+SOLVER_OPTIONS: dict = {
+    "acceleration": "anderson",
+    "gram_refresh": 20,
+    "stall_patience": 10,
+    "on_stall": "float64",
+    "stage_tol": 3e-2,
+    "residual": True,
+}
+"""The solver's knobs and their defaults; `completion_options` reads them from CompletionSettings
+fields of the same names where the recipe has them."""
+
+
+def completion_options(settings: CompletionSettings) -> dict:
+    """Keyword options for soft_impute / soft_impute_batch from the settings (defaults where absent)."""
+    return {name: getattr(settings, name, default) for name, default in SOLVER_OPTIONS.items()}
+
+
 def soft_impute_batch(
     xs: Sequence[torch.Tensor],
     observed: Sequence[torch.Tensor],
     settings: CompletionSettings,
     *,
-    acceleration: str = "anderson",
-    gram_refresh: int = 20,
-    stall_patience: int = 10,
-    on_stall: str = "float64",
-    stage_tol: float | None = 3e-2,
-    residual: bool = True,
+    acceleration: str = SOLVER_OPTIONS["acceleration"],
+    gram_refresh: int = SOLVER_OPTIONS["gram_refresh"],
+    stall_patience: int = SOLVER_OPTIONS["stall_patience"],
+    on_stall: str = SOLVER_OPTIONS["on_stall"],
+    stage_tol: float | None = SOLVER_OPTIONS["stage_tol"],
+    residual: bool = SOLVER_OPTIONS["residual"],
     trace: Callable[[int, dict], None] | None = None,
 ) -> list[CompletionResult]:
     """Complete several matrices together: layers of the same shape (in either orientation),

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from harness.attack.baselines import ideal_case, quant4
-from harness.attack.completion import reference_code_impute, soft_impute
+from harness.attack.completion import completion_options, reference_code_impute, soft_impute
 from harness.attack.magnitudes import magnitudes
 from harness.attack.signs import check_fidelity, sign_agreement, top_k_keep
 from harness.errors import HarnessError
@@ -86,7 +86,7 @@ def _attack(
     if settings.completion.mode == "reference-code":
         result = reference_code_impute(known, observed)
     else:
-        result = soft_impute(known, observed, settings.completion)
+        result = soft_impute(known, observed, settings.completion, **completion_options(settings.completion))
     completed = result.matrix.to(torch.float32)
     values = completed[pruned]
     keep = top_k_keep(values, settings.top_k, fidelity=fidelity)
