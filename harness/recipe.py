@@ -149,9 +149,11 @@ class GenerationSettings:
         if self.fixed_seed < 0:
             raise ValueError(f"fixed_seed must not be negative, got {self.fixed_seed}")
 
-    def pipeline_kwargs(self, prompts: list[str], seeds: list[int], guidance: float | None = None) -> dict[str, Any]:
-        """Keyword arguments of a pipeline call with these settings: prompt i starts from a CPU
-        generator seeded `seeds[i]`, so an image depends neither on its batch nor on the device;
+    def pipeline_kwargs(self, prompts: list[str], seeds: list[int], guidance: float | None = None,
+                        generator_device: str = "cpu") -> dict[str, Any]:
+        """Keyword arguments of a pipeline call with these settings: prompt i starts from a
+        generator seeded `seeds[i]`, on the CPU so that an image depends neither on its batch nor on
+        the device (another `generator_device` draws as code that seeds that device does);
         images come back as `pt` tensors."""
         import torch
 
@@ -159,7 +161,7 @@ class GenerationSettings:
             "prompt": prompts,
             "num_inference_steps": self.steps,
             "guidance_scale": self.guidance if guidance is None else guidance,
-            "generator": [torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+            "generator": [torch.Generator(generator_device).manual_seed(seed) for seed in seeds],
             "output_type": "pt",
         }
         if self.height is not None:

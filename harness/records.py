@@ -152,6 +152,13 @@ class LayerReport:
     sign_accuracy_topk: float | None = None
     sign_accuracy_by_k: dict[str, float | None] = field(default_factory=dict)
     note: str | None = None
+    fidelity: str = "paper"
+    residual: float | None = None
+    """The completion's fixed-point residual ||M - S_lambda(P_Omega X + P_Omega^c M)|| / ||M||."""
+    completion_dtype: str | None = None
+    """The precision the completion ended in (float32 can switch to float64 when it stalls)."""
+    completion_algorithm: str | None = None
+    completion_notes: list[str] = field(default_factory=list)
 
 
 @dataclass

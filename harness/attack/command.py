@@ -40,7 +40,7 @@ def settings_from_args(args: argparse.Namespace) -> ReviveSettings:
         params = revival_params(entry, f"{recipe.source}: attacks.{entry.name}.params")
         if params is None:
             raise HarnessError(f"--attack {entry.name}: not a revival attack ({entry.attack})")
-        base = dataclasses.replace(base, params=params, original=recipe.model)
+        base = dataclasses.replace(base, params=params, original=recipe.model, fidelity=recipe.fidelity)
     elif args.attack:
         raise HarnessError("--attack needs --recipe")
     return settings_from_arguments(ReviveSettings, args, args._flags, base)
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         attack=AttackEntry(attack=_attack_name(settings), name="revive", params=params),
         base_model=settings.unlearned, unlearned_files=[], out=Path(settings.out),
         device=settings.device, original=settings.original, where="options", entry="revive",
+        fidelity=settings.fidelity,
     )
     accelerator = make_accelerator(settings.device)
     record = run_attack(job, accelerator)

@@ -1,11 +1,51 @@
 """Matrix completion of a weight matrix whose pruned entries are missing.
 
-`soft_impute` solves the paper's Eq. 1, min 1/2 ||P_Omega(X - M)||^2 + lambda ||M||_*, by
-SoftImpute (Mazumder, Hastie, Tibshirani 2010): Z = P_Omega(X) + P_Omega^c(M), M = S_lambda(Z),
-with warm starts along a decreasing lambda path. The soft-thresholded SVD is exact and never
-forms V: from the short side's Gram matrix Z Z^T = U diag(s^2) U^T,
-S_lambda(Z) = U diag(max(0, 1 - lambda / s)) U^T Z.
+`soft_impute` solves the paper's Eq. 1, min_M F(M) = 1/2 ||P_Omega(X - M)||^2 + lambda ||M||_*,
+the convex problem of SoftImpute (Mazumder, Hastie, Tibshirani 2010), with warm starts along a
+decreasing lambda path. The soft-thresholded SVD is exact and never forms V: from the short
+side's Gram matrix Z Z^T = U diag(s^2) U^T, S_lambda(Z) = A Z with A = U diag(max(0, 1 - lambda/s)) U^T.
 
+The accelerated solver (the default) works on the missing entries only. Write y for the values
+at the missing entries, Z(y) = P_Omega(X) + P_Omega^c(y), T(y) = P_Omega^c S_lambda(Z(y)).
+Plain SoftImpute is y <- T(y). With e the Moreau envelope of lambda ||.||_*,
+h(y) = e(Z(y)) = min_M 1/2 ||Z(y) - M||^2 + lambda ||M||_* is convex, its gradient y - T(y) is
+1-Lipschitz, and min_y h = min_M F (at a minimiser y* = P_Omega^c M*, and M* = S_lambda(Z(y*))):
+plain SoftImpute is gradient descent with step 1/L on h, and T is firmly nonexpansive with the
+solutions' missing entries as its fixed points. Two accelerations of that same map:
+- "anderson" (default): type-II Anderson mixing of the last 6 kept points (Walker and Ni 2011);
+  an Anderson point whose residual ||T(y) - y|| exceeds the last kept point's is dropped for
+  the plain step; after 2 such rejections in a stage the stage continues with Nesterov (Anderson
+  does badly where the rank keeps changing, e.g. exact low-rank recovery at tiny lambda);
+- "nesterov": FISTA momentum with O'Donoghue and Candes (2015)'s gradient restart (the scheme
+  of AIS-Impute, Yao and Kwok 2015), O(1/k^2) in h between restarts instead of O(1/k).
+Both run under the safeguard of Zhang, O'Donoghue and Boyd (2020), which makes their global
+convergence theorem apply (see SAFEGUARD_D). The observed entries are never extrapolated:
+Z always holds X exactly on Omega.
+
+One iteration costs one m x m eigendecomposition and, instead of the three m x m x n products
+of the plain form, only m x m work plus two sparse products on the missing pattern:
+- A = U D U^T is formed first (m^3, over the kept eigenvectors only);
+- T(y) needs A Z only at the missing entries: a sampled product (SDDMM), nnz * m work;
+- Z changes only at the missing entries, so Z Z^T is updated in place,
+  (Z + D)(Z + D)^T = Z Z^T + C + C^T with C = D (Z + D/2)^T, a sparse-dense product
+  (D lives on the missing entries), with an exact refresh every `gram_refresh` iterations.
+The full product A Z is formed once, for the returned matrix. Same-shaped layers share batched
+eigendecompositions (`soft_impute_batch`).
+
+Stopping, per lambda stage: the relative change of the imputed entries that a plain SoftImpute
+step would make from the returned point, ||T(y) - y|| / ||y|| < tol. This is plain SoftImpute's
+own test (its change from y_k is T(y_k) - y_k), measured at the evaluated point y whose
+S_lambda(Z(y)) is returned, never at an extrapolation. The path's intermediate stages, which
+only give warm starts, stop at max(tol, stage_tol).
+
+float32 noise floor: in float32 the change stalls at about 1e-6 on SD-like layers (the Gram
+matrix squares the condition number). A stage counts as stalled when its change is below
+STALL_FLOOR * machine epsilon and has not fallen by 10% in `stall_patience` iterations; a
+float32 layer then continues in float64 from where it stands (logged as a warning, recorded in
+`dtype_used` and `notes`); a float64 layer, or any layer with on_stall="stop", stops the stage
+unconverged with a warning and a note, so no tolerance silently burns iterations to max_iters.
+
+`soft_impute_plain` is the previous algorithm (plain iterations, three products each) and
 `reference_code_impute` behaves like the authors' published code (PROTOCOL.md 2.2): float64
 full SVD, missing entries started at their column's mean, threshold = the current smallest
 singular value, convergence against the iterate from two steps back.
@@ -13,14 +53,22 @@ singular value, convergence against the iterate from two steps back.
 
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 
 from harness.attack.settings import CompletionSettings
 
+log = logging.getLogger(__name__)
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+ON_STALL = ("float64", "stop")
 
 
 @dataclass
@@ -33,22 +81,55 @@ class CompletionResult:
     lam: float
     objective: float
     converged: bool
+    residual: float | None = None
+    """Fixed-point residual ||M - S_lambda(P_Omega X + P_Omega^c M)|| / ||M|| of `matrix`."""
+    dtype_used: str = ""
+    """The dtype the last iterations ran in (float64 where a float32 layer stalled)."""
+    algorithm: str = ""
+    restarts: int = 0
+    """Momentum restarts of the accelerated solver."""
+    change: float | None = None
+    """The last stage's final relative change of the imputed entries (what `tol` bounds)."""
+    stage_iterations: list[int] = field(default_factory=list)
+    """Iterations of each lambda stage."""
+    notes: list[str] = field(default_factory=list)
 
 
 def soft_threshold(z: torch.Tensor, lam: float, max_rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """S_lambda(z) and the thresholded singular values, via the Gram matrix of the short side."""
     wide = z.shape[0] <= z.shape[1]
     short = z if wide else z.T
-    eigenvalues, vectors = torch.linalg.eigh(short @ short.T)
+    operator, kept = threshold_operator(short @ short.T, lam, max_rank)
+    thresholded = operator @ short
+    return (thresholded if wide else thresholded.T), kept
+
+
+def threshold_operator(gram: torch.Tensor, lam: float | torch.Tensor, max_rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A = U diag(max(0, 1 - lam/s)) U^T from the Gram matrix Z Z^T = U diag(s^2) U^T, so that
+    S_lam(Z) = A Z, and the thresholded singular values s - lam of the kept directions.
+    Batched over a leading dimension (then lam holds one lambda per matrix and kept is a list);
+    the product is formed over the kept eigenvectors only."""
+    batched = gram.dim() == 3
+    eigenvalues, vectors = torch.linalg.eigh(gram if batched else gram.unsqueeze(0))
+    operator, kept = _operator_from(eigenvalues, vectors, lam, max_rank)
+    return (operator, kept) if batched else (operator[0], kept[0])
+
+
+def _operator_from(eigenvalues: torch.Tensor, vectors: torch.Tensor, lam: float | torch.Tensor,
+                   max_rank: int | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """threshold_operator's second half, from a batched eigendecomposition (ascending)."""
+    batch, size = eigenvalues.shape
+    lams = torch.as_tensor(lam, dtype=eigenvalues.dtype, device=eigenvalues.device).reshape(-1, 1).expand(batch, 1)
     singular = eigenvalues.clamp(min=0).sqrt()
-    keep = singular > lam
-    if max_rank is not None and int(keep.sum()) > max_rank:
-        keep &= singular >= singular[keep].topk(max_rank).values.min()
-    u = vectors[:, keep]
-    s = singular[keep]
-    shrink = 1.0 - lam / s
-    thresholded = (u * shrink) @ (u.T @ short)
-    return (thresholded if wide else thresholded.T), s - lam
+    keep = singular > lams
+    if max_rank is not None and max_rank < size:
+        keep &= torch.arange(size, device=keep.device) >= size - max_rank
+    zero = torch.zeros((), dtype=eigenvalues.dtype, device=eigenvalues.device)
+    shrink = torch.where(keep, 1.0 - lams / singular.clamp(min=torch.finfo(eigenvalues.dtype).tiny), zero)
+    top = int(keep.sum(dim=1).max()) if batch else 0
+    u = vectors[..., size - top:]
+    operator = (u * shrink[:, None, size - top:]) @ u.transpose(-1, -2)
+    return operator, [singular[b][keep[b]] - lams[b] for b in range(batch)]
 
 
 def top_singular_value(x: torch.Tensor) -> float:
@@ -63,13 +144,422 @@ def objective(x: torch.Tensor, observed: torch.Tensor, m: torch.Tensor, lam: flo
     return 0.5 * float(residual.pow(2).sum()) + lam * nuclear
 
 
+def fixed_point_residual(x: torch.Tensor, observed: torch.Tensor, m: torch.Tensor, lam: float,
+                         max_rank: int | None = None) -> float:
+    """||M - S_lambda(P_Omega X + P_Omega^c M)|| / ||M||: zero exactly at the solution."""
+    again, _ = soft_threshold(torch.where(observed, x.to(m.dtype), m), lam, max_rank)
+    return float((again - m).norm()) / max(float(m.norm()), 1e-30)
+
+
 def lambda_path(s1: float, ratio: float, steps: int) -> list[float]:
     """Geometric path from s1 down to ratio * s1 in `steps` stages (the first below s1)."""
     return [s1 * ratio ** ((k + 1) / steps) for k in range(steps)]
 
 
-def soft_impute(x: torch.Tensor, observed: torch.Tensor, settings: CompletionSettings) -> CompletionResult:
-    """SoftImpute with warm starts; stops a stage when the imputed entries change by < tol (relative)."""
+# ----------------------------------------------------------------------------------------------
+# The accelerated solver
+
+ACCELERATIONS = ("anderson", "nesterov", "none")
+
+STALL_FLOOR = 1e3
+"""A stage counts as stalled only once its change is below STALL_FLOOR * the dtype's machine
+epsilon (1.2e-4 in float32, 2.2e-13 in float64) and has not fallen by 10% for `stall_patience`
+iterations: slow but steady progress above that is not a stall."""
+
+ANDERSON_MEMORY = 5
+"""Anderson mixes the last ANDERSON_MEMORY + 1 kept points."""
+ANDERSON_REJECTIONS = 2
+"""After this many rejected Anderson points in a stage, the stage continues with Nesterov."""
+SAFEGUARD_D, SAFEGUARD_EPSILON, SAFEGUARD_STEP = 1e6, 1e-6, 1e4
+"""The safeguard of Zhang, O'Donoghue and Boyd (2020, SIAM J. Optim. 30(4)): an accelerated step
+is taken from a kept point y only while its residual ||T(y) - y|| <= D r0 (n + 1)^-(1 + epsilon)
+(r0 the stage's first residual, n the accelerated steps so far) and only if it moves y by at most
+SAFEGUARD_STEP ||T(y) - y||; else the plain step T(y). The accelerated steps then perturb the
+Krasnosel'skii-Mann iteration of the firmly nonexpansive T by a summable amount, so the iterates
+converge to a fixed point of T, i.e. to P_Omega^c of a solution. The bounds are loose on purpose:
+in practice they never bind; they make the convergence theorem apply."""
+
+
+class _Layer:
+    """One matrix's state, held in the wide orientation Z (m x n, m <= n) as zt = Z^T (n x m)."""
+
+    def __init__(self, x: torch.Tensor, observed: torch.Tensor, settings: CompletionSettings,
+                 dtype: torch.dtype, stage_tol: float | None, acceleration: str) -> None:
+        self.settings = settings
+        self.acceleration = acceleration
+        self.stage_tol = stage_tol
+        self.source = x
+        self.observed = observed.to(device=x.device, dtype=torch.bool)
+        self.transposed = x.shape[0] > x.shape[1]
+        missing = ~(self.observed.T if self.transposed else self.observed)
+        rows, cols = missing.nonzero(as_tuple=True)  # row-major order of Z: the order of y
+        self.m, self.n = missing.shape
+        self.flat = cols * self.m + rows  # index into zt.view(-1)
+        counts = torch.bincount(rows, minlength=self.m)
+        self.crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        self.col = cols
+        self.iterations = 0
+        self.restarts = 0
+        self.notes: list[str] = []
+        self.done = False
+        self.converged = False
+        self.change = math.inf
+        self.result: CompletionResult | None = None
+        self.per_stage: list[int] = []
+        self.lambdas: list[float] = []  # set from the first eigendecomposition (s1 of the zero fill)
+        self.stage = 0
+        self.lam = math.nan
+        self._set_dtype(dtype, torch.zeros(self.flat.numel(), dtype=dtype, device=x.device))
+
+    def _set_dtype(self, dtype: torch.dtype, y: torch.Tensor) -> None:
+        self.dtype = dtype
+        x = self.source.to(dtype)
+        filled = torch.where(self.observed, x, torch.zeros((), dtype=dtype, device=x.device))
+        self.x = x
+        self.zt = (filled if self.transposed else filled.T).contiguous()
+        self.y = y.to(dtype)
+        self.zt.view(-1)[self.flat] = self.y
+        self.pattern = self.sparse(torch.ones_like(self.y))
+        self.refresh()
+        self.reset_acceleration()
+
+    def sparse(self, values: torch.Tensor) -> torch.Tensor:
+        """An m x n CSR matrix on the missing pattern with these values (in the order of y)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            return torch.sparse_csr_tensor(self.crow, self.col, values, (self.m, self.n), check_invariants=False)
+
+    def refresh(self) -> None:
+        """Exact Gram matrix Z Z^T."""
+        self.gram = self.zt.T @ self.zt
+        self.since_refresh = 0
+
+    def start(self, s1: float) -> None:
+        self.lambdas = lambda_path(s1, self.settings.lambda_ratio, self.settings.path_steps)
+        self.stage = 0
+        self.start_stage()
+
+    def start_stage(self) -> None:
+        self.lam = self.lambdas[self.stage]
+        self.stage_iterations = 0
+        self.per_stage.append(0)
+        self.progress_reference = math.inf
+        self.progress_at = 0
+        self.reset_acceleration()
+        self.first_residual = math.nan
+        self.accelerated_steps = 0
+        self.rejections = 0
+        self.mode = self.acceleration
+
+    def reset_acceleration(self) -> None:
+        self.previous: torch.Tensor | None = None  # Nesterov: T of the last kept point before
+        self.momentum = 1.0
+        self.history: list[tuple[torch.Tensor, torch.Tensor]] = []  # Anderson: (y_i, T(y_i) - y_i) kept
+        self.candidate = False  # the current y is an accelerated point, not yet kept
+        self.kept: tuple[torch.Tensor, float] | None = None  # T(y) and residual of the last kept point
+
+    @property
+    def last_stage(self) -> bool:
+        return self.stage == len(self.lambdas) - 1
+
+    @property
+    def tol(self) -> float:
+        if self.last_stage or self.stage_tol is None:
+            return self.settings.tol
+        return max(self.settings.tol, self.stage_tol)
+
+    def move_to(self, y_next: torch.Tensor, gram_refresh: int) -> None:
+        """Z's missing entries <- y_next, and the Gram matrix with them (updated or refreshed)."""
+        flat = self.zt.view(-1)
+        self.since_refresh += 1
+        if self.since_refresh >= gram_refresh:
+            flat[self.flat] = y_next
+            self.refresh()
+        else:
+            delta = y_next - self.y
+            flat[self.flat] = self.y + 0.5 * delta
+            cross = self.sparse(delta) @ self.zt  # D (Z + D/2)^T
+            self.gram += cross
+            self.gram += cross.T
+            flat[self.flat] = y_next
+        self.y = y_next
+
+    def next_stage(self, t: torch.Tensor, gram_refresh: int) -> None:
+        self.stage += 1
+        self.start_stage()
+        self.move_to(t, gram_refresh)
+
+
+def _sampled_product(layer: _Layer, operator: torch.Tensor) -> torch.Tensor:
+    """(A Z) at the missing entries, in the order of layer.y."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.sparse.sampled_addmm(layer.pattern, operator, layer.zt.T, beta=0.0).values()
+
+
+def _finish(layer: _Layer, operator: torch.Tensor, kept: torch.Tensor, residual: bool, algorithm: str) -> None:
+    """Form M = A Z in the input's orientation, its objective and fixed-point residual."""
+    matrix = (layer.zt @ operator) if layer.transposed else (operator @ layer.zt.T)
+    nuclear = float(kept.sum())
+    result = CompletionResult(
+        matrix=matrix,
+        iterations=layer.iterations,
+        rank=int(kept.numel()),
+        lam=layer.lam,
+        objective=objective(layer.x, layer.observed, matrix, layer.lam, nuclear),
+        converged=layer.converged,
+        dtype_used=DTYPE_NAMES[layer.dtype],
+        algorithm=algorithm,
+        restarts=layer.restarts,
+        change=layer.change,
+        stage_iterations=layer.per_stage[-len(layer.lambdas):],
+        notes=layer.notes,
+    )
+    if residual:
+        result.residual = fixed_point_residual(layer.x, layer.observed, matrix, layer.lam, layer.settings.max_rank)
+    layer.result = result
+    layer.done = True
+
+
+@dataclass
+class _Options:
+    acceleration: str
+    gram_refresh: int
+    stall_patience: int
+    on_stall: str
+    residual: bool
+    trace: Callable[[int, dict], None] | None = None
+
+
+def _step(group: list[_Layer], options: _Options) -> None:
+    """One iteration of every layer in `group` (same shape, dtype and device): the
+    eigendecompositions and A = U D U^T batched, the sparse products per layer."""
+    settings = group[0].settings
+    grams = torch.stack([layer.gram for layer in group]) if len(group) > 1 else group[0].gram.unsqueeze(0)
+    eigenvalues, vectors = torch.linalg.eigh(grams)
+    for index, layer in enumerate(group):
+        if not layer.lambdas:  # y = 0: this is the zero fill's Gram matrix
+            layer.start(float(eigenvalues[index, -1].clamp(min=0).sqrt()))
+    lams = torch.tensor([layer.lam for layer in group], dtype=grams.dtype, device=grams.device)
+    operators, kept = _operator_from(eigenvalues, vectors, lams, settings.max_rank)
+    for index, layer in enumerate(group):
+        _iterate(layer, operators[index], kept[index], options)
+        if options.trace is not None:
+            options.trace(layer.index, {"iteration": layer.iterations, "stage": layer.stage, "change": layer.change,
+                                        "mode": layer.mode, "candidate": layer.candidate, "dtype": DTYPE_NAMES[layer.dtype],
+                                        "restarts": layer.restarts})
+
+
+def _iterate(layer: _Layer, operator: torch.Tensor, kept: torch.Tensor, options: _Options) -> None:
+    """Evaluate T at the layer's y (A given), test for convergence and stall, choose the next y."""
+    y = layer.y
+    if layer.flat.numel() == 0:  # nothing missing: S_lambda(X) is the answer
+        layer.iterations, layer.converged, layer.change = 1, True, 0.0
+        layer.stage = len(layer.lambdas) - 1
+        layer.lam = layer.lambdas[-1]
+        _finish(layer, *threshold_operator(layer.gram, layer.lam, layer.settings.max_rank),
+                options.residual, options.acceleration)
+        return
+    t = _sampled_product(layer, operator)
+    layer.iterations += 1
+    layer.stage_iterations += 1
+    layer.per_stage[-1] += 1
+    step = t - y
+    residual = float(step.norm())
+    change = residual / max(float(y.norm()), 1e-30)
+    layer.change = change
+    if change < layer.tol:
+        layer.converged = True
+        if layer.last_stage:
+            _finish(layer, operator, kept, options.residual, options.acceleration)
+        else:
+            layer.next_stage(t, options.gram_refresh)
+        return
+    if change < 0.9 * layer.progress_reference:
+        layer.progress_reference, layer.progress_at = change, layer.stage_iterations
+    if (layer.stage_iterations - layer.progress_at >= options.stall_patience
+            and layer.progress_reference < STALL_FLOOR * torch.finfo(layer.dtype).eps):
+        _stall(layer, t, operator, kept, options)
+        return
+    if layer.stage_iterations >= layer.settings.max_iters:
+        layer.converged = False
+        if layer.last_stage:
+            _finish(layer, operator, kept, options.residual, options.acceleration)
+        else:
+            layer.next_stage(t, options.gram_refresh)
+        return
+    layer.move_to(_next_point(layer, y, t, step, residual), options.gram_refresh)
+
+
+def _next_point(layer: _Layer, y: torch.Tensor, t: torch.Tensor, step: torch.Tensor, residual: float) -> torch.Tensor:
+    """The next point to evaluate, after evaluating y (T(y) = t, residual ||t - y||).
+
+    An evaluated accelerated point is kept, except an Anderson point whose residual exceeds the
+    last kept point's: it is dropped (history cleared) and T(last kept point) evaluated next.
+    From a kept point: the accelerated step where the safeguard allows it, else T(y)."""
+    if layer.mode == "none":
+        return t
+    if layer.candidate and layer.mode == "anderson" and layer.kept is not None and residual > layer.kept[1]:
+        layer.restarts += 1
+        layer.rejections += 1
+        layer.history = []
+        layer.candidate = False
+        if layer.rejections >= ANDERSON_REJECTIONS:
+            layer.mode = "nesterov"
+            layer.previous, layer.momentum = None, 1.0
+        return layer.kept[0]
+    layer.candidate = False
+    layer.kept = (t, residual)
+    if math.isnan(layer.first_residual):
+        layer.first_residual = residual
+    bound = SAFEGUARD_D * layer.first_residual * (layer.accelerated_steps + 1) ** -(1.0 + SAFEGUARD_EPSILON)
+    proposal = _anderson(layer, y, t, step) if layer.mode == "anderson" else _nesterov(layer, t, step)
+    if proposal is None or residual > bound or float((proposal - y).norm()) > SAFEGUARD_STEP * residual:
+        return t
+    layer.candidate = True
+    layer.accelerated_steps += 1
+    return proposal
+
+
+def _nesterov(layer: _Layer, t: torch.Tensor, step: torch.Tensor) -> torch.Tensor | None:
+    """FISTA momentum on h with O'Donoghue and Candes' gradient restart (step = -grad h(y))."""
+    previous, layer.previous = layer.previous, t
+    if previous is None:
+        return None
+    if float(torch.dot(step, t - previous)) < 0:
+        layer.momentum = 1.0
+        layer.restarts += 1
+        return None
+    momentum = (1.0 + math.sqrt(1.0 + 4.0 * layer.momentum**2)) / 2.0
+    proposal = t + (layer.momentum - 1.0) / momentum * (t - previous)
+    layer.momentum = momentum
+    return proposal
+
+
+def _anderson(layer: _Layer, y: torch.Tensor, t: torch.Tensor, step: torch.Tensor) -> torch.Tensor | None:
+    """Type-II Anderson mixing of the kept points: y + g - (dY + dG) gamma with gamma the least
+    squares fit of g by the residual differences dG (in float64)."""
+    layer.history.append((y, step))
+    del layer.history[: -(ANDERSON_MEMORY + 1)]
+    if len(layer.history) < 2:
+        return None
+    ys = torch.stack([h[0] for h in layer.history], dim=1).double()
+    gs = torch.stack([h[1] for h in layer.history], dim=1).double()
+    dy, dg = ys.diff(dim=1), gs.diff(dim=1)
+    # the k x k normal equations, solved on the CPU by SVD with a cut at 1e-13 (any device)
+    normal, rhs = (dg.T @ dg).cpu(), (dg.T @ step.double()).cpu().unsqueeze(1)
+    gamma = torch.linalg.lstsq(normal, rhs, rcond=1e-13, driver="gelsd").solution.squeeze(1).to(dg.device)
+    if not bool(torch.isfinite(gamma).all()):
+        layer.history = [layer.history[-1]]
+        return None
+    return (y.double() + step.double() - (dy + dg) @ gamma).to(y.dtype)
+
+
+def _stall(layer: _Layer, t: torch.Tensor, operator: torch.Tensor, kept: torch.Tensor, options: _Options) -> None:
+    """A stalled stage: float32 continues in float64 (on_stall="float64"), else the stage stops."""
+    where = (f"stage {layer.stage + 1}/{len(layer.lambdas)}: the change of the imputed entries stalled at "
+             f"{layer.progress_reference:.2e} (tol {layer.tol:g}) for {layer.stage_iterations - layer.progress_at} "
+             f"iterations in {DTYPE_NAMES[layer.dtype]}")
+    if layer.dtype == torch.float32 and options.on_stall == "float64":
+        message = f"{where}: float32 cannot reach the tolerance; continued in float64"
+        log.warning("completion %d x %d: %s", layer.m, layer.n, message)
+        layer.notes.append(message)
+        layer._set_dtype(torch.float64, t)
+        layer.progress_reference, layer.progress_at = math.inf, layer.stage_iterations
+        return
+    message = f"{where}: stopped unconverged (the tolerance is below what {DTYPE_NAMES[layer.dtype]} reaches here)"
+    log.warning("completion %d x %d: %s", layer.m, layer.n, message)
+    layer.notes.append(message)
+    layer.converged = False
+    if layer.last_stage:
+        _finish(layer, operator, kept, options.residual, options.acceleration)
+    else:
+        layer.next_stage(t, 1)
+
+
+SOLVER_OPTIONS: dict = {
+    "acceleration": "anderson",
+    "gram_refresh": 20,
+    "stall_patience": 10,
+    "on_stall": "float64",
+    "stage_tol": 3e-2,
+    "residual": True,
+}
+"""The solver's knobs and their defaults; `completion_options` reads them from CompletionSettings
+fields of the same names where the recipe has them."""
+
+
+def completion_options(settings: CompletionSettings) -> dict:
+    """Keyword options for soft_impute / soft_impute_batch from the settings (defaults where absent)."""
+    return {name: getattr(settings, name, default) for name, default in SOLVER_OPTIONS.items()}
+
+
+def soft_impute_batch(
+    xs: Sequence[torch.Tensor],
+    observed: Sequence[torch.Tensor],
+    settings: CompletionSettings,
+    *,
+    acceleration: str = SOLVER_OPTIONS["acceleration"],
+    gram_refresh: int = SOLVER_OPTIONS["gram_refresh"],
+    stall_patience: int = SOLVER_OPTIONS["stall_patience"],
+    on_stall: str = SOLVER_OPTIONS["on_stall"],
+    stage_tol: float | None = SOLVER_OPTIONS["stage_tol"],
+    residual: bool = SOLVER_OPTIONS["residual"],
+    trace: Callable[[int, dict], None] | None = None,
+) -> list[CompletionResult]:
+    """Complete several matrices together: layers of the same shape (in either orientation),
+    dtype and device share batched eigendecompositions and A = U D U^T; each keeps its own lambda
+    path, iterations and stopping, so every result is that of completing the layer alone.
+
+    acceleration: "anderson" (safeguarded Anderson mixing of the SoftImpute map, the default),
+    "nesterov" (FISTA momentum with gradient restart) or "none" (plain SoftImpute iterations,
+    each as cheap as the others). gram_refresh: exact Z Z^T every this many iterations, updated
+    by sparse products in between. stall_patience: iterations without a 10% fall of the change
+    that count as a stall. on_stall: "float64" (continue a float32 layer in float64) or "stop".
+    stage_tol: tolerance of the path's intermediate stages, never below `settings.tol` (they only
+    provide warm starts; None: `settings.tol`). residual: compute each result's fixed-point
+    residual (one more exact SoftImpute map). trace: called after every iteration with the
+    layer's index in `xs` and a dict (iteration, stage, change, mode, dtype, restarts).
+    """
+    if acceleration not in ACCELERATIONS:
+        raise ValueError(f"acceleration must be one of {ACCELERATIONS}, got {acceleration!r}")
+    if on_stall not in ON_STALL:
+        raise ValueError(f"on_stall must be one of {ON_STALL}, got {on_stall!r}")
+    if len(xs) != len(observed):
+        raise ValueError("xs and observed differ in length")
+    options = _Options(acceleration, max(1, gram_refresh), max(1, stall_patience), on_stall, residual, trace)
+    dtype = DTYPES[settings.dtype]
+    layers = [_Layer(x, o, settings, dtype, stage_tol, acceleration) for x, o in zip(xs, observed)]
+    for index, layer in enumerate(layers):
+        layer.index = index
+    while True:
+        groups: dict[tuple, list[_Layer]] = {}
+        for layer in layers:
+            if not layer.done:
+                groups.setdefault((layer.m, layer.n, layer.dtype, layer.source.device), []).append(layer)
+        if not groups:
+            break
+        for group in groups.values():
+            _step(group, options)
+    return [layer.result for layer in layers]  # type: ignore[misc]
+
+
+def soft_impute(x: torch.Tensor, observed: torch.Tensor, settings: CompletionSettings, **options) -> CompletionResult:
+    """SoftImpute's convex solution at lambda = settings.lambda_ratio * s1 by the accelerated
+    solver (options: see `soft_impute_batch`); stops a stage when one more SoftImpute step would
+    change the imputed entries by < tol (relative)."""
+    return soft_impute_batch([x], [observed], settings, **options)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# The previous algorithm and the authors' code
+
+
+def soft_impute_plain(x: torch.Tensor, observed: torch.Tensor, settings: CompletionSettings,
+                      residual: bool = True) -> CompletionResult:
+    """The harness's previous SoftImpute: plain iterations, each S_lambda(Z) by the Gram matrix,
+    U^T Z and U (...) (three m x m x n products); stops a stage when the imputed entries change
+    by < tol (relative)."""
     dtype = DTYPES[settings.dtype]
     x = x.to(dtype)
     missing = ~observed
@@ -77,13 +567,13 @@ def soft_impute(x: torch.Tensor, observed: torch.Tensor, settings: CompletionSet
     s1 = top_singular_value(filled)
     lambdas = lambda_path(s1, settings.lambda_ratio, settings.path_steps)
     imputed = torch.zeros(int(missing.sum()), dtype=dtype, device=x.device)
-    iterations, converged = 0, False
+    iterations, converged, change = 0, False, math.inf
     m, nuclear_parts = filled, torch.zeros(0)
     for lam in lambdas:
         converged = False
         for _ in range(settings.max_iters):
             z = filled.masked_scatter(missing, imputed) if imputed.numel() else filled
-            m, nuclear_parts = soft_threshold(z, lam, settings.max_rank)
+            m, nuclear_parts = _soft_threshold_three_products(z, lam, settings.max_rank)
             new_imputed = m[missing]
             iterations += 1
             change = float((new_imputed - imputed).norm()) / max(float(imputed.norm()), 1e-30)
@@ -99,7 +589,27 @@ def soft_impute(x: torch.Tensor, observed: torch.Tensor, settings: CompletionSet
         lam=lam,
         objective=objective(x, observed, m, lam, float(nuclear_parts.sum())),
         converged=converged,
+        residual=fixed_point_residual(x, observed, m, lam, settings.max_rank) if residual else None,
+        dtype_used=settings.dtype,
+        algorithm="plain",
+        change=change,
     )
+
+
+def _soft_threshold_three_products(z: torch.Tensor, lam: float, max_rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The previous S_lambda: Gram matrix, U^T Z, then U (shrink * U^T Z)."""
+    wide = z.shape[0] <= z.shape[1]
+    short = z if wide else z.T
+    eigenvalues, vectors = torch.linalg.eigh(short @ short.T)
+    singular = eigenvalues.clamp(min=0).sqrt()
+    keep = singular > lam
+    if max_rank is not None and int(keep.sum()) > max_rank:
+        keep &= singular >= singular[keep].topk(max_rank).values.min()
+    u = vectors[:, keep]
+    s = singular[keep]
+    shrink = 1.0 - lam / s
+    thresholded = (u * shrink) @ (u.T @ short)
+    return (thresholded if wide else thresholded.T), s - lam
 
 
 def reference_code_impute(
@@ -135,4 +645,6 @@ def reference_code_impute(
         lam=lam,
         objective=objective(x, observed, m, lam, nuclear) if math.isfinite(nuclear) else float("nan"),
         converged=converged,
+        dtype_used="float64",
+        algorithm="reference-code",
     )

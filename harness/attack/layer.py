@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import torch
 
 from harness.attack.baselines import ideal_case, quant4
-from harness.attack.completion import reference_code_impute, soft_impute
+from harness.attack.completion import completion_options, reference_code_impute, soft_impute
 from harness.attack.magnitudes import magnitudes
 from harness.attack.settings import RevivalParams
-from harness.attack.signs import sign_agreement, top_k_keep
+from harness.attack.signs import check_fidelity, sign_agreement, top_k_keep
 from harness.errors import HarnessError
 from harness.records import LayerReport
 
@@ -45,7 +45,7 @@ def layer_generator(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed((seed << 32) ^ zlib.crc32(name.encode()))
 
 
-def revive_layer(job: LayerJob, settings: RevivalParams, device: torch.device) -> LayerOutcome:
+def revive_layer(job: LayerJob, settings: RevivalParams, device: torch.device, fidelity: str = "paper") -> LayerOutcome:
     """Revive one layer on `device`; the result comes back on the CPU in the weight's dtype."""
     start = time.perf_counter()
     weight = job.weight.to(device=device, dtype=torch.float32)
@@ -54,17 +54,19 @@ def revive_layer(job: LayerJob, settings: RevivalParams, device: torch.device) -
     count = int(pruned.sum())
     report = LayerReport(name=job.name, shape=list(weight.shape), pruned=count)
     generator = layer_generator(settings.seed, job.name)
+    fidelity = check_fidelity(fidelity)
+    report.fidelity = fidelity
     if settings.strategy == "quant4":
-        revived = quant4(weight)
+        revived = quant4(weight, fidelity=fidelity)
     elif count == 0:
         revived = weight
         report.note = "nothing pruned; left as it is"
     elif settings.strategy.startswith("ideal-"):
         if original is None:
             raise HarnessError(f"strategy '{settings.strategy}' needs the original weights (--original)")
-        revived = ideal_case(settings.strategy, weight, pruned, original, generator)
+        revived = ideal_case(settings.strategy, weight, pruned, original, generator, fidelity=fidelity)
     else:
-        revived = _attack(weight, pruned, original, settings, generator, report)
+        revived = _attack(weight, pruned, original, settings, generator, report, fidelity=fidelity)
     report.seconds = round(time.perf_counter() - start, 4)
     return LayerOutcome(job.name, revived.to(device="cpu", dtype=job.weight.dtype), report)
 
@@ -76,27 +78,30 @@ def _attack(
     settings: RevivalParams,
     generator: torch.Generator,
     report: LayerReport,
+    fidelity: str = "paper",
 ) -> torch.Tensor:
     observed = ~pruned
     known = torch.where(observed, weight, torch.zeros((), device=weight.device))
     if settings.completion.mode == "reference-code":
         result = reference_code_impute(known, observed)
     else:
-        result = soft_impute(known, observed, settings.completion)
+        result = soft_impute(known, observed, settings.completion, **completion_options(settings.completion))
     completed = result.matrix.to(torch.float32)
     values = completed[pruned]
-    keep = top_k_keep(values, settings.top_k)
-    scale = magnitudes(settings.magnitude, weight, pruned, completed, generator)[pruned]
+    keep = top_k_keep(values, settings.top_k, fidelity=fidelity)
+    scale = magnitudes(settings.magnitude, weight, pruned, completed, generator, fidelity=fidelity)[pruned]
     revived_values = torch.where(keep, torch.sign(values) * scale, torch.zeros_like(values))
     revived = weight.masked_scatter(pruned, revived_values)
     report.iterations, report.rank, report.kept = result.iterations, result.rank, int(keep.sum())
     report.lam, report.objective, report.converged = result.lam, result.objective, result.converged
+    report.residual, report.completion_dtype = result.residual, result.dtype_used or None
+    report.completion_algorithm, report.completion_notes = result.algorithm or None, list(result.notes)
     if original is not None:
         truth = original[pruned]
         report.sign_accuracy = sign_agreement(values, truth)
         report.sign_accuracy_topk = sign_agreement(values[keep], truth[keep])
         report.sign_accuracy_by_k = {
             f"{k:g}": sign_agreement(values[mask], truth[mask])
-            for k in REPORTED_K for mask in [top_k_keep(values, k)]
+            for k in REPORTED_K for mask in [top_k_keep(values, k, fidelity=fidelity)]
         }
     return revived

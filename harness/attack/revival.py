@@ -33,12 +33,13 @@ def revive(context: AttackContext, params: dict, preset: dict) -> AttackResult:
     if settings.strategy != "quant4" and not any(bool(job.pruned.any()) for job in jobs):
         raise NotApplicable(NOTHING_PRUNED)
     accelerator = context.accelerator
-    merged = revive_layers(jobs, settings, context.device, accelerator, AttackFiles(context.scratch))
+    merged = revive_layers(jobs, settings, context.device, accelerator, AttackFiles(context.scratch), context.fidelity)
     if merged is None:
         return AttackResult(tensors={})
     tensors, layers = merged
     report = ReviveReport(layers=layers, summary=ReviveSummary.of(layers), processes=accelerator.num_processes,
-                          seconds=round(time.perf_counter() - start, 3), settings=dataclasses.asdict(settings))
+                          seconds=round(time.perf_counter() - start, 3),
+                          settings=dataclasses.asdict(settings) | {"fidelity": context.fidelity})
     return AttackResult(tensors=tensors, revival=report,
                         info={"layers": len(layers), "pruned": report.summary.pruned, "kept": report.summary.kept})
 

@@ -74,7 +74,8 @@ def load_jobs(
 
 
 def revive_layers(
-    jobs: list[LayerJob], params: RevivalParams, device: torch.device, accelerator: Accelerator, parts: AttackFiles
+    jobs: list[LayerJob], params: RevivalParams, device: torch.device, accelerator: Accelerator, parts: AttackFiles,
+    fidelity: str = "paper",
 ) -> tuple[dict[str, torch.Tensor], list[LayerReport]] | None:
     """Revive every job, this process's share on `device`; the merged tensors and reports (in the
     jobs' order) come back on the main process, None elsewhere."""
@@ -88,7 +89,7 @@ def revive_layers(
     mine = balance([layer_cost(tuple(j.weight.shape)) for j in jobs], accelerator.num_processes)[rank]
     outcomes = []
     for index in tqdm(mine, desc=f"revive [{rank}]", unit="layer", disable=not accelerator.is_local_main_process):
-        outcome = revive_layer(jobs[index], params, device)
+        outcome = revive_layer(jobs[index], params, device, fidelity)
         log.debug("%s: pruned %d, %d iterations, rank %s, %.2fs", outcome.name, outcome.report.pruned,
                   outcome.report.iterations, outcome.report.rank, outcome.report.seconds)
         outcomes.append(outcome)

@@ -57,6 +57,21 @@ class CompletionSettings:
     """keep at most this many singular values (none: no cap)"""
     dtype: Literal["float32", "float64"] = "float32"
     """completion precision"""
+    acceleration: Literal["anderson", "nesterov", "none"] = "anderson"
+    """acceleration of the SoftImpute map (the same convex solution): safeguarded Anderson mixing,
+    Nesterov momentum with gradient restart, or plain iterations"""
+    stage_tol: float | None = 0.03
+    """tolerance of the lambda path's intermediate stages (never below tol; they only give warm
+    starts); none: tol in every stage"""
+    gram_refresh: int = 20
+    """exact Z Z^T every this many iterations, sparse updates on the pruned entries in between"""
+    stall_patience: int = 10
+    """iterations without a 10% fall of the change, once it is below 1e3 machine epsilon, that count
+    as a stall at the dtype's noise floor"""
+    on_stall: Literal["float64", "stop"] = "float64"
+    """a stalled float32 layer continues in float64 (logged, recorded), or the stage stops unconverged"""
+    residual: bool = True
+    """report each layer's fixed-point residual ||M - S_lambda(P_Omega X + P_Omega^c M)|| / ||M||"""
 
     def __post_init__(self) -> None:
         if not 0 < self.lambda_ratio < 1:
@@ -65,6 +80,10 @@ class CompletionSettings:
             raise ValueError("tol must be positive, max_iters and path_steps at least 1")
         if self.max_rank is not None and self.max_rank < 1:
             raise ValueError(f"max_rank must be at least 1, got {self.max_rank}")
+        if self.gram_refresh < 1 or self.stall_patience < 1:
+            raise ValueError("gram_refresh and stall_patience must be at least 1")
+        if self.stage_tol is not None and not self.stage_tol > 0:
+            raise ValueError(f"stage_tol must be positive, got {self.stage_tol}")
 
 
 @dataclass
@@ -104,6 +123,9 @@ class ReviveSettings:
     device: str = "auto"
     """auto (each process's own device), cpu, cuda, cuda:1, ..."""
     params: RevivalParams = field(default_factory=RevivalParams)
+    fidelity: Literal["paper", "reference-code"] = "paper"
+    """paper: the paper's definitions; reference-code: the authors' published code's behaviour
+    (Top-K count, Neuron Sample and NMS statistics, fp16 Quant Recover) to reproduce their tables"""
     allow_nothing_pruned: bool = False
     """finish (exit 0) even when no target layer has a pruned entry"""
 

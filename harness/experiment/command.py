@@ -8,6 +8,7 @@ The console shows one line per stage and progress bars; the run directory's log 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ class BenchmarkOptions:
     """generate: only this shard (a SLURM array task)"""
     list_jobs: bool = False
     """print the plan as JSON and exit"""
+    fidelity: Literal["paper", "reference-code"] | None = None
+    """override the recipe's fidelity: paper, or reference-code (the authors' published code's behaviour)"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     options = settings_from_arguments(BenchmarkOptions, args, args._flags)
     runtime = settings_from_arguments(RuntimeSettings, args, args._runtime)
     recipe = load_recipe(args.recipe)
+    if options.fidelity:
+        recipe = dataclasses.replace(recipe, fidelity=options.fidelity)
     run_dir = Path(options.run_dir or Path("runs") / recipe.name)
     plan = build_plan(recipe, run_dir, runtime.data_dir)
     if options.list_jobs:

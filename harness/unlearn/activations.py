@@ -108,6 +108,7 @@ def column_norms(
     generation: GenerationSettings,
     seeds: Sequence[int],
     desc: str = "prompts",
+    generator_device: str = "cpu",
 ) -> dict[str, torch.Tensor]:
     """Run `prompts` through `pipeline`, prompt i from seed `seeds[i]`, and return, per layer, the
     (calls, in_features) column norms of the layer's input for the first `calls` UNet calls."""
@@ -116,6 +117,7 @@ def column_norms(
     with recorder, torch.no_grad():
         for start in tqdm(range(0, len(prompts), batch), desc=desc, unit="batch"):
             chunk = slice(start, start + batch)
-            recorder.run(pipeline, generation.pipeline_kwargs(list(prompts[chunk]), list(seeds[chunk])))
+            recorder.run(pipeline, generation.pipeline_kwargs(list(prompts[chunk]), list(seeds[chunk]),
+                                                              generator_device=generator_device))
     log.debug("recorded %d UNet calls x %d layers over %d %s", calls, len(layers), len(prompts), desc)
     return recorder.norms()

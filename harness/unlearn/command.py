@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
 from harness.config import settings_arguments, settings_from_arguments
@@ -22,6 +24,8 @@ class UnlearnOptions:
     """output folder for the unlearned tensors, the mask and the record"""
     method: str | None = None
     """which of the recipe's methods (by name; default: the only one)"""
+    fidelity: Literal["paper", "reference-code"] | None = None
+    """override the recipe's fidelity: paper, or reference-code (the authors' published code's behaviour)"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     options = settings_from_arguments(UnlearnOptions, args, args._flags)
     runtime = settings_from_arguments(RuntimeSettings, args, args._runtime)
     recipe = load_recipe(options.recipe)
+    if options.fidelity:
+        recipe = dataclasses.replace(recipe, fidelity=options.fidelity)
     job = UnlearnJob.from_recipe(recipe, options.method, Path(options.out), runtime.data_dir, runtime.device)
     record = run_unlearning(job)
     print(f"{job.method.name}: changed {record.changed} weights ({100 * record.fraction_of_layers:.3f}% of the "

@@ -4,6 +4,8 @@ For every UNet call t < tau and target layer, with column norms ||X_j|| of the l
 over base and over target prompts: S = |W| * ||X_j||; per output row the top
 k = int(skill_ratio * in_features) columns by the target score are skilled where
 S_target > S_base. The mask is the union over the first tau calls; the weights are zeroed.
+Under the recipe's `fidelity: reference-code` the authors' object scene lists are used, and on a
+GPU the starting noise comes from the device's own generator, as their code draws it.
 """
 
 from __future__ import annotations
@@ -77,14 +79,16 @@ def conceptprune(context: UnlearnContext, params: dict) -> UnlearnResult:
                 f"{context.key('params.skill_ratio')}: {settings.skill_ratio} x "
                 f"{weights[name].shape[1]} input features of '{name}' leaves k = 0"
             )
-    pairs = prompt_pairs(context.concept, context.data_dir, context.where)
+    pairs = prompt_pairs(context.concept, context.data_dir, context.where, context.fidelity)
+    # the authors' code seeds the device's own generator: on a GPU, its starting noise differs from a CPU generator's
+    noise_device = context.device.type if context.fidelity == "reference-code" else "cpu"
     norms = {}
     try:
         for side, prompts in (("base", pairs.base), ("target", pairs.target)):
             runs = [(p, seed + j) for p in prompts for j in range(settings.images_per_prompt)]
             norms[side] = column_norms(
                 context.pipeline, context.layers, [p for p, _ in runs], settings.tau, context.generation,
-                [s for _, s in runs], f"{side} prompts",
+                [s for _, s in runs], f"{side} prompts", noise_device,
             )
     except TooFewCalls as error:
         raise HarnessError(f"{context.key('params.tau')}: {error}") from None
@@ -95,6 +99,8 @@ def conceptprune(context: UnlearnContext, params: dict) -> UnlearnResult:
         log.debug("%s: %d of %d weights skilled", name, int(masks[name].sum()), masks[name].numel())
     info = {
         "params": dataclasses.asdict(settings) | {"seed": seed},
+        "fidelity": context.fidelity,
+        "noise_generator": noise_device,
         "k": ks,
         "prompts": {"base": pairs.base, "target": pairs.target},
     }

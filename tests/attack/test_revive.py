@@ -170,3 +170,13 @@ def test_a_model_with_nothing_pruned_says_so_and_points_at_the_mask_options(
     assert "no target layer has a pruned entry" in error and "--zero-threshold" in error and "\n" not in error
     assert run_cli("--unlearned", str(models["original"]), "--out", str(out), "--allow-nothing-pruned") == 0
     assert "nothing revived" in capsys.readouterr().out
+
+
+def test_the_fidelity_switch_is_taken_and_recorded(models: dict[str, Path], tmp_path: Path) -> None:
+    assert run_cli("--unlearned", str(models["unlearned"]), "--out", str(tmp_path / "r"), "--top-k", "0.5",
+                   "--fidelity", "reference-code") == 0
+    record = read_record(AttackRecord, AttackFiles(tmp_path / "r").record)
+    assert record.fidelity == "reference-code" and record.revival.settings["fidelity"] == "reference-code"
+    pruned = [layer for layer in record.revival.layers if layer.pruned]
+    assert all(layer.fidelity == "reference-code" for layer in pruned)
+    assert all(layer.kept == layer.pruned - int(0.5 * layer.pruned) for layer in pruned)  # the authors' count rule
