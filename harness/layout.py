@@ -41,21 +41,36 @@ def check_label(name: str, what: str) -> str:
 
 @dataclass(frozen=True, order=True)
 class ModelRef:
-    """One model of the matrix: a method's unlearned model after an attack (or none)."""
+    """One model of the matrix: a method's unlearned model after an attack (or none), or a
+    snapshot of a training attack after `step` steps (a point of its recovery curve)."""
 
     method: str
     attack: str = NO_ATTACK
+    step: int | None = None
 
     @property
     def label(self) -> str:
-        """`pretrained`, `<method>` or `<method>/<attack>`."""
-        return self.method if self.attack == NO_ATTACK else f"{self.method}/{self.attack}"
+        """`pretrained`, `<method>`, `<method>/<attack>` or `<method>/<attack>@<step>`."""
+        if self.attack == NO_ATTACK:
+            return self.method
+        return f"{self.method}/{self.attack}" + (f"@{self.step}" if self.step is not None else "")
+
+    @property
+    def attack_folder(self) -> str:
+        """The folder name of the attack part of the model's images and metrics."""
+        return self.attack if self.step is None else f"{self.attack}@{self.step}"
+
+    @property
+    def final(self) -> ModelRef:
+        """The attack's final model (a snapshot's end point)."""
+        return ModelRef(self.method, self.attack)
 
     @classmethod
     def parse(cls, text: str) -> ModelRef:
-        """The model a label names (`conceptprune/nms`, `conceptprune`, `pretrained`)."""
+        """The model a label names (`conceptprune/nms`, `esd/dimra@50`, `conceptprune`, `pretrained`)."""
         method, _, attack = text.partition("/")
-        return cls(method, attack or NO_ATTACK)
+        attack, _, step = attack.partition("@")
+        return cls(method, attack or NO_ATTACK, int(step) if step.isdigit() else None)
 
     def __str__(self) -> str:
         return self.label
@@ -219,10 +234,10 @@ class RunLayout:
         return AttackFiles(self.root / "attacks" / method / attack)
 
     def images(self, model: ModelRef, suite: str) -> GenerationFiles:
-        return GenerationFiles(self.root / "images" / model.method / model.attack / suite)
+        return GenerationFiles(self.root / "images" / model.method / model.attack_folder / suite)
 
     def metrics(self, model: ModelRef, suite: str) -> Path:
-        return self.root / "metrics" / model.method / model.attack / f"{suite}.json"
+        return self.root / "metrics" / model.method / model.attack_folder / f"{suite}.json"
 
     def model_tensors(self, model: ModelRef) -> list[Path]:
         """The tensor files applied, in order, on top of the base model to make `model`."""
@@ -230,14 +245,15 @@ class RunLayout:
             return []
         files = [self.unlearn(model.method).tensors]
         if model.attack != NO_ATTACK:
-            files.append(self.attack(model.method, model.attack).tensors)
+            attack = self.attack(model.method, model.attack)
+            files.append(attack.tensors if model.step is None else attack.snapshot(model.step))
         return files
 
     def scored(self) -> dict[tuple[ModelRef, str], Path]:
         """Every metrics file present: (model, suite) -> path."""
         found = {}
         for path in sorted((self.root / "metrics").glob("*/*/*.json")):
-            found[(ModelRef(path.parent.parent.name, path.parent.name), path.stem)] = path
+            found[(ModelRef.parse(f"{path.parent.parent.name}/{path.parent.name}"), path.stem)] = path
         return found
 
 

@@ -346,6 +346,8 @@ class ResultRow:
     """The suite's other scalar metrics (clip_similarity, nudenet_images, sign accuracy, ...)."""
     status: str = "done"
     """done, or why the cell has no numbers (not run, not applicable)."""
+    step: int | None = None
+    """For a snapshot of a training attack (a recovery curve's point): its training steps."""
 
 
 @dataclass
@@ -358,5 +360,5 @@ class Results:
     rows: list[ResultRow]
     provenance: dict[str, Any]
 
-    def row(self, method: str, attack: str, suite: str) -> ResultRow | None:
-        return next((r for r in self.rows if (r.method, r.attack, r.suite) == (method, attack, suite)), None)
+    def row(self, method: str, attack: str, suite: str, step: int | None = None) -> ResultRow | None:
+        return next((r for r in self.rows if (r.method, r.attack, r.suite, r.step) == (method, attack, suite, step)), None)

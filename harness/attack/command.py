@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         if settings.allow_nothing_pruned:
             print(f"nothing revived: {record.reason}")
             return 0
-        raise HarnessError(f"--unlearned {settings.unlearned}: {record.reason}")
+        raise HarnessError(f"--unlearned {settings.unlearned}: {record.reason}; for a model defended with Gaussian "
+                           "obfuscation give the positions: --zero-threshold T or --mask-file F")
     print_summary(record, AttackFiles(Path(settings.out)))
     return 0
 

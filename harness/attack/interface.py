@@ -22,6 +22,9 @@ unlearned model), `info` (a JSON-ready record) and, for the revival family, `rev
 per-layer report). An attack that does not apply to a model (nothing pruned to revive) raises
 `NotApplicable` with the reason, which the matrix shows in that cell.
 
+An attack may carry `params_type` (its params dataclass) so that a recipe's params are checked
+before any work.
+
 A recipe names an attack by a registered name (`nms`, `quant4`, ...; harness.registry) or an
 import path `package.module:function`, so a new attack needs no edit to the harness.
 """

@@ -81,3 +81,6 @@ def dimra(context: AttackContext, params: dict) -> AttackResult:
             "resumed_from_step": outcome.resumed_from, "data": data.source, "data_samples": len(data.inputs),
             "data_labels": sorted({label for label in data.labels if label})}
     return AttackResult(tensors=outcome.tensors, info=info, snapshots=snapshots)
+
+
+dimra.params_type = DiMRAParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)

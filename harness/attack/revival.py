@@ -19,8 +19,7 @@ from harness.attack.settings import IDEAL_STRATEGIES, REVIVAL_PRESETS, revival_s
 from harness.layout import AttackFiles
 from harness.records import ReviveReport, ReviveSummary
 
-NOTHING_PRUNED = ("no target layer has a pruned entry (no exact zeros); for a model defended with Gaussian "
-                  "obfuscation give the positions: --zero-threshold T or --mask-file F (mask.threshold / mask.file)")
+NOTHING_PRUNED = "no target layer has a pruned entry (no exact zeros)"
 
 
 def revive(context: AttackContext, params: dict, preset: dict) -> AttackResult:

@@ -92,16 +92,18 @@ def run(args: argparse.Namespace) -> int:
             stages.unlearn(plan, methods, runtime)
         if "attack" in selected:
             stages.attack(plan, [(m, a) for m in methods for a in attacks], runtime)
-        for model in models if "generate" in selected else []:
-            for suite in suites:
-                stages.generate(plan, model, suite, options.shard, runtime)
         if "generate" in selected:
-            log.info("generate: %d models x %d suites done", len(models), len(suites))
-        for model in models if "score" in selected else []:
-            for suite in suites:
-                stages.score(plan, model, suite, runtime)
+            every = stages.with_snapshots(plan, models)
+            for model in every:
+                for suite in suites:
+                    stages.generate(plan, model, suite, options.shard, runtime)
+            log.info("generate: %d models x %d suites done", len(every), len(suites))
         if "score" in selected:
-            log.info("score: %d models x %d suites done", len(models), len(suites))
+            every = stages.with_snapshots(plan, models)
+            for model in every:
+                for suite in suites:
+                    stages.score(plan, model, suite, runtime)
+            log.info("score: %d models x %d suites done", len(every), len(suites))
         if "report" in selected:
             results = stages.report(plan)
             print_summary(results, recipe.concept.target if recipe.concept else None)

@@ -83,16 +83,21 @@ class Plan:
 
 
 def check_entries(recipe: Recipe) -> None:
-    """Every method and attack resolves, and revival attacks' params are valid, before any work."""
+    """Every method and attack resolves and its params are valid, before any work: a callable
+    with a `params_type` dataclass has its params parsed by it (revival attacks with their preset)."""
     from harness.attack.interface import resolve_attack
     from harness.attack.settings import revival_params
+    from harness.config import parse_dataclass
     from harness.unlearn.method import resolve_method
 
     for index, method in enumerate(recipe.methods):
-        resolve_method(method.method, f"{recipe.source}: methods[{index}].method")
+        function = resolve_method(method.method, f"{recipe.source}: methods[{index}].method")
+        if hasattr(function, "params_type"):
+            parse_dataclass(function.params_type, method.params, f"{recipe.source}: methods[{index}].params")
     for index, attack in enumerate(recipe.attacks):
-        resolve_attack(attack.attack, f"{recipe.source}: attacks[{index}].attack")
-        revival_params(attack, f"{recipe.source}: attacks[{index}].params")
+        function = resolve_attack(attack.attack, f"{recipe.source}: attacks[{index}].attack")
+        if revival_params(attack, f"{recipe.source}: attacks[{index}].params") is None and hasattr(function, "params_type"):
+            parse_dataclass(function.params_type, attack.params, f"{recipe.source}: attacks[{index}].params")
 
 
 def build_plan(recipe: Recipe, run_dir: Path, data_dir: str | Path | None = None) -> Plan:

@@ -76,6 +76,13 @@ def attacked_model_applies(plan: Plan, model: ModelRef) -> bool:
     return not path.is_file() or read_record(AttackRecord, path).applicable
 
 
+def with_snapshots(plan: Plan, models: list[ModelRef]) -> list[ModelRef]:
+    """The models and, after each training attack, the snapshots of its recovery curve."""
+    from harness.report.results import snapshot_models
+
+    return [m for model in models for m in (model, *snapshot_models(plan.layout, model))]
+
+
 def generate(plan: Plan, model: ModelRef, suite_name: str, shard: int | None, runtime: RuntimeSettings) -> None:
     """Images of one suite with one model (one shard when given), as WebDataset shards."""
     from harness.generate.run import generate_suite

@@ -17,7 +17,7 @@ def summary_lines(results: Results, target: str | None, suite: str | None = None
     rows = results.rows
     suites = list(dict.fromkeys(r.suite for r in rows))
     suite = suite or next((s for s in suites if any(r.n_erased for r in rows if r.suite == s)), suites[0] if suites else None)
-    chosen = [r for r in rows if r.suite == suite]
+    chosen = [r for r in rows if r.suite == suite and r.step is None]
     method_width = max([len("method"), *(len(r.method) for r in chosen)])
     attack_width = max([len("attack"), *(len(r.attack) for r in chosen)])
     lines = [f"\n{results.recipe.get('name', '')}: erased concept '{target}', suite {suite}",

@@ -85,7 +85,7 @@ def write_grid(run: RunData, suite: str, path: Path, columns: int = 6) -> Path |
     entries = choose(run, suite, columns)
     if not entries:
         return None
-    models = run.models
+    models = [m for m in run.models if m.step is None]
     width, height = grid_size(len(models), len(entries))
     figure = plt.figure(figsize=(width / DPI, height / DPI))
     for row, model in enumerate(models):

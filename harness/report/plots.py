@@ -96,6 +96,36 @@ def defense_plot(runs: list[RunData], path: Path) -> Path | None:
     return save_figure(figure, path)
 
 
+def curve_plot(runs: list[RunData], path: Path) -> Path | None:
+    """Erased (solid) and preserved (dashed) accuracy against training steps for every training
+    attack's curve, with the erased accuracy's 95% intervals as error bars."""
+    from harness.report.table_curves import curves
+
+    found = curves(runs)
+    if not found:
+        return None
+    figure, axes = plt.subplots(figsize=PLOT_SIZE)
+    for index, curve in enumerate(found):
+        color = f"C{index}"
+        points = [p for p in curve.points if p.erased is not None]
+        label = f"{curve.method}/{curve.attack}" + (f" ({curve.run.name})" if len(runs) > 1 else "")
+        errors = [[p.erased - p.erased_ci[0] for p in points], [p.erased_ci[1] - p.erased for p in points]]
+        axes.errorbar([p.step for p in points], [p.erased for p in points], yerr=errors, fmt="o-", color=color,
+                      capsize=2, label=f"{label}: erased")
+        kept = [(p.step, p.preserved) for p in curve.points if p.preserved is not None]
+        if kept:
+            axes.plot(*zip(*kept), "s--", color=color, alpha=0.6, label=f"{label}: preserved")
+        if curve.pretrained is not None:
+            axes.axhline(curve.pretrained / 2, color=color, linewidth=0.6, linestyle=":")
+    axes.set_xlabel("training steps of the attack (0: the unlearned model)")
+    axes.set_ylabel("top-1 accuracy")
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_title("Recovery curves (dotted: half of pretrained)")
+    axes.legend(fontsize=7, loc="best")
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
 def surface_inputs(runs: list[RunData]) -> tuple[float, float | None, float | None] | None:
     """(sigma_U, alpha, sigma_M) for the p(w) surface from the unlearn records: a defended
     method's detectability record first, else any method's recorded sigma_U and share."""

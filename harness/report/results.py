@@ -28,8 +28,8 @@ PER_CLASS_KEYS = ("accuracy_per_class", "accuracy_counts_per_class")
 def collect_results(layout: RunLayout, recipe: Recipe | None) -> Results:
     """The run's rows from its files (nothing is filled in)."""
     scored = layout.scored()
-    models = recipe.models() if recipe is not None else []
-    models += sorted({m for m, _ in scored} - set(models))
+    models = [m for model in (recipe.models() if recipe is not None else []) for m in (model, *snapshot_models(layout, model))]
+    models += sorted({m for m, _ in scored} - set(models), key=lambda m: m.label)
     suites = list(recipe.suites or []) if recipe is not None else []
     suites += sorted({s for _, s in scored} - set(suites))
     target = recipe.concept.target if recipe is not None and recipe.concept is not None else None
@@ -45,7 +45,7 @@ def collect_results(layout: RunLayout, recipe: Recipe | None) -> Results:
 
 def result_row(layout: RunLayout, model: ModelRef, suite: str, target: str | None) -> ResultRow:
     """One cell: its numbers from the metrics file, or why there are none."""
-    row = ResultRow(method=model.method, attack=model.attack, suite=suite, erased_accuracy=None,
+    row = ResultRow(method=model.method, attack=model.attack, step=model.step, suite=suite, erased_accuracy=None,
                     preserved_accuracy=None, n_erased=0, n_preserved=0, erased_ci=None, preserved_ci=None,
                     fid=None, status="done")
     attack = attack_record(layout, model)
@@ -77,6 +77,13 @@ def attack_record(layout: RunLayout, model: ModelRef) -> AttackRecord | None:
         return None
     path = layout.attack(model.method, model.attack).record
     return read_record(AttackRecord, path) if path.is_file() else None
+
+
+def snapshot_models(layout: RunLayout, model: ModelRef) -> list[ModelRef]:
+    """The snapshots a training attack wrote along the way (its recovery curve's points)."""
+    record = attack_record(layout, model) if model.step is None else None
+    steps = record.info.get("snapshots", []) if record is not None and record.applicable else []
+    return [ModelRef(model.method, model.attack, int(step)) for step in steps]
 
 
 def unlearn_record(layout: RunLayout, method: str) -> UnlearnRecord | None:

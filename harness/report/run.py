@@ -20,9 +20,10 @@ from harness.layout import NO_ATTACK, PRETRAINED, ModelRef, ReportFiles
 from harness.provenance import provenance, write_json_atomic
 from harness.report.cells import MISSING, Table, slug, table_csv, table_markdown
 from harness.report.grids import write_grid
-from harness.report.plots import defense_plot, detectability_surface, sign_accuracy_plot
+from harness.report.plots import curve_plot, defense_plot, detectability_surface, sign_accuracy_plot
 from harness.report.runs import RunData, load_run
 from harness.report.table_ablation import ablation_tables
+from harness.report.table_curves import curve_table
 from harness.report.table_artists import artists_table
 from harness.report.table_defense import defense_table
 from harness.report.table_matrix import matrix_tables
@@ -41,6 +42,7 @@ TABLES: list[tuple[str, Callable[[list[RunData]], Any], str]] = [
     ("Table 3 (Top-K x magnitude)", ablation_tables, "no class run with a revival attack"),
     ("Table 6 (sign accuracy)", sign_tables, "no run with a revival attack"),
     ("Defense trade-off", defense_table, "no method with a defense (give defended methods or run directories)"),
+    ("Recovery curves", curve_table, "no training attack with snapshots"),
     ("All scalar metrics", metrics_table, "no metrics files"),
 ]
 """Every table, in the paper's order: (label, builder, why it does not apply)."""
@@ -78,6 +80,7 @@ def write_report(run_dirs: list[Path], out: Path | None = None, grid_columns: in
         ("Defense curve", "defense_curve.png", defense_plot, "no method with a defense"),
         ("Detectability p(w) (Eq. 7)", "detectability.png", detectability_surface,
          "no unlearn record with sigma_U"),
+        ("Recovery curves", "recovery_curves.png", curve_plot, "no training attack with snapshots"),
     ]
     plot_lines = []
     for title, name, make, why in plots:

@@ -34,7 +34,7 @@ class RunData:
     @property
     def models(self) -> list[ModelRef]:
         """Every model of the run, in the matrix's order."""
-        return list(dict.fromkeys(ModelRef(r.method, r.attack) for r in self.results.rows))
+        return list(dict.fromkeys(ModelRef(r.method, r.attack, r.step) for r in self.results.rows))
 
     @property
     def suites(self) -> list[str]:
@@ -56,7 +56,7 @@ class RunData:
         return record.concept.get("kind") if record else None
 
     def row(self, model: ModelRef, suite: str) -> ResultRow | None:
-        return self.results.row(model.method, model.attack, suite)
+        return self.results.row(model.method, model.attack, suite, model.step)
 
     def metric(self, model: ModelRef, suite: str | None, key: str) -> Any:
         """A scalar or per-class metric of (model, suite), or None when absent."""
@@ -99,5 +99,7 @@ def load_run(path: str | Path) -> RunData:
     methods = list(dict.fromkeys(m.method for m in models if m.method != PRETRAINED))
     unlearn = {method: unlearn_record(layout, method) for method in methods}
     attacks = {m: attack_record(layout, m) for m in models if m.method != PRETRAINED and m.attack != NO_ATTACK}
+    attacks |= {m: attacks.get(m.final) for m in (ModelRef(r.method, r.attack, r.step) for r in results.rows)
+                if m.step is not None}
     name = recipe.name if recipe is not None else layout.root.name
     return RunData(layout, name, recipe, results, unlearn, attacks)

@@ -28,8 +28,8 @@ def class_accuracy(run: RunData, model: ModelRef) -> tuple[float | None, float |
 
 
 def union_models(runs: list[RunData]) -> list[ModelRef]:
-    """Every model of the runs, first-seen order."""
-    return list(dict.fromkeys(m for run in runs for m in run.models))
+    """Every model of the runs, first-seen order (a recovery curve's snapshots left out)."""
+    return list(dict.fromkeys(m for run in runs for m in run.models if m.step is None))
 
 
 def objects_table(runs: list[RunData]) -> Table | None:

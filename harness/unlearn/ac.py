@@ -83,3 +83,6 @@ def ac(context: UnlearnContext, params: dict) -> UnlearnResult:
                             f"{context.key('params')} anchor samples")
     objective = AnchorObjective(anchors.inputs, anchor, prompts, settings.batch_size)
     return train_method(context, objective, settings, {"prompts": prompts, "anchor": anchor})
+
+
+ac.params_type = ACParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)

@@ -37,3 +37,6 @@ def checkpoint(context: UnlearnContext, params: dict) -> UnlearnResult:
         raise HarnessError(f"{context.key('params.path')}: {settings.path} has no target layer '{missing[0]}'")
     masks = {name: (tensors[name] == 0) & (base[name].detach().cpu() != 0) for name in context.layers}
     return UnlearnResult(masks=masks, tensors=tensors, info={"params": {"path": settings.path}, "tensors": len(tensors)})
+
+
+checkpoint.params_type = CheckpointParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)

@@ -105,3 +105,6 @@ def conceptprune(context: UnlearnContext, params: dict) -> UnlearnResult:
         "prompts": {"base": pairs.base, "target": pairs.target},
     }
     return UnlearnResult(masks=masks, tensors=tensors, info=info)
+
+
+conceptprune.params_type = ConceptPruneParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)

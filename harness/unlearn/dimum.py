@@ -90,3 +90,6 @@ def dimum(context: UnlearnContext, params: dict) -> UnlearnResult:
     objective = MemorisationObjective(retain, alternatives.inputs, forget, settings)
     return train_method(context, objective, settings, {"forget_prompts": forget, "alternative": alternative,
                                                        "retain": retain.source, "retain_samples": len(retain.inputs)})
+
+
+dimum.params_type = DiMUMParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)

@@ -93,3 +93,6 @@ def esd(context: UnlearnContext, params: dict) -> UnlearnResult:
     settings = parse_dataclass(ESDParams, params, context.key("params"))
     prompts = concept_prompts(context, settings.prompts)
     return train_method(context, ESDObjective(prompts, settings), settings, {"prompts": prompts})
+
+
+esd.params_type = ESDParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)

@@ -17,6 +17,9 @@ A method is a callable
   `tensors` (name -> the changed weight), both keyed by UNet parameter names and shaped like the
   parameter, plus `info`: a JSON-ready record of what the method did (resolved params, counts).
 
+A method may carry `params_type` (its params dataclass): `harness benchmark` then checks a
+recipe's params before any work.
+
 A recipe names a method by a registered name (`conceptprune`, `saliency`, `checkpoint`; see
 harness.registry) or by an import path `package.module:function`, so a new method needs no
 edit to the harness.

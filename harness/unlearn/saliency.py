@@ -126,3 +126,6 @@ def forgetting_gradients(
             parameter.requires_grad_(previous[name])
     log.debug("forgetting gradients over %d samples x %d draws", len(samples), settings.noise_draws)
     return sums
+
+
+saliency.params_type = SaliencyParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)

@@ -110,6 +110,21 @@ ROWS = [
     Row("unlearn-reserved-name", UNLEARN, 2, "name 'pretrained' must be letters",
         recipe=swap("params: {tau: 2}}", "params: {tau: 2}, name: pretrained}"), absent=UNLEARN_OUT),
     Row("unlearn-invalid-yaml", UNLEARN, 2, "recipe.yaml: line", recipe="name: [unclosed\n", absent=UNLEARN_OUT),
+    Row("unlearn-trainable-matches-nothing", UNLEARN, 2, "methods[0].params.trainable: pattern '*nothing*' matches no UNet parameter",
+        recipe=swap("{method: conceptprune, params: {tau: 2}}", "{method: esd, params: {steps: 2, trainable: ['*nothing*']}}"),
+        absent=UNLEARN_OUT),
+    Row("unlearn-lr-zero", UNLEARN, 2, "methods[0].params: lr must be positive",
+        recipe=swap("{method: conceptprune, params: {tau: 2}}", "{method: esd, params: {lr: 0}}"), absent=UNLEARN_OUT),
+    Row("unlearn-steps-zero-training", UNLEARN, 2, "methods[0].params: steps must be at least 1",
+        recipe=swap("{method: conceptprune, params: {tau: 2}}", "{method: dimum, params: {steps: 0}}"), absent=UNLEARN_OUT),
+    Row("unlearn-ac-without-anchor", UNLEARN, 2, "concept.anchor: this method maps the concept onto an anchor",
+        recipe=swap("{method: conceptprune, params: {tau: 2}}", "{method: ac, params: {steps: 1}}"), absent=UNLEARN_OUT),
+    Row("unlearn-retain-folder-missing", UNLEARN, 2, "methods[0].params.retain: {tmp}/none is not a folder",
+        recipe=swap("{method: conceptprune, params: {tau: 2}}",
+                    "{method: dimum, params: {steps: 1, alternative: a digit, retain: {source: folder, path: '{tmp}/none'}}}"), absent=UNLEARN_OUT),
+    Row("unlearn-retain-folder-empty", UNLEARN, 2, "holds no images",
+        recipe=swap("{method: conceptprune, params: {tau: 2}}",
+                    "{method: dimum, params: {steps: 1, alternative: a digit, retain: {source: folder, path: '{foreign}'}}}"), absent=UNLEARN_OUT),
     # benchmark ---------------------------------------------------------------------------------
     Row("benchmark-empty-suites", BENCHMARK, 2, "suites: list at least one prompt suite", recipe=swap("[digits-seven-2]", "[]")),
     Row("benchmark-unknown-suite", BENCHMARK, 2, "recipe.yaml: suites: unknown suite 'digits-eleven'",
@@ -120,6 +135,12 @@ ROWS = [
         recipe=swap("{attack: nms}", "{attack: nms, params: {top_kk: 0.5}}"), absent=("{tmp}/run/unlearn",)),
     Row("benchmark-attack-contradicted", BENCHMARK, 2, "attacks[0].params.magnitude: this attack fixes magnitude = nms",
         recipe=swap("{attack: nms}", "{attack: nms, params: {magnitude: average}}"), absent=("{tmp}/run/unlearn",)),
+    Row("benchmark-dimra-lr", BENCHMARK, 2, "attacks[0].params: lr must be positive",
+        recipe=swap("{attack: nms}", "{attack: dimra, params: {lr: -1}}"), absent=("{tmp}/run/unlearn",)),
+    Row("benchmark-dimra-data-source", BENCHMARK, 2, "attacks[0].params.data.source: unknown value 'web'",
+        recipe=swap("{attack: nms}", "{attack: dimra, params: {data: {source: web}}}"), absent=("{tmp}/run/unlearn",)),
+    Row("benchmark-method-param-typo", BENCHMARK, 2, "methods[0].params: unknown key 'skill'",
+        recipe=swap("params: {tau: 2}", "params: {skill: 2}"), absent=("{tmp}/run/unlearn",)),
     Row("benchmark-stage-choice", BENCHMARK + " --stage train", 2, "invalid choice: 'train'"),
     Row("benchmark-unknown-model", BENCHMARK + " --model conceptprune/x", 2, "--model 'conceptprune/x' is not in this plan"),
     Row("benchmark-shard-without-generate", BENCHMARK + " --shard 1", 2, "--shard needs --stage generate"),
@@ -202,8 +223,8 @@ def test_bad_input_is_one_line_naming_the_culprit(
         row: Row, paths: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(row.recipe)
     values = {**paths, "tmp": str(tmp_path), "recipe": str(recipe)}
+    recipe.write_text(fill(row.recipe, values))
     monkeypatch.setenv("HARNESS_CACHE", paths["cache"])
     monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
     for key, value in row.env.items():
@@ -211,10 +232,17 @@ def test_bad_input_is_one_line_naming_the_culprit(
     code = run([part.format(**values) for part in row.argv.split()])
     error = capsys.readouterr().err.strip().splitlines()
     assert code == row.code, error
-    assert error and row.fragment in error[-1], error
+    assert error and fill(row.fragment, values) in error[-1], error
     assert len([line for line in error if "error" in line]) == 1, error
     for path in row.absent:
         assert not Path(path.format(**values)).exists(), path
+
+
+def fill(text: str, values: dict[str, str]) -> str:
+    """`text` with its {placeholder}s filled (YAML's own braces left alone)."""
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", value)
+    return text
 
 
 def run(argv: list[str]) -> int:

@@ -1,0 +1,80 @@
+"""The fine-tuning engine: trainable presets, a real Lightning fit, and a run killed by SIGKILL
+that resumes from its last checkpoint to the weights an uninterrupted run reaches."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from harness.errors import HarnessError
+from harness.layout import UnlearnFiles
+from harness.train.trainable import trainable_names
+
+from fixtures.paths import REPO
+from fixtures.tiny_sd import tiny_sd_pipeline
+
+RECIPE = """\
+name: resume
+model: zoo:digits
+concept: {target: seven, kind: digit}
+methods: [{method: esd, params: {steps: 24, ddim_steps: 5, lr: 1.0e-3, checkpoint_every: 4}}]
+generation: {steps: 5, guidance: 3.0, scheduler: null, dtype: float32}
+"""
+
+
+def test_presets_choose_cross_attention_or_the_rest() -> None:
+    names = [n for n, _ in tiny_sd_pipeline().unet.named_parameters()]
+    cross = trainable_names(names, "esd-x", "k")
+    rest = trainable_names(names, "esd-u", "k")
+    assert cross and all(".attn2." in n for n in cross)
+    assert rest and not any(".attn2." in n for n in rest) and set(cross) | set(rest) == set(names)
+    assert trainable_names(names, "full", "k") == names
+    assert trainable_names(names, ["*attn2.to_k.*"], "k") == [n for n in names if "attn2.to_k." in n]
+    with pytest.raises(HarnessError, match=r"k: pattern '\*nothing\*' matches no UNet parameter"):
+        trainable_names(names, ["*nothing*"], "k")
+    with pytest.raises(HarnessError, match="k: unknown preset 'esd-z'"):
+        trainable_names(names, "esd-z", "k")
+
+
+def _unlearn(recipe: Path, out: Path, cache: Path, **kwargs: object) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HARNESS_CACHE": str(cache)}
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", "unlearn", "--recipe", str(recipe), "--out", str(out),
+                             "--device", "cpu"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
+
+
+def test_a_run_killed_midway_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    from harness.worlds.digits.store import ensure_world
+
+    cache = tmp_path / "cache"
+    ensure_world(cache)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE)
+    whole = _unlearn(recipe, tmp_path / "whole", cache)
+    assert whole.wait(timeout=600) == 0, whole.stderr.read().decode()[-2000:]
+    killed = UnlearnFiles(tmp_path / "killed")
+    process = _unlearn(recipe, killed.folder, cache)
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline:
+        last = killed.checkpoints / "last.ckpt"
+        if last.is_file() and torch.load(last, weights_only=True)["global_step"] >= 8:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not killed.record.exists()  # nothing that looks complete
+    step = torch.load(killed.checkpoints / "last.ckpt", weights_only=True)["global_step"]
+    assert 8 <= step < 24
+    resumed = _unlearn(recipe, killed.folder, cache)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
+    a, b = load_file(UnlearnFiles(tmp_path / "whole").tensors), load_file(killed.tensors)
+    assert sorted(a) == sorted(b) and all(torch.equal(a[n], b[n]) for n in a)
+    assert not killed.checkpoints.exists()  # the published folder holds the outputs only
