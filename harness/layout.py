@@ -118,6 +118,11 @@ class AttackFiles:
         return self.folder / "attack.json"
 
     @property
+    def tokens(self) -> Path:
+        """A prompt-space attack's new words and their input embeddings."""
+        return self.folder / "tokens.safetensors"
+
+    @property
     def parts(self) -> Path:
         """Per-process parts of a sharded attack, merged by the main process."""
         return self.folder / ".parts"

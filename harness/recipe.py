@@ -80,12 +80,13 @@ class MethodSettings:
     name: str | None = None
     """The row's label (default: the method's name, with the defense's sigma when defended)."""
     params: dict[str, Any] = field(default_factory=dict)
-    layers: list[str] = field(default_factory=lambda: list(SD_FFN_LAYERS))
-    """Glob patterns over UNet parameter names: the weights the method may change."""
+    layers: list[str] | None = None
+    """Glob patterns over UNet parameter names: the weights the method may change (default: the
+    method's `default_layers`, else SD_FFN_LAYERS)."""
     defense: DefenseSettings | None = None
 
     def __post_init__(self) -> None:
-        if not self.layers:
+        if self.layers is not None and not self.layers:
             raise ValueError("layers must name at least one glob pattern")
         if self.name is None:
             base = self.method.rpartition(":")[2].replace("_", "-")

@@ -256,6 +256,8 @@ class AttackRecord:
     fidelity: str
     seconds: float
     provenance: dict[str, Any]
+    prompt_rewrite: dict[str, Any] | None = None
+    """A prompt-space attack's rewrite of the concept's prompts (harness.generate.rewrite.PromptRewrite)."""
 
 
 # ---------------------------------------------------------------- generate and score

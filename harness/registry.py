@@ -21,6 +21,8 @@ REGISTERED: dict[str, dict[str, str]] = {
         "esd": "harness.unlearn.esd:esd",
         "ac": "harness.unlearn.ac:ac",
         "dimum": "harness.unlearn.dimum:dimum",
+        "p-esd": "harness.unlearn.learned_mask:p_esd",
+        "p-ac": "harness.unlearn.learned_mask:p_ac",
     },
     "attack": {
         "nms": "harness.attack.revival:nms",
@@ -32,6 +34,8 @@ REGISTERED: dict[str, dict[str, str]] = {
         "ideal-sign-sample": "harness.attack.revival:ideal_sign_sample",
         "ideal-magnitude-random-sign": "harness.attack.revival:ideal_magnitude_random_sign",
         "dimra": "harness.attack.relearn:dimra",
+        "concept-inversion": "harness.attack.inversion:concept_inversion",
+        "adversarial-prompt": "harness.attack.adversarial:adversarial_prompt",
     },
     "classifier": {
         "resnet50": "harness.score.metrics.classifiers:ResNet50Classifier",

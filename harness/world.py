@@ -63,6 +63,10 @@ class World:
         """Prompts that describe an image of `label` (the captions of labelled images)."""
         raise HarnessError(f"world {self.name} has no prompts for label '{label}'")
 
+    def concept_names(self, target: str) -> list[str]:
+        """Every way a prompt names the concept `target` (a prompt attack rewrites them)."""
+        return [target]
+
 
 def all_worlds() -> list[World]:
     """Every registered world."""
@@ -89,6 +93,12 @@ def world_of_source(source: str) -> World | None:
 def world_of_kind(kind: str) -> World | None:
     """The world that knows concept kind `kind`, else None."""
     return next((w for w in all_worlds() if kind in w.concept_kinds), None)
+
+
+def concept_names(target: str, kind: str) -> list[str]:
+    """Every way a prompt names a concept: its world's names for it, else the target itself."""
+    world = world_of_kind(kind)
+    return world.concept_names(target) if world is not None else [target]
 
 
 def concept_kinds() -> list[str]:

@@ -56,7 +56,7 @@ CONF
 
 ready() {
     scontrol ping 2>/dev/null | grep -q "is UP" &&
-        sinfo -h -n localhost -o %t 2>/dev/null | grep -Eq "^(idle|mix|alloc)"
+        sinfo -h -n localhost -o %t 2>/dev/null | grep -Eq "^(idle|mix|alloc)$"
 }
 
 start() {

@@ -19,7 +19,8 @@ weights for *measuring* an attack (sign accuracy), never for choosing what it wr
 
 The result holds `tensors` (UNet parameters the attack changed, applied on top of the
 unlearned model), `info` (a JSON-ready record) and, for the revival family, `revival` (its
-per-layer report). An attack that does not apply to a model (nothing pruned to revive) raises
+per-layer report); a prompt-space attack gives `prompt_rewrite` (how generation changes the
+concept's prompts) and `tokens` (new words and their input embeddings the rewrite uses). An attack that does not apply to a model (nothing pruned to revive) raises
 `NotApplicable` with the reason, which the matrix shows in that cell.
 
 An attack may carry `params_type` (its params dataclass) so that a recipe's params are checked
@@ -39,6 +40,7 @@ from typing import Any
 import torch
 
 from harness.errors import HarnessError
+from harness.generate.rewrite import PromptRewrite
 from harness.recipe import GenerationSettings
 from harness.models.checkpoints import load_state_dict, load_tensor_file
 from harness.records import ReviveReport
@@ -61,6 +63,8 @@ class AttackResult:
     info: dict[str, Any] = field(default_factory=dict)
     revival: ReviveReport | None = None
     snapshots: dict[int, Path] = field(default_factory=dict)
+    tokens: dict[str, torch.Tensor] = field(default_factory=dict)
+    prompt_rewrite: PromptRewrite | None = None
 
 
 Attack = Callable[["AttackContext", dict], AttackResult]
@@ -162,6 +166,37 @@ class AttackContext:
         if self.concept_settings is None:
             raise HarnessError(f"{self.where}: the attack needs the recipe's 'concept' section")
         return self.concept_settings
+
+    def concept_images(self, pipeline: Any, folder: str | None, where: str) -> torch.Tensor:
+        """Images of the erased concept in `pipeline`'s input space: the ones in `folder`, else
+        a world's held-out real images of it; only for attacks that declare `concept`."""
+        from harness.train.data import encode, folder_images, model_size
+        from harness.world import world_of_source
+
+        concept = self.concept
+        size = model_size(pipeline, self.generation)
+        if folder is not None:
+            return folder_images(pipeline, folder, size, where)
+        world = world_of_source(self.base_model)
+        found = world.labelled_images("heldout", size) if world is not None else None
+        if found is None:
+            raise HarnessError(f"{where}: name a folder of images of '{concept.target}' (the model is no world's)")
+        images, labels = found
+        names = {name.lower() for name in world.concept_names(concept.target)}
+        keep = [i for i, label in enumerate(labels) if label.lower() in names]
+        if not keep:
+            raise HarnessError(f"{where}: world {world.name} has no held-out images of '{concept.target}'")
+        return encode(pipeline, images[keep])
+
+    def original_pipeline(self) -> Any:
+        """The original model as a pipeline on the attack's device; only for attacks that declare
+        `original` (UnlearnDiff's target images are the original model's)."""
+        from harness.models.pipelines import load_pipeline, set_scheduler
+
+        self._require("original")
+        pipeline = load_pipeline(self.original_source or self.base_model, "cpu")
+        set_scheduler(pipeline, self.generation.scheduler, self.where)
+        return pipeline.to(self.device)
 
     def original_state(self) -> dict[str, torch.Tensor]:
         """The original weights; only for attacks that declare `original` (the ideal cases)."""

@@ -4,8 +4,8 @@
 Each finds the pruned positions of the unlearned model's target layers (exact zeros by default),
 completes every layer by SoftImpute, keeps the Top-K most confident signs and gives them the
 rule's magnitudes; the layers are spread over Accelerate processes. `params` are
-`harness.attack.settings.RevivalParams` (layers, mask, completion, top_k, seed); the attack's
-name fixes its magnitude rule or strategy.
+`harness.attack.settings.RevivalParams` (layers, mask, completion, top_k, seed; layers default
+to the attacked method's own); the attack's name fixes its magnitude rule or strategy.
 """
 
 from __future__ import annotations
@@ -17,13 +17,22 @@ from harness.attack.interface import AttackContext, AttackResult, NotApplicable,
 from harness.attack.runner import load_jobs, revive_layers
 from harness.attack.settings import IDEAL_STRATEGIES, REVIVAL_PRESETS, revival_settings
 from harness.layout import AttackFiles
+from harness.models.layers import select_layers
 from harness.records import ReviveReport, ReviveSummary
 
 NOTHING_PRUNED = "no target layer has a pruned entry (no exact zeros)"
 
 
 def revive(context: AttackContext, params: dict, preset: dict) -> AttackResult:
-    """Revive the unlearned model's pruned weights with `params` over the attack's `preset`."""
+    """Revive the unlearned model's pruned weights with `params` over the attack's `preset`; the
+    target layers are the weight matrices the method was allowed to change unless `params` name
+    them."""
+    if "layers" not in params and context.layers:
+        state = context.unlearned_state()
+        matrices = [name for name in select_layers(state, context.layers) if state[name].ndim == 2]
+        if not matrices:
+            raise NotApplicable("the method's layers hold no weight matrix")
+        params = {**params, "layers": matrices}
     settings = revival_settings(params, preset, context.key("params"))
     ideal = settings.strategy in IDEAL_STRATEGIES
     original = context.original_state() if ideal else context.measurement_original()

@@ -1,8 +1,9 @@
 """The attack stage: one attack against one unlearned model, published as one output folder.
 
 Output folder (harness.layout.AttackFiles): the attacked tensors (UNet parameters the attack
-changed; applied on top of the unlearned model) and the record (params, what the attack read,
-applicable or why not, its family's report, seconds, provenance). The two appear together; a
+changed; applied on top of the unlearned model), a prompt-space attack's new tokens, and the
+record (params, what the attack read, applicable or why not, its family's report, its prompt
+rewrite, seconds, provenance). The two appear together; a
 folder whose record has the same settings key is reused without work. Under `accelerate launch`
 every process takes part in attacks that declare `sharded`; others run on the main process.
 """
@@ -111,6 +112,7 @@ def run_attack(job: AttackJob, accelerator: Accelerator | None = None) -> Attack
         reason=reason, revival=result.revival if result else None,
         info=(result.info | {"snapshots": sorted(result.snapshots)}) if result else {},
         fidelity=job.fidelity, seconds=round(time.perf_counter() - start, 3), provenance=provenance(),
+        prompt_rewrite=dataclasses.asdict(result.prompt_rewrite) if result and result.prompt_rewrite else None,
     )
     if reason is not None:
         log.debug("attack %s on %s: not applicable (%s)", record.name, job.method, reason)
@@ -119,6 +121,8 @@ def run_attack(job: AttackJob, accelerator: Accelerator | None = None) -> Attack
         out = AttackFiles(folder)
         if result is not None:
             save_tensors(result.tensors, out.tensors, metadata={"attack": job.attack.attack})
+            if result.tokens:
+                save_tensors(result.tokens, out.tokens, metadata={"attack": job.attack.attack})
             for step, path in sorted(result.snapshots.items()):
                 out.snapshot(step).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, out.snapshot(step))

@@ -14,6 +14,7 @@ from harness.generate import shards
 from harness.layout import ModelRef, RunLayout
 from harness.recipe import Recipe
 from harness.runtime import RuntimeSettings
+from harness.unlearn.method import method_layers
 from harness.unlearn.run import UnlearnJob
 
 STAGES = ("unlearn", "attack", "generate", "score", "report")
@@ -52,9 +53,11 @@ class Plan:
     def attack_job(self, method: str, attack: str, runtime: RuntimeSettings) -> AttackJob:
         """The attack stage's job for one attack on one method's model."""
         entry = self.recipe.attack(attack)
+        method_entry = self.recipe.method(method)
+        layers = method_layers(method_entry, f"{self.recipe.source}: methods[{self.recipe.methods.index(method_entry)}].method")
         return AttackJob(
             attack=entry, base_model=self.recipe.model, unlearned_files=[self.layout.unlearn(method).tensors],
-            out=self.layout.attack(method, attack).folder, method=method, layers=self.recipe.method(method).layers,
+            out=self.layout.attack(method, attack).folder, method=method, layers=layers,
             generation=self.recipe.generation, where=self.recipe.source,
             entry=f"attacks[{self.recipe.attacks.index(entry)}]", device=runtime.device,
             fidelity=self.recipe.fidelity, seed=self.recipe.generation.fixed_seed, concept=self.recipe.concept,

@@ -16,6 +16,7 @@ from accelerate import Accelerator
 from harness.atomic import atomic_copy
 from harness.attack.run import run_attack
 from harness.experiment.plan import Plan
+from harness.generate.rewrite import PromptRewrite, prompt_changes
 from harness.layout import NO_ATTACK, PRETRAINED, PRETRAINED_MODEL, ModelRef
 from harness.records import AttackRecord, Results, read_record
 from harness.recipe import Recipe
@@ -92,8 +93,17 @@ def generate(plan: Plan, model: ModelRef, suite_name: str, shard: int | None, ru
         log.debug("generate %s: the attack did not apply; nothing to generate", model)
         return
     suite = load_suite(suite_name, runtime.data_dir, f"{plan.recipe.source}: suites")
+    tokens, rewrite = prompt_attack(plan, model)
     generate_suite(plan.recipe.model, plan.layout.model_tensors(model), suite, plan.recipe.generation,
-                   plan.layout.images(model, suite_name).folder, model.label, shard=shard, runtime=runtime)
+                   plan.layout.images(model, suite_name).folder, model.label, shard=shard, runtime=runtime,
+                   tokens=tokens, rewrite=rewrite)
+
+
+def prompt_attack(plan: Plan, model: ModelRef) -> tuple[Path | None, PromptRewrite | None]:
+    """A prompt-space attack's new tokens file and prompt rewrite for `model` (None, None for others)."""
+    if model.method == PRETRAINED or model.attack == NO_ATTACK:
+        return None, None
+    return prompt_changes(plan.layout.attack(model.method, model.attack).folder)
 
 
 def score(plan: Plan, model: ModelRef, suite_name: str, runtime: RuntimeSettings) -> None:

@@ -24,12 +24,13 @@ import torch
 from harness.errors import HarnessError
 from harness.generate import shards
 from harness.generate.loop import GenerationModule, PromptDataModule, ShardSink, sample_meta
+from harness.generate.rewrite import PromptRewrite
 from harness.recipe import GenerationSettings
 from harness.generate.suites import Suite
 from harness.layout import GenerationFiles
 from harness.lightning_quiet import quiet_lightning
 from harness.models.checkpoints import load_tensor_file, source_identity
-from harness.models.pipelines import apply_tensors, is_scheduler, load_pipeline, resolve_dtype, set_scheduler
+from harness.models.pipelines import add_tokens, apply_tensors, is_scheduler, load_pipeline, resolve_dtype, set_scheduler
 from harness.provenance import provenance
 from harness.records import GenerationRecord, TensorIdentity, completed, file_digest, settings_key, write_record
 from harness.runtime import RuntimeSettings
@@ -50,14 +51,20 @@ def generate_suite(
     model_tag: str,
     shard: int | None = None,
     runtime: RuntimeSettings | None = None,
+    tokens: Path | None = None,
+    rewrite: PromptRewrite | None = None,
 ) -> GenerationRecord:
     """Generate `suite` with the pipeline at `pipeline_source` (hub id, folder or `zoo:NAME`)
     after writing each safetensors file of `tensors` into its UNet (`apply_tensors`); only shard
-    `shard` when given. Returns the folder's record."""
+    `shard` when given. A prompt-space attack's new `tokens` (a safetensors file: token -> input
+    embedding) join the vocabulary and its `rewrite` changes the concept's prompts first.
+    Returns the folder's record."""
     runtime = runtime or RuntimeSettings(accelerator="cpu")
+    if rewrite is not None:
+        suite = rewrite.suite(suite)
     if settings.scheduler is not None and not is_scheduler(settings.scheduler):
         raise HarnessError(f"generation.scheduler: '{settings.scheduler}' is not a diffusers scheduler class")
-    missing = [str(p) for p in tensors if not Path(p).is_file()]
+    missing = [str(p) for p in [*tensors, *([tokens] if tokens else [])] if not Path(p).is_file()]
     if missing:
         raise HarnessError(f"{missing[0]}: no such file (the tensors to apply)")
     files = GenerationFiles(Path(out_dir))
@@ -68,13 +75,13 @@ def generate_suite(
         )
     wanted = [shard] if shard is not None else list(range(total))
     dtype = resolve_dtype(settings.dtype, "cuda" if _on_gpu(runtime.accelerator) else "cpu")
-    record = run_record(pipeline_source, [Path(p) for p in tensors], suite, settings, model_tag, dtype)
+    record = run_record(pipeline_source, [Path(p) for p in tensors], suite, settings, model_tag, dtype, tokens)
     _start_folder(files, record)
     done = set(shards.complete_shards(files.folder, len(suite), settings.shard_size))
     pending = [i for i in wanted if i not in done]
     log.debug("generate %s / %s: %d of %d shards complete, %d to do", model_tag, suite.name, len(done), total, len(pending))
     if pending:
-        pipeline = build_pipeline(pipeline_source, [Path(p) for p in tensors], settings, dtype)
+        pipeline = build_pipeline(pipeline_source, [Path(p) for p in tensors], settings, dtype, tokens)
         images = sum(len(shards.shard_ids(i, len(suite), settings.shard_size)) for i in pending)
         sink = ShardSink(files.folder, suite, settings, sample_meta(model_tag, suite, settings, dtype), images)
         with quiet_lightning():
@@ -116,22 +123,27 @@ def _start_folder(files: GenerationFiles, record: GenerationRecord) -> None:
     shards.clear_stale_partials(files.folder)
 
 
-def build_pipeline(source: str, tensors: list[Path], settings: GenerationSettings, dtype: torch.dtype):
-    """The pipeline on the CPU in `dtype`, with changed tensors applied and the scheduler set."""
+def build_pipeline(source: str, tensors: list[Path], settings: GenerationSettings, dtype: torch.dtype,
+                   tokens: Path | None = None):
+    """The pipeline on the CPU in `dtype`, with changed tensors applied, new tokens added and the
+    scheduler set."""
     pipeline = load_pipeline(source, device="cpu", dtype=dtype)
     for path in tensors:
         apply_tensors(pipeline, load_tensor_file(path), where=str(path))
+    if tokens is not None:
+        add_tokens(pipeline, load_tensor_file(tokens), where=str(tokens))
     set_scheduler(pipeline, settings.scheduler, "generation")
     return pipeline
 
 
 def run_record(
-    source: str, tensors: list[Path], suite: Suite, settings: GenerationSettings, model_tag: str, dtype: torch.dtype
+    source: str, tensors: list[Path], suite: Suite, settings: GenerationSettings, model_tag: str, dtype: torch.dtype,
+    tokens: Path | None = None,
 ) -> GenerationRecord:
     """What makes a folder's images. The key covers the model's name (each image records it), its
     content (not its paths), the suite's prompts and seeds and the sampling settings (batch size
     aside)."""
-    identities = [TensorIdentity(str(p), file_digest(p)) for p in tensors]
+    identities = [TensorIdentity(str(p), file_digest(p)) for p in [*tensors, *([tokens] if tokens else [])]]
     settings_record = {**dataclasses.asdict(settings), "dtype": str(dtype).removeprefix("torch.")}
     prompts = [(r.prompt, r.seed, r.guidance, r.label) for r in suite.records]
     key = settings_key("generate", model_tag, source_identity(source), [t.sha256 for t in identities], suite.name, prompts,

@@ -97,6 +97,24 @@ def apply_tensors(pipeline: DiffusionPipeline, tensors: dict[str, torch.Tensor],
             params[name].copy_(value.to(dtype=params[name].dtype, device=params[name].device))
 
 
+def add_tokens(pipeline: Any, tokens: dict[str, torch.Tensor], where: str = "tokens") -> None:
+    """New words of the pipeline's prompt vocabulary, each with its input embedding (what textual
+    inversion learns): the tokenizer gets the token, the text encoder a row for it."""
+    tokenizer, encoder = pipeline.tokenizer, pipeline.text_encoder
+    width = encoder.get_input_embeddings().weight.shape[1]
+    for token, vector in tokens.items():
+        if token in tokenizer.get_vocab():
+            raise HarnessError(f"{where}: token '{token}' is already a word of the model's vocabulary")
+        if tuple(vector.shape) != (width,):
+            raise HarnessError(f"{where}: token '{token}' has an embedding of shape {tuple(vector.shape)}, the model's is ({width},)")
+    tokenizer.add_tokens(list(tokens))
+    encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # every new row is set below
+    weight = encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        for token, vector in tokens.items():
+            weight[tokenizer.convert_tokens_to_ids(token)] = vector.to(weight)
+
+
 @torch.no_grad()
 def prompt_embeddings(pipeline: DiffusionPipeline, prompts: list[str]) -> torch.Tensor:
     """The UNet's conditioning for `prompts`, made the way the pipeline itself makes it."""

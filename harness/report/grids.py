@@ -80,12 +80,13 @@ def read_image(path: Path, sample_id: int) -> np.ndarray | None:
             return np.asarray(image.convert("L" if image.mode in ("L", "I", "I;16") else "RGB"))
 
 
-def write_grid(run: RunData, suite: str, path: Path, columns: int = 6) -> Path | None:
-    """The grid of `suite` for every model of `run`; None when no model has images of it."""
+def write_grid(run: RunData, suite: str, path: Path, columns: int = 6, method: str | None = None) -> Path | None:
+    """The grid of `suite` for every model of `run` (or, with `method`, for the pretrained model,
+    that method's unlearned model and each attack on it); None when no model has images of it."""
     entries = choose(run, suite, columns)
     if not entries:
         return None
-    models = [m for m in run.models if m.step is None]
+    models = [m for m in run.models if m.step is None and (method is None or m.method in (method, "pretrained"))]
     width, height = grid_size(len(models), len(entries))
     figure = plt.figure(figsize=(width / DPI, height / DPI))
     for row, model in enumerate(models):

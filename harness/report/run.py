@@ -20,6 +20,7 @@ from harness.layout import NO_ATTACK, PRETRAINED, ModelRef, ReportFiles
 from harness.provenance import provenance, write_json_atomic
 from harness.report.cells import MISSING, Table, slug, table_csv, table_markdown
 from harness.report.grids import write_grid
+from harness.report.heatmap import matrix_heatmap
 from harness.report.plots import curve_plot, defense_plot, detectability_surface, sign_accuracy_plot
 from harness.report.runs import RunData, load_run
 from harness.report.table_ablation import ablation_tables
@@ -93,6 +94,11 @@ def write_report(run_dirs: list[Path], out: Path | None = None, grid_columns: in
     grid_lines = []
     for run in runs:
         for suite in run.suites:
+            name = f"matrix-{slug(run.name)}-{slug(suite)}.png"
+            log.debug("heat map %s", name)
+            if matrix_heatmap(run, suite, files.folder / name):
+                plot_lines += [f"### The matrix: {run.name}, {suite}", "", f"![matrix {run.name} {suite}]({name})", ""]
+                written.append(name)
             name = f"grid-{slug(run.name)}-{slug(suite)}.png"
             log.debug("grid %s", name)
             made = write_grid(run, suite, files.folder / name, grid_columns)
@@ -100,6 +106,12 @@ def write_report(run_dirs: list[Path], out: Path | None = None, grid_columns: in
                            f"![{run.name} {suite}]({name})" if made else f"{MISSING}: no image shards of {suite}", ""]
             if made:
                 written.append(name)
+            methods = [m for m in dict.fromkeys(model.method for model in run.models) if m != "pretrained"]
+            for method in methods if len(methods) > 1 else []:
+                name = f"grid-{slug(run.name)}-{slug(suite)}-{slug(method)}.png"
+                if write_grid(run, suite, files.folder / name, grid_columns, method=method):
+                    grid_lines += [f"#### {method}: pretrained, unlearned, each attack", "", f"![{method} {suite}]({name})", ""]
+                    written.append(name)
 
     _write_text(files.markdown, render_markdown(runs, tables, absent, plot_lines, grid_lines))
     written.append(files.markdown.name)

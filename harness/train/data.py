@@ -152,14 +152,26 @@ def generated_set(pipeline: Any, prompts: list[str], generation: GenerationSetti
     return TrainingSet(samples.float().cpu(), list(prompts), [None] * len(prompts), source)
 
 
-def folder_set(pipeline: Any, folder: str | Path, size: int, source: str) -> TrainingSet:
-    """Images of a folder, each captioned by the text file of the same stem (`cat.png` + `cat.txt`)."""
+def image_files(folder: str | Path, source: str) -> list[Path]:
+    """The image files of a folder (recursively, sorted); an error when it holds none."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise HarnessError(f"{source}: {folder} is not a folder")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise HarnessError(f"{source}: {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def folder_images(pipeline: Any, folder: str | Path, size: int, source: str) -> torch.Tensor:
+    """The images of a folder in the UNet's input space (no captions needed)."""
+    files = image_files(folder, source)
+    return encode(pipeline, torch.stack([_read_image(p.read_bytes(), size, f"{source}: {p}") for p in files]))
+
+
+def folder_set(pipeline: Any, folder: str | Path, size: int, source: str) -> TrainingSet:
+    """Images of a folder, each captioned by the text file of the same stem (`cat.png` + `cat.txt`)."""
+    files = image_files(folder, source)
     images, prompts = [], []
     for path in files:
         caption = path.with_suffix(".txt")

@@ -33,6 +33,7 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
+from harness.errors import HarnessError
 from harness.lightning_quiet import quiet_lightning
 from harness.models.checkpoints import save_tensors
 from harness.runtime import RuntimeSettings
@@ -45,8 +46,8 @@ KEY_FILE = "settings.key"
 
 
 @dataclass
-class TrainParams:
-    """What every training method and attack takes in its `params`."""
+class OptimParams:
+    """What every training method and attack takes in its `params`: the optimisation's settings."""
 
     steps: int = 1000
     """optimizer steps"""
@@ -56,8 +57,6 @@ class TrainParams:
     """AdamW weight decay"""
     batch_size: int = 1
     """samples per step"""
-    trainable: str | list[str] = "esd-x"
-    """the parameters trained: a preset (esd-x: cross-attention, esd-u: all but cross-attention, full) or UNet globs"""
     grad_clip: float = 1.0
     """gradient-norm clipping (0: none)"""
     checkpoint_every: int = 100
@@ -75,11 +74,24 @@ class TrainParams:
             raise ValueError("weight_decay and grad_clip must not be negative")
 
 
+@dataclass
+class TrainParams(OptimParams):
+    """The settings of a run that trains UNet weights: the optimisation's and which weights."""
+
+    trainable: str | list[str] = "esd-x"
+    """the parameters trained: a preset (esd-x: cross-attention, esd-u: all but cross-attention, full) or UNet globs"""
+
+
 class Objective:
     """One training objective: `prepare` once on the training device, then one step's `loss`."""
 
     needs_frozen = False
     """Whether the objective reads a frozen copy of the UNet as it was before training."""
+
+    def attach(self, module: FineTuneModule) -> None:
+        """Add what trains besides UNet weights, once, after the frozen copy is made: parameters
+        of the objective's own go into `module.extra` (token embeddings, mask scores), and may
+        be wired into the models by parametrizations (torch.nn.utils.parametrize)."""
 
     def prepare(self, module: FineTuneModule) -> None:
         """Precompute what every step reads (prompt embeddings, anchor samples)."""
@@ -89,22 +101,30 @@ class Objective:
 
 
 class FineTuneModule(pl.LightningModule):
-    """The pipeline's UNet under training (only `trainable` parameters receive gradients), a frozen
-    copy where the objective needs one, and the pipeline's other parts for the objective's use."""
+    """The pipeline's UNet under training (only the `trainable` spec's parameters receive
+    gradients, and the objective's own `extra` ones), a frozen copy where the objective needs
+    one, and the pipeline's other parts for the objective's use."""
 
-    def __init__(self, pipeline: Any, trainable: list[str], objective: Objective, params: TrainParams) -> None:
+    def __init__(self, pipeline: Any, trainable: str | list[str], objective: Objective, params: OptimParams,
+                 where: str) -> None:
         super().__init__()
         self.unet = pipeline.unet
         self.frozen = copy.deepcopy(pipeline.unet).requires_grad_(False).eval() if objective.needs_frozen else None
         self.parts = {"pipeline": pipeline}  # not submodules: neither trained nor checkpointed
-        self.trainable = list(trainable)
+        self.extra = torch.nn.ParameterDict()
         self.objective = objective
         self.params = params
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self.strict_loading = False  # checkpoints hold the trained parameters only
-        wanted = set(trainable)
+        names = [n for n, _ in self.unet.named_parameters()]
+        self.trainable = trainable_names(names, trainable, f"{where}.trainable") if trainable else []
+        objective.attach(self)
+        if not self.trainable and not len(self.extra):
+            raise HarnessError(f"{where}: the run trains nothing (no UNet parameter, no parameter of the objective)")
+        wanted = set(self.trainable)
         for name, parameter in self.unet.named_parameters():
             parameter.requires_grad_(name in wanted)
+        self.extra.requires_grad_(True)
 
     @property
     def pipeline(self) -> Any:
@@ -115,6 +135,7 @@ class FineTuneModule(pl.LightningModule):
             module = getattr(self.pipeline, part, None)
             if module is not None:
                 module.to(self.device).requires_grad_(False).eval()
+        self.extra.requires_grad_(True)  # an objective's parameters may live inside those parts
         self.objective.prepare(self)
 
     @torch.no_grad()
@@ -134,16 +155,21 @@ class FineTuneModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         chosen = [p for n, p in self.unet.named_parameters() if n in set(self.trainable)]
-        return torch.optim.AdamW(chosen, lr=self.params.lr, weight_decay=self.params.weight_decay)
+        return torch.optim.AdamW([*chosen, *self.extra.values()], lr=self.params.lr,
+                                 weight_decay=self.params.weight_decay)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        keep = {f"unet.{n}" for n in self.trainable}
+        keep = {f"unet.{n}" for n in self.trainable} | {f"extra.{n}" for n in self.extra}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
 
     def trained(self) -> dict[str, torch.Tensor]:
-        """The trained parameters, on the CPU, by UNet parameter name."""
+        """The trained UNet parameters, on the CPU, by UNet parameter name."""
         params = dict(self.unet.named_parameters())
         return {name: params[name].detach().float().cpu().clone() for name in self.trainable}
+
+    def trained_extra(self) -> dict[str, torch.Tensor]:
+        """The objective's own trained parameters, on the CPU, by their `extra` name."""
+        return {name: value.detach().float().cpu().clone() for name, value in self.extra.items()}
 
 
 class StepBar(TQDMProgressBar):
@@ -182,10 +208,12 @@ class Snapshots(Callback):
 
 @dataclass
 class TrainOutcome:
-    """What a run trained: the parameters, the loss per step, how long it took."""
+    """What a run trained: the UNet parameters, the objective's own (`extra`), the loss per
+    step, how long it took."""
 
     tensors: dict[str, torch.Tensor]
     steps: int
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     resumed_from: int = 0
@@ -206,7 +234,7 @@ def precision_for(device: torch.device) -> str:
 def fine_tune(
     pipeline: Any,
     objective: Objective,
-    params: TrainParams,
+    params: OptimParams,
     folder: Path,
     key: str,
     where: str,
@@ -214,16 +242,16 @@ def fine_tune(
     runtime: RuntimeSettings | None = None,
     snapshot: tuple[int, Callable[[int], Path]] | None = None,
 ) -> TrainOutcome:
-    """Train the pipeline's UNet toward `objective` for `params.steps` steps, checkpointing into
-    `folder` (resumed when it holds a checkpoint of the same `key`); `snapshot` = (every, path of
-    step) also writes the trained parameters along the way."""
-    names = trainable_names((n for n, _ in pipeline.unet.named_parameters()), params.trainable,
-                            f"{where}.trainable")
+    """Train toward `objective` for `params.steps` steps (the UNet weights `params.trainable`
+    names, when the params are TrainParams, and the objective's own parameters), checkpointing
+    into `folder` (resumed when it holds a checkpoint of the same `key`); `snapshot` = (every,
+    path of step) also writes the trained UNet parameters along the way."""
+    trainable = params.trainable if isinstance(params, TrainParams) else []
+    module = FineTuneModule(pipeline, trainable, objective, params, where)
     folder = Path(folder)
     _keep_only_same_key(folder, key)
     last = folder / LAST
     resumed = _checkpoint_step(last)
-    module = FineTuneModule(pipeline, names, objective, params)
     loggers: list[Any] = [CSVLogger(str(folder), name="logs")]  # a resumed run logs into a version of its own
     if importlib.util.find_spec("tensorboard") is not None:
         from lightning.pytorch.loggers import TensorBoardLogger
@@ -248,7 +276,8 @@ def fine_tune(
         trainer.fit(module, train_dataloaders=steps, ckpt_path=str(last) if resumed else None, weights_only=True)
     seconds = time.perf_counter() - started
     log.debug("%s: %d steps (resumed at %d) in %.1f s", where, trainer.global_step, resumed, seconds)
-    return TrainOutcome(module.trained(), trainer.global_step, _losses(folder), round(seconds, 3), resumed, str(device))
+    return TrainOutcome(module.trained(), trainer.global_step, module.trained_extra(), _losses(folder), round(seconds, 3),
+                        resumed, str(device))
 
 
 def _keep_only_same_key(folder: Path, key: str) -> None:

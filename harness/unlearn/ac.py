@@ -26,21 +26,28 @@ from harness.unlearn.training import concept_prompts, train_method
 
 
 @dataclass
-class ACParams(TrainParams):
-    """`params` of the `ac` method."""
+class ACLoss:
+    """The AC objective's settings (of `ac`, and of `p-ac`, which learns a mask with it)."""
 
-    steps: int = 400
-    trainable: str | list[str] = field(default_factory=lambda: ["*attn2.to_k.*", "*attn2.to_v.*"])
-    """the parameters trained (default: the cross-attention keys and values, as the paper)"""
     anchor_samples: int = 50
     """how many anchor samples the frozen model makes"""
     prompts: list[str] = field(default_factory=list)
     """the concept prompts (default: a world's prompts of the concept, else its name)"""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        if hasattr(super(), "__post_init__"):  # the optimisation settings' checks, when mixed in
+            super().__post_init__()  # type: ignore[misc]
         if self.anchor_samples < 1:
             raise ValueError(f"anchor_samples must be at least 1, got {self.anchor_samples}")
+
+
+@dataclass
+class ACParams(ACLoss, TrainParams):
+    """`params` of the `ac` method."""
+
+    steps: int = 400
+    trainable: str | list[str] = field(default_factory=lambda: ["*attn2.to_k.*", "*attn2.to_v.*"])
+    """the parameters trained (default: the cross-attention keys and values, as the paper)"""
 
 
 class AnchorObjective(Objective):
@@ -74,15 +81,20 @@ def anchor_prompt(context: UnlearnContext) -> str:
     return context.concept.anchor
 
 
+def anchor_objective(context: UnlearnContext, loss: ACLoss, batch_size: int, seed: int) -> tuple[AnchorObjective, dict]:
+    """The AC objective of a context (the frozen model's anchor samples made first) and its record."""
+    anchor = anchor_prompt(context)
+    prompts = concept_prompts(context, loss.prompts)
+    anchors = generated_set(context.pipeline, [anchor] * loss.anchor_samples, context.generation, seed,
+                            f"{context.key('params')} anchor samples")
+    return AnchorObjective(anchors.inputs, anchor, prompts, batch_size), {"prompts": prompts, "anchor": anchor}
+
+
 def ac(context: UnlearnContext, params: dict) -> UnlearnResult:
     """The registered method `ac` (signature in harness.unlearn.method)."""
     settings = parse_dataclass(ACParams, params, context.key("params"))
-    anchor = anchor_prompt(context)
-    prompts = concept_prompts(context, settings.prompts)
-    anchors = generated_set(context.pipeline, [anchor] * settings.anchor_samples, context.generation, settings.seed,
-                            f"{context.key('params')} anchor samples")
-    objective = AnchorObjective(anchors.inputs, anchor, prompts, settings.batch_size)
-    return train_method(context, objective, settings, {"prompts": prompts, "anchor": anchor})
+    objective, info = anchor_objective(context, settings, settings.batch_size, settings.seed)
+    return train_method(context, objective, settings, info)
 
 
 ac.params_type = ACParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)

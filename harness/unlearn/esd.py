@@ -25,8 +25,8 @@ from harness.unlearn.training import concept_prompts, train_method
 
 
 @dataclass
-class ESDParams(TrainParams):
-    """`params` of the `esd` method (and the training settings every method has)."""
+class ESDLoss:
+    """The ESD objective's settings (of `esd`, and of `p-esd`, which learns a mask with it)."""
 
     eta: float = 1.0
     """negative guidance: how far past the empty prompt the concept's prediction is pushed"""
@@ -38,11 +38,17 @@ class ESDParams(TrainParams):
     """the concept prompts (default: a world's prompts of the concept, else its name)"""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        if hasattr(super(), "__post_init__"):  # the optimisation settings' checks, when mixed in
+            super().__post_init__()  # type: ignore[misc]
         if self.ddim_steps < 3:
             raise ValueError(f"ddim_steps must be at least 3, got {self.ddim_steps}")
         if self.eta < 0 or self.start_guidance < 0:
             raise ValueError("eta and start_guidance must not be negative")
+
+
+@dataclass
+class ESDParams(ESDLoss, TrainParams):
+    """`params` of the `esd` method: the objective's and the training settings."""
 
 
 class ESDObjective(Objective):
@@ -50,8 +56,8 @@ class ESDObjective(Objective):
 
     needs_frozen = True
 
-    def __init__(self, prompts: list[str], params: ESDParams) -> None:
-        self.prompts, self.params = prompts, params
+    def __init__(self, prompts: list[str], params: ESDLoss, batch_size: int) -> None:
+        self.prompts, self.params, self.batch_size = prompts, params, batch_size
 
     def prepare(self, module: FineTuneModule) -> None:
         self.concept = module.embed(self.prompts)
@@ -62,7 +68,7 @@ class ESDObjective(Objective):
         self.shape = (config.in_channels, int(config.sample_size), int(config.sample_size))
 
     def loss(self, module: FineTuneModule, generator: torch.Generator) -> torch.Tensor:
-        count = self.params.batch_size
+        count = self.batch_size
         index = torch.randint(0, len(self.prompts), (count,), generator=generator)
         concept = self.concept[index]
         empty = self.empty.expand(count, -1, -1)
@@ -92,7 +98,7 @@ def esd(context: UnlearnContext, params: dict) -> UnlearnResult:
     """The registered method `esd` (signature in harness.unlearn.method)."""
     settings = parse_dataclass(ESDParams, params, context.key("params"))
     prompts = concept_prompts(context, settings.prompts)
-    return train_method(context, ESDObjective(prompts, settings), settings, {"prompts": prompts})
+    return train_method(context, ESDObjective(prompts, settings, settings.batch_size), settings, {"prompts": prompts})
 
 
 esd.params_type = ESDParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)

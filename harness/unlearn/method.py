@@ -18,7 +18,8 @@ A method is a callable
   parameter, plus `info`: a JSON-ready record of what the method did (resolved params, counts).
 
 A method may carry `params_type` (its params dataclass): `harness benchmark` then checks a
-recipe's params before any work.
+recipe's params before any work; and `default_layers` (glob patterns), the layers an entry
+without `layers` gets (else SD_FFN_LAYERS, ConceptPrune's).
 
 A recipe names a method by a registered name (`conceptprune`, `saliency`, `checkpoint`; see
 harness.registry) or by an import path `package.module:function`, so a new method needs no
@@ -33,9 +34,8 @@ from typing import Any, Callable
 
 import torch
 
-from harness.recipe import GenerationSettings
+from harness.recipe import SD_FFN_LAYERS, ConceptSettings, GenerationSettings, MethodSettings
 from harness.registry import resolve_callable
-from harness.recipe import ConceptSettings
 
 
 @dataclass
@@ -84,3 +84,11 @@ UnlearnMethod = Callable[[UnlearnContext, dict], UnlearnResult]
 def resolve_method(name: str, where: str = "method") -> UnlearnMethod:
     """The callable for a registered name or a `package.module:function` import path."""
     return resolve_callable("method", name, where)
+
+
+def method_layers(entry: MethodSettings, where: str = "method") -> list[str]:
+    """The layer globs of a recipe's method entry: its own `layers`, else the method's
+    `default_layers`, else SD_FFN_LAYERS."""
+    if entry.layers is not None:
+        return list(entry.layers)
+    return list(getattr(resolve_method(entry.method, where), "default_layers", SD_FFN_LAYERS))

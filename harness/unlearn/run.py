@@ -29,7 +29,7 @@ from harness.records import LayerCount, UnlearnRecord, completed, settings_key, 
 from harness.runtime import RuntimeSettings, resolve_device
 from harness.unlearn.defense import obfuscate
 from harness.unlearn.detectability import detectability, exact_zeros, modified_share, unmodified_sigma
-from harness.unlearn.method import UnlearnContext, UnlearnResult, resolve_method
+from harness.unlearn.method import UnlearnContext, UnlearnResult, method_layers, resolve_method
 from harness.unlearn.prompts import resolve_data_dir
 from harness.recipe import ConceptSettings, MethodSettings
 
@@ -99,7 +99,7 @@ def run_unlearning(job: UnlearnJob) -> UnlearnRecord:
     set_scheduler(pipeline, job.generation.scheduler, job.where)
     parameters = dict(pipeline.unet.named_parameters())
     try:
-        layers = select_layers(parameters, job.method.layers)
+        layers = select_layers(parameters, method_layers(job.method, f"{job.where}: {job.entry}.method"))
     except HarnessError as error:
         raise HarnessError(f"{job.where}: {job.entry}.layers: {error}") from None
     context = UnlearnContext(

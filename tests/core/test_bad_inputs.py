@@ -139,6 +139,20 @@ ROWS = [
         recipe=swap("{attack: nms}", "{attack: dimra, params: {lr: -1}}"), absent=("{tmp}/run/unlearn",)),
     Row("benchmark-dimra-data-source", BENCHMARK, 2, "attacks[0].params.data.source: unknown value 'web'",
         recipe=swap("{attack: nms}", "{attack: dimra, params: {data: {source: web}}}"), absent=("{tmp}/run/unlearn",)),
+    Row("benchmark-inversion-folder-empty", BENCHMARK, 2, "recipe.yaml: attacks[0].params.images: {foreign} holds no images",
+        recipe=swap("{attack: nms}", "{attack: concept-inversion, params: {steps: 1, images: '{foreign}'}}"),
+        absent=("{tmp}/run/attacks/conceptprune/concept-inversion/attack.json",)),
+    Row("benchmark-inversion-folder-unreadable", BENCHMARK, 2, "attacks[0].params.images: {broken}/bad.png: not a readable image",
+        recipe=swap("{attack: nms}", "{attack: concept-inversion, params: {steps: 1, images: '{broken}'}}"),
+        absent=("{tmp}/run/attacks/conceptprune/concept-inversion/attack.json",)),
+    Row("benchmark-adversarial-tokens-zero", BENCHMARK, 2, "recipe.yaml: attacks[0].params: tokens must be at least 1",
+        recipe=swap("{attack: nms}", "{attack: adversarial-prompt, params: {tokens: 0}}"), absent=("{tmp}/run/unlearn",)),
+    Row("benchmark-mask-budget", BENCHMARK, 2, "recipe.yaml: methods[0].params: budget must lie in (0, 1), got 1.5",
+        recipe=swap("{method: conceptprune, params: {tau: 2}}", "{method: p-esd, params: {budget: 1.5}}"),
+        absent=("{tmp}/run/unlearn",)),
+    Row("unlearn-mask-layers-match-nothing", UNLEARN, 2, "methods[0].layers: layer pattern '*nothing*' matches no parameter",
+        recipe=swap("{method: conceptprune, params: {tau: 2}}", "{method: p-ac, layers: ['*nothing*'], params: {steps: 1}}"),
+        absent=UNLEARN_OUT),
     Row("benchmark-method-param-typo", BENCHMARK, 2, "methods[0].params: unknown key 'skill'",
         recipe=swap("params: {tau: 2}", "params: {skill: 2}"), absent=("{tmp}/run/unlearn",)),
     Row("benchmark-stage-choice", BENCHMARK + " --stage train", 2, "invalid choice: 'train'"),
@@ -159,6 +173,8 @@ ROWS = [
     Row("generate-out-is-a-file", "generate --model {world} --suite digits-seven-2 --out {file}", 2, "exists and is not a folder"),
     Row("generate-missing-model", "generate --model {tmp}/nothing --suite digits-seven-2 --out {tmp}/images", 2, "nothing: no such file or folder"),
     Row("generate-missing-tensors", GENERATE + " --tensors {tmp}/t.safetensors", 2, "t.safetensors: no such file"),
+    Row("generate-attack-not-an-attack", GENERATE + " --attack {foreign}", 2, "foreign: not an attack's output folder",
+        absent=("{tmp}/images/generation.json",)),
     # score -------------------------------------------------------------------------------------
     Row("score-not-shards", "score --shards {foreign} --suite digits-seven-2 --out {tmp}/m.json", 2, "not a `harness generate` output folder"),
     Row("score-unknown-metric", "score --shards {images} --suite digits-seven-2 --out {tmp}/m.json --metrics iou", 2,
@@ -207,8 +223,10 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (root / "a-file").write_text("not a folder")
     (root / "foreign").mkdir()
     (root / "foreign" / "notes.txt").write_text("someone else's")
+    (root / "broken").mkdir()
+    (root / "broken" / "bad.png").write_bytes(b"not a png")
     return {"original": str(root / "original"), "pruned": str(root / "pruned.pt"), "world": str(world),
-            "images": str(images.folder), "file": str(root / "a-file"), "foreign": str(root / "foreign"),
+            "images": str(images.folder), "file": str(root / "a-file"), "foreign": str(root / "foreign"), "broken": str(root / "broken"),
             "cache": str(root / "cache")}
 
 

@@ -168,7 +168,7 @@ def test_single_run_tables_and_missing_markers(tmp_path: Path) -> None:
 
     metrics = read_csv(out / "metrics.csv")
     assert metrics[0] == ["Run", "Model", "Suite", "Images", "accuracy", "sign_accuracy", "fid"]
-    assert metrics[1] == ["digits", "pretrained", "digits-all-2", "20", "0.8", "missing", "12.5"]
+    assert metrics[1] == ["digits", "pretrained", "digits-all-2", "20", "0.8", "n/a", "12.5"]  # scored; no revival
     assert metrics[-1][:7] == ["digits", "cp/quant4", "digits-all-2", "missing", "missing", "missing", "missing"]
 
     matrix = read_csv(out / "matrix_digits_digits-all-2.csv")

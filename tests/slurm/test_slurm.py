@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -210,12 +211,21 @@ def test_command_prints_the_submit_lines(recipe: Path, tmp_path: Path, capsys: p
 
 # ------------------------------------------------------------------ a real one-node cluster
 
-def cluster_up() -> bool:
-    try:
-        return subprocess.run(["bash", str(LOCAL_CLUSTER), "status"],
-                              capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
+def cluster_up(patience: float = 90) -> bool:
+    """Whether the local cluster's node answers; waits up to `patience` s for a node that is
+    still registering or marked not responding (`idle*`), as a node just started may be."""
+    if shutil.which("sinfo") is None:
         return False
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            if subprocess.run(["bash", str(LOCAL_CLUSTER), "status"], capture_output=True, timeout=20).returncode == 0:
+                return True
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(2)
 
 
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED"}
@@ -244,7 +254,7 @@ def test_cluster_runs_the_chain_with_stand_in_stages(recipe: Path, tmp_path: Pat
     plan = build_plan(load_recipe(recipe), run)
     jobs = write_plan(plan, recipe, SlurmOptions(gpus=0, cpus=1, python=str(fake_python), workdir=tmp_path), run / "slurm")
     ids = submit(jobs, run / "slurm")
-    states = wait_for(ids, timeout=120)
+    states = wait_for(ids, timeout=300)
     assert set(states.values()) == {"COMPLETED"}, states
     calls = (run / "calls.log").read_text().splitlines()
     stages = [c.split()[0] for c in calls]

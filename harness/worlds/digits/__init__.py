@@ -80,5 +80,11 @@ class DigitsWorld(World):
 
         return concept_prompts(digit_of_name(label))
 
+    def concept_names(self, target: str) -> list[str]:
+        from harness.worlds.digits.data import DIGIT_NAMES, digit_of_name
+
+        digit = digit_of_name(target)
+        return [DIGIT_NAMES[digit], str(digit)]
+
 
 WORLD = DigitsWorld()

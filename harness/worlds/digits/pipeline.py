@@ -72,7 +72,6 @@ class DigitsPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
-    @torch.no_grad()
     def encode_prompt(
         self,
         prompt: str | list[str],
@@ -82,7 +81,8 @@ class DigitsPipeline(DiffusionPipeline):
         negative_prompt: str | list[str] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Text-encoder hidden states (N, 16, 64) of the prompts and, with guidance, of the negative
-        prompts (default empty): StableDiffusionPipeline.encode_prompt's signature and result."""
+        prompts (default empty): StableDiffusionPipeline.encode_prompt's signature and result (like
+        it, differentiable: prompt attacks train through it)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         embeddings = self._hidden_states(prompts)

@@ -1,0 +1,127 @@
+"""UnlearnDiff-style adversarial prompts (Zhang et al., ECCV 2024, "To Generate or Not?
+Safety-Driven Unlearned Diffusion Models Are Still Easy to Generate Unsafe Images ... For Now"),
+registered as `adversarial-prompt`.
+
+`tokens` prefix embeddings are optimised so that the *unlearned* model's denoising loss
+E ||eps - eps_theta(x_t, c(prefix + p), t)|| on target images is minimal, every weight frozen
+(PROTOCOL.md section 7). The targets are the original model's images of the concept's prompts
+p (`images_per_prompt` seeds each), so the attack declares `original` as well as `concept`.
+By default the prompt is hard, as in the authors' `hard_prompt` attacker: the forward pass uses
+each embedding's nearest real word (cosine), the gradient updates the embedding (PEZ), and the
+prefix at the end is those words. `soft: true` keeps the continuous embeddings as new tokens
+(the soft-prompt result). Defaults after the authors' code: 5 prefix tokens started at random
+real words, Adam(W) lr 1e-2 with weight decay 0.1.
+
+One deviation: the authors optimise a prefix per prompt, because their attack comes after the
+prompts are known; in the matrix an attack comes before the suites, so one prefix is learned for
+all the concept's prompts (a universal prefix) and put before every prompt of the concept at
+generation. The attack success rate is then the erased accuracy of the attacked row: the share
+of the concept's prompts whose image is classified as the concept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from harness.attack.interface import AttackContext, AttackResult, declares
+from harness.config import parse_dataclass
+from harness.generate.rewrite import PromptRewrite
+from harness.layout import AttackFiles
+from harness.train.data import generated_set
+from harness.train.denoise import denoising_loss
+from harness.train.engine import FineTuneModule, Objective, OptimParams, fine_tune
+from harness.train.tokens import attach_tokens, projected_words, random_words
+from harness.unlearn.prompts import prompt_pairs, resolve_data_dir
+from harness.world import concept_names
+
+
+@dataclass
+class AdversarialParams(OptimParams):
+    """`params` of `adversarial-prompt`."""
+
+    steps: int = 200
+    lr: float = 1e-2
+    weight_decay: float = 0.1
+    batch_size: int = 4
+    tokens: int = 5
+    """how many prefix tokens are optimised"""
+    soft: bool = False
+    """keep the continuous embeddings (new tokens) instead of projecting to real words"""
+    prompts: list[str] = field(default_factory=list)
+    """the concept's prompts the targets are made from (default: the first `prompt_count` of its prompts)"""
+    prompt_count: int = 10
+    """how many of the concept's own prompts, when `prompts` is not given"""
+    images_per_prompt: int = 2
+    """target images the original model makes per concept prompt"""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.tokens < 1:
+            raise ValueError(f"tokens must be at least 1, got {self.tokens}")
+        if self.images_per_prompt < 1 or self.prompt_count < 1:
+            raise ValueError("prompt_count and images_per_prompt must be at least 1")
+
+
+class PrefixObjective(Objective):
+    """The unlearned model's denoising loss on the targets with the prefix before their prompts."""
+
+    def __init__(self, targets: torch.Tensor, prompts: list[str], names: list[str], init: torch.Tensor,
+                 batch_size: int, project: bool, where: str) -> None:
+        self.targets, self.prompts, self.names, self.init = targets, prompts, names, init
+        self.batch_size, self.project, self.where = batch_size, project, where
+
+    def attach(self, module: FineTuneModule) -> None:
+        module.extra["tokens"] = attach_tokens(module.pipeline, self.names, self.init, self.project, self.where).vectors
+
+    def prepare(self, module: FineTuneModule) -> None:
+        self.targets = self.targets.to(module.device)
+
+    def loss(self, module: FineTuneModule, generator: torch.Generator) -> torch.Tensor:
+        index = torch.randint(0, len(self.targets), (self.batch_size,), generator=generator)
+        prefix = " ".join(self.names)
+        prompts = [f"{prefix} {self.prompts[i]}" for i in index.tolist()]
+        condition, _ = module.pipeline.encode_prompt(prompts, module.device, 1, False)
+        return denoising_loss(module.unet, module.noise_scheduler, self.targets[index.to(self.targets.device)], condition,
+                              generator)
+
+
+def concept_prompt_list(context: AttackContext, count: int) -> list[str]:
+    """The first `count` of the concept's prompts (a world's, else the concept kind's templates)."""
+    concept = context.concept
+    data_dir = resolve_data_dir(context.data_dir, concept.data_dir)
+    return prompt_pairs(concept, data_dir, context.where, context.fidelity).target[:count]
+
+
+@declares("concept", "original")
+def adversarial_prompt(context: AttackContext, params: dict) -> AttackResult:
+    """The registered attack `adversarial-prompt` (signature in harness.attack.interface)."""
+    settings = parse_dataclass(AdversarialParams, params, context.key("params"))
+    concept = context.concept
+    prompts = list(settings.prompts) or concept_prompt_list(context, settings.prompt_count)
+    original = context.original_pipeline()
+    chosen = [p for p in prompts for _ in range(settings.images_per_prompt)]
+    targets = generated_set(original, chosen, context.generation, context.seed, context.key("params target images"))
+    del original
+    pipeline = context.pipeline()
+    names = [f"<adv{i}>" for i in range(settings.tokens)]
+    start_ids, init = random_words(pipeline, settings.tokens, torch.Generator().manual_seed(settings.seed))
+    objective = PrefixObjective(targets.inputs, targets.prompts, names, init, settings.batch_size, not settings.soft,
+                                context.key("params"))
+    outcome = fine_tune(pipeline, objective, settings, AttackFiles(context.scratch).checkpoints, context.settings_key,
+                        context.key("params"), context.device, context.runtime)
+    vectors = outcome.extra["tokens"]
+    labels = concept_names(concept.target, concept.kind)
+    info = {"steps": outcome.steps, "final_loss": outcome.final_loss, "train_seconds": outcome.seconds,
+            "resumed_from_step": outcome.resumed_from, "targets": len(targets.inputs), "prompts": prompts,
+            "start_words": pipeline.tokenizer.decode(start_ids).strip(), "soft": settings.soft}
+    if settings.soft:
+        rewrite = PromptRewrite(names=labels, labels=labels, kind=concept.kind, prefix=" ".join(names))
+        return AttackResult(tensors={}, tokens=dict(zip(names, vectors)), prompt_rewrite=rewrite, info=info)
+    ids, words = projected_words(pipeline, vectors)
+    rewrite = PromptRewrite(names=labels, labels=labels, kind=concept.kind, prefix=words)
+    return AttackResult(tensors={}, prompt_rewrite=rewrite, info=info | {"prefix": words, "prefix_ids": ids})
+
+
+adversarial_prompt.params_type = AdversarialParams  # type: ignore[attr-defined]  # checked before any work
