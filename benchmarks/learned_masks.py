@@ -1,12 +1,13 @@
 """Learned pruning masks and the prompt-space attacks in the miniature world (issue 14).
 
-Part 1, erasure per target: the recipe's learned-mask methods (`--methods`, default p-esd and
-p-ac, undefended, with the recipe's params) are run for each `--targets` digit with no attack and
+Part 1, erasure per target: the recipe's methods named by `--methods` (default p-esd and p-ac;
+undefended, with the recipe's params; `--recipe digits-matrix --methods esd ac dimum` for the
+fine-tuning methods) are run for each `--targets` digit with no attack and
 sampled on `digits-all-N` (`--per-digit` prompts per digit at the suite's own seeds), scored by
 the world's classifier: erased = share of the target's images classified as the target, preserved
 = share of the other digits' images classified as their own digit, each with n and a 95% Wilson
 interval, beside the pretrained model's. Pass: erased <= 1/4 of pretrained and preserved >= 85%
-of pretrained. Also the pruned share of the masked weights and the method's seconds.
+of pretrained. Also the share of the method's layers it changed and the method's seconds.
 
 Part 2, the matrix: the recipe's whole matrix (`harness benchmark digits-learned-masks`): the
 attack success rate (erased accuracy on digits-seven-50: share of the concept's prompts whose
@@ -16,7 +17,7 @@ digits' accuracy, and the seconds of every method and attack.
 Runs go through `harness benchmark` (a subprocess each, one torch thread unless `--threads`);
 outputs that already exist with the same settings are reused (their recorded seconds shown).
 
-    python benchmarks/learned_masks.py [--targets seven three five] [--methods p-esd p-ac]
+    python benchmarks/learned_masks.py [--recipe digits-learned-masks] [--targets seven three five] [--methods p-esd p-ac]
         [--per-digit 20] [--skip-matrix] [--out runs/learned-masks]
 """
 
@@ -59,13 +60,13 @@ def record(run_dir: Path, folder: str, name: str) -> dict:
     return json.loads((run_dir / folder / name).read_text())
 
 
-def erasure(targets: list[str], methods: list[str], per_digit: int, out: Path, threads: int) -> None:
+def erasure(recipe_name: str, targets: list[str], methods: list[str], per_digit: int, out: Path, threads: int) -> None:
     """Part 1: each method per target; see the module docstring."""
-    base = yaml.safe_load(find_recipe(RECIPE).read_text())
+    base = yaml.safe_load(find_recipe(recipe_name).read_text())
     chosen = [m for m in base["methods"] if m["method"] in methods and "defense" not in m]
     print(f"\n## Erasure per target (digits-all-{per_digit}; pass: erased <= 1/4 pretrained, preserved >= 85%)\n")
     print("| target | method | erased [95% CI] | preserved [95% CI] | pretrained erased | pretrained preserved "
-          "| pruned share | seconds | pass |")
+          "| changed share | seconds | pass |")
     print("|---|---|---|---|---|---|---|---|---|")
     for target in targets:
         recipe = {**base, "name": f"learned-masks-{target}", "concept": {**base["concept"], "target": target},
@@ -82,35 +83,35 @@ def erasure(targets: list[str], methods: list[str], per_digit: int, out: Path, t
                       and row["preserved_accuracy"] >= 0.85 * pre["preserved_accuracy"])
             print(f"| {target} | {method} | {share(row, 'erased')} | {share(row, 'preserved')} | "
                   f"{pre['erased_accuracy']:.3f} | {pre['preserved_accuracy']:.3f} | "
-                  f"{unlearned['info']['pruned_share']:.4f} | {unlearned['seconds']:.1f} | {'yes' if passed else 'no'} |")
+                  f"{unlearned['fraction_of_layers']:.4f} | {unlearned['seconds']:.1f} | {'yes' if passed else 'no'} |")
 
 
-def matrix(out: Path, threads: int) -> None:
+def print_cells(title: str, by_cell: dict, methods: list[str], attacks: list[str], suite: str, side: str) -> None:
+    """One markdown table: a row per method, a column per attack, the `side` share of each cell."""
+    print(f"\n## {title}\n")
+    print("| method | " + " | ".join(attacks) + " |")
+    print("|---|" + "---|" * len(attacks))
+    for method in methods:
+        cells = []
+        for attack in attacks:
+            row = by_cell.get((method, attack, suite))
+            cells.append(share(row, side) if row and row["status"] == "done" else (row or {}).get("status", "-"))
+        print(f"| {method} | " + " | ".join(cells) + " |")
+
+
+def matrix(recipe_name: str, out: Path, threads: int) -> None:
     """Part 2: the recipe's matrix; see the module docstring."""
-    recipe = load_recipe(RECIPE)
+    recipe = load_recipe(recipe_name)
     run_dir = out / "matrix"
-    results, wall = run_benchmark(find_recipe(RECIPE), run_dir, threads)
+    results, wall = run_benchmark(find_recipe(recipe_name), run_dir, threads)
     suites = recipe.suites
     attacks = ["none", *(a.name for a in recipe.attacks)]
     by_cell = {(r["method"], r["attack"], r["suite"]): r for r in results["rows"] if r.get("step") is None}
-    print(f"\n## Attack success rate on {suites[0]} (erased accuracy under each attack; n, 95% Wilson interval)\n")
-    print("| method | " + " | ".join(attacks) + " |")
-    print("|---|" + "---|" * len(attacks))
-    for method in ["pretrained", *(m.name for m in recipe.methods)]:
-        cells = []
-        for attack in attacks:
-            row = by_cell.get((method, attack, suites[0]))
-            cells.append(share(row, "erased") if row and row["status"] == "done" else (row or {}).get("status", "-"))
-        print(f"| {method} | " + " | ".join(cells) + " |")
-    print(f"\n## Other digits' accuracy on {suites[1]} (preserved accuracy)\n")
-    print("| method | " + " | ".join(attacks) + " |")
-    print("|---|" + "---|" * len(attacks))
-    for method in ["pretrained", *(m.name for m in recipe.methods)]:
-        cells = []
-        for attack in attacks:
-            row = by_cell.get((method, attack, suites[1]))
-            cells.append(share(row, "preserved") if row and row["status"] == "done" else (row or {}).get("status", "-"))
-        print(f"| {method} | " + " | ".join(cells) + " |")
+    methods = ["pretrained", *(m.name for m in recipe.methods)]
+    print_cells(f"Attack success rate on {suites[0]} (erased accuracy under each attack; n, 95% Wilson interval)",
+                by_cell, methods, attacks, suites[0], "erased")
+    print_cells(f"Other digits' accuracy on {suites[1]} (preserved accuracy)", by_cell, methods, attacks, suites[1],
+                "preserved")
     print("\n## Seconds of each method and attack\n")
     print("| method | unlearn | " + " | ".join(a.name for a in recipe.attacks) + " |")
     print("|---|---|" + "---|" * len(recipe.attacks))
@@ -126,6 +127,7 @@ def matrix(out: Path, threads: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", default=RECIPE, help=f"the recipe whose methods and matrix run (default {RECIPE})")
     parser.add_argument("--targets", nargs="+", default=["seven", "three", "five"])
     parser.add_argument("--methods", nargs="+", default=["p-esd", "p-ac"])
     parser.add_argument("--per-digit", type=int, default=20)
@@ -135,9 +137,9 @@ def main() -> None:
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}; "
           f"torch threads {args.threads}; load average {os.getloadavg()[0]:.2f}")
-    erasure(args.targets, args.methods, args.per_digit, args.out, args.threads)
+    erasure(args.recipe, args.targets, args.methods, args.per_digit, args.out, args.threads)
     if not args.skip_matrix:
-        matrix(args.out, args.threads)
+        matrix(args.recipe, args.out, args.threads)
 
 
 if __name__ == "__main__":

@@ -42,9 +42,10 @@ DEFAULT_THRESHOLD = 0.5
 
 @dataclass
 class ConceptSettings:
-    """What is erased: a target concept and its kind (which prompt templates apply)."""
+    """What is erased: a target concept (or several at once) and its kind (which prompt templates apply)."""
 
-    target: str
+    target: str | list[str]
+    """the concept, or a list of concepts erased together (pruning methods unite their masks)"""
     kind: str
     """object, artist, nudity, or a world's kind (digit)"""
     anchor: str | None = None
@@ -54,8 +55,30 @@ class ConceptSettings:
     overrides it and $HARNESS_DATA_DIR stands in when both are unset."""
 
     def __post_init__(self) -> None:
-        if not self.target.strip():
+        targets = self.targets
+        if not targets or any(not t.strip() for t in targets):
             raise ValueError("target: empty")
+        if len(set(targets)) != len(targets):
+            raise ValueError(f"target: {targets} names a concept twice")
+
+    @property
+    def targets(self) -> list[str]:
+        """The erased concepts, one or several."""
+        return [self.target] if isinstance(self.target, str) else list(self.target)
+
+    @property
+    def several(self) -> bool:
+        """Whether several concepts are erased at once."""
+        return len(self.targets) > 1
+
+    @property
+    def label(self) -> str:
+        """The concepts for tables and titles: `seven` or `seven + three`."""
+        return " + ".join(self.targets)
+
+    def each(self) -> list[ConceptSettings]:
+        """One single-target concept per target, in order."""
+        return [dataclasses.replace(self, target=t) for t in self.targets]
 
 
 @dataclass

@@ -312,15 +312,20 @@ class ScoreResult:
     seeds: dict[str, Any]
     provenance: dict[str, Any]
 
-    def class_counts(self, target: str | None) -> ClassCounts:
-        """(correct, images) of the erased class `target` and pooled over every other class, from
-        the accuracy metric's per-class counts (labels matched by `normalise_label`)."""
-        counts = {normalise_label(k): v for k, v in (self.metrics.get("accuracy_counts_per_class") or {}).items()}
-        if not counts or target is None:
+    def per_class_counts(self) -> dict[str, tuple[int, int]]:
+        """(correct, images) per class of the accuracy metric, by `normalise_label`-ed label."""
+        return {normalise_label(k): tuple(v) for k, v in (self.metrics.get("accuracy_counts_per_class") or {}).items()}
+
+    def class_counts(self, targets: list[str] | None) -> ClassCounts:
+        """(correct, images) pooled over the erased classes `targets` and over every other class,
+        from the accuracy metric's per-class counts (labels matched by `normalise_label`)."""
+        counts = self.per_class_counts()
+        if not counts or not targets:
             return ClassCounts(None, None)
-        wanted = normalise_label(target)
-        others = [v for k, v in counts.items() if k != wanted]
-        erased = tuple(counts[wanted]) if wanted in counts else None
+        wanted = {normalise_label(t) for t in targets}
+        found = [v for k, v in counts.items() if k in wanted]
+        others = [v for k, v in counts.items() if k not in wanted]
+        erased = (sum(c for c, _ in found), sum(n for _, n in found)) if found else None
         preserved = (sum(c for c, _ in others), sum(n for _, n in others)) if others else None
         return ClassCounts(erased, preserved)  # type: ignore[arg-type]
 

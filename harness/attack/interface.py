@@ -156,7 +156,7 @@ class AttackContext:
         class are left out, and a caption naming it is an error; the attack never learns which."""
         from harness.train.data import build_set
 
-        exclude = self.concept_settings.target if self.concept_settings else None
+        exclude = self.concept_settings.targets if self.concept_settings else []
         return build_set(pipeline, spec, self.generation, self.base_model, self.seed, exclude, where, self.data_dir)
 
     @property
@@ -165,6 +165,8 @@ class AttackContext:
         self._require("concept")
         if self.concept_settings is None:
             raise HarnessError(f"{self.where}: the attack needs the recipe's 'concept' section")
+        if self.concept_settings.several:
+            raise NotApplicable(f"it learns one concept; the model erases {self.concept_settings.label}")
         return self.concept_settings
 
     def concept_images(self, pipeline: Any, folder: str | None, where: str) -> torch.Tensor:

@@ -1,9 +1,11 @@
-"""Finding the pruned positions of a weight matrix: exact zeros, a mask file, or near-zero entries."""
+"""Finding the pruned positions of a weight matrix: exact zeros, a mask file, near-zero entries,
+or a detector of Gaussian-obfuscated weights (`harness.attack.detect`)."""
 
 from __future__ import annotations
 
 import torch
 
+from harness.attack.detect import detected_mask
 from harness.errors import HarnessError
 from harness.attack.settings import MaskSettings
 
@@ -26,6 +28,9 @@ def pruned_positions(
         return weight == 0
     if settings.kind == "threshold":
         return weight.abs() <= settings.threshold
+    if settings.kind == "detector":
+        assert settings.detector is not None
+        return detected_mask(weight, settings.detector, settings.share)
     if mask_from_file is None:
         raise HarnessError(f"{where}: the mask file {settings.file} has no entry for this layer")
     if tuple(mask_from_file.shape) != tuple(weight.shape):

@@ -20,22 +20,42 @@ IDEAL_STRATEGIES = ("ideal-sign-nms", "ideal-sign-sample", "ideal-magnitude-rand
 
 @dataclass
 class MaskSettings:
-    """How pruned positions are found: exact zeros (neither key given), a mask file, or |w| <= threshold."""
+    """How pruned positions are found: exact zeros (no key given), a mask file, |w| <= threshold,
+    or a detector of Gaussian-obfuscated weights (`harness.attack.detect`) keeping its top share."""
 
     file: str | None = field(default=None, metadata={"flag": "--mask-file"})
     """safetensors file of masks (nonzero = pruned) per layer"""
     threshold: float | None = field(default=None, metadata={"flag": "--zero-threshold"})
     """count |w| <= THRESHOLD as pruned (for models defended with Gaussian obfuscation)"""
+    detector: str | None = field(default=None, metadata={"flag": "--mask-detector"})
+    """detector of obfuscated weights (eq7, lowrank, columns, magnitude): count its top share of scores as pruned"""
+    share: float | None = field(default=None, metadata={"flag": "--mask-share"})
+    """share of each layer's entries the detector marks (none: the detector's estimate of alpha)"""
 
     def __post_init__(self) -> None:
         if self.file and self.threshold is not None:
             raise ValueError("mask: give a mask file or a threshold, not both")
         if self.threshold is not None and not self.threshold > 0:
             raise ValueError(f"mask threshold must be positive, got {self.threshold}")
+        if self.detector is not None:
+            from harness.attack.detect import DETECTORS
+
+            if self.detector not in DETECTORS:
+                raise ValueError(f"unknown mask detector '{self.detector}' (known: {', '.join(DETECTORS)})")
+            if self.file or self.threshold is not None:
+                raise ValueError(f"mask detector '{self.detector}': give a detector, a mask file or a threshold, "
+                                 "not two of them")
+        if self.share is not None:
+            if self.detector is None:
+                raise ValueError(f"mask share {self.share} needs a mask detector")
+            if not 0 < self.share < 1:
+                raise ValueError(f"mask share must lie in (0, 1), got {self.share}")
 
     @property
-    def kind(self) -> Literal["zeros", "file", "threshold"]:
-        """Which of the three ways the settings choose."""
+    def kind(self) -> Literal["zeros", "file", "threshold", "detector"]:
+        """Which of the four ways the settings choose."""
+        if self.detector is not None:
+            return "detector"
         return "file" if self.file else "threshold" if self.threshold is not None else "zeros"
 
 
@@ -66,7 +86,7 @@ class CompletionSettings:
     gram_refresh: int = 20
     """exact Z Z^T every this many iterations, sparse updates on the pruned entries in between"""
     stall_patience: int = 10
-    """iterations without a 10% fall of the change, once it is below 1e3 machine epsilon, that count
+    """iterations without a 10 percent fall of the change, once it is below 1e3 machine epsilon, that count
     as a stall at the dtype's noise floor"""
     on_stall: Literal["float64", "stop"] = "float64"
     """a stalled float32 layer continues in float64 (logged, recorded), or the stage stops unconverged"""

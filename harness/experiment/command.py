@@ -26,7 +26,7 @@ from harness.runtime import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RECIPE = "digits-benchmark"
+DEFAULT_RECIPE = "digits-matrix-quick"
 """The embedded default: a recipe shipped in the package."""
 
 
@@ -106,6 +106,6 @@ def run(args: argparse.Namespace) -> int:
             log.info("score: %d models x %d suites done", len(every), len(suites))
         if "report" in selected:
             results = stages.report(plan)
-            print_summary(results, recipe.concept.target if recipe.concept else None)
+            print_summary(results, recipe.concept.label if recipe.concept else None)
             print(f"report: {plan.layout.report.markdown}")
     return 0

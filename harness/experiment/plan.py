@@ -97,6 +97,9 @@ def check_entries(recipe: Recipe) -> None:
         function = resolve_method(method.method, f"{recipe.source}: methods[{index}].method")
         if hasattr(function, "params_type"):
             parse_dataclass(function.params_type, method.params, f"{recipe.source}: methods[{index}].params")
+        if recipe.concept is not None and recipe.concept.several and not getattr(function, "prunes", False):
+            raise HarnessError(f"{recipe.source}: methods[{index}].method: {method.method} erases one concept at a "
+                               f"time; concept.target lists {len(recipe.concept.targets)} (only pruning methods unite masks)")
     for index, attack in enumerate(recipe.attacks):
         function = resolve_attack(attack.attack, f"{recipe.source}: attacks[{index}].attack")
         if revival_params(attack, f"{recipe.source}: attacks[{index}].params") is None and hasattr(function, "params_type"):

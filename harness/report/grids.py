@@ -56,10 +56,10 @@ def choose(run: RunData, suite: str, columns: int) -> list[GridEntry]:
     entries = [GridEntry(r["id"], r, shard.name) for shard in files.shards()
                for r in shard_records(shard)]
     entries.sort(key=lambda e: e.id)
-    if run.target:
-        target = normalise_label(run.target)
-        matching = [e for e in entries if normalise_label(e.record.get("label") or "") == target
-                    or target in normalise_label(e.record.get("prompt", ""))]
+    if run.targets:
+        targets = [normalise_label(t) for t in run.targets]
+        matching = [e for e in entries if normalise_label(e.record.get("label") or "") in targets
+                    or any(t in normalise_label(e.record.get("prompt", "")) for t in targets)]
         entries = matching or entries
     if len(entries) <= columns:
         return entries

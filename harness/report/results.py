@@ -16,7 +16,8 @@ from typing import Any
 from harness.errors import HarnessError
 from harness.layout import NO_ATTACK, PRETRAINED, ModelRef, RunLayout
 from harness.provenance import package_versions, provenance
-from harness.records import AttackRecord, ResultRow, Results, ScoreResult, UnlearnRecord, read_record, write_record
+from harness.records import (AttackRecord, ResultRow, Results, ScoreResult, UnlearnRecord, normalise_label, read_record,
+                             write_record)
 from harness.recipe import Recipe
 from harness.stats import wilson_interval
 
@@ -32,8 +33,8 @@ def collect_results(layout: RunLayout, recipe: Recipe | None) -> Results:
     models += sorted({m for m, _ in scored} - set(models), key=lambda m: m.label)
     suites = list(recipe.suites or []) if recipe is not None else []
     suites += sorted({s for _, s in scored} - set(suites))
-    target = recipe.concept.target if recipe is not None and recipe.concept is not None else None
-    rows = [result_row(layout, model, suite, target) for model in models for suite in suites]
+    targets = recipe.concept.targets if recipe is not None and recipe.concept is not None else None
+    rows = [result_row(layout, model, suite, targets) for model in models for suite in suites]
     return Results(
         recipe=_recipe_data(recipe),
         versions=package_versions(),
@@ -43,8 +44,9 @@ def collect_results(layout: RunLayout, recipe: Recipe | None) -> Results:
     )
 
 
-def result_row(layout: RunLayout, model: ModelRef, suite: str, target: str | None) -> ResultRow:
-    """One cell: its numbers from the metrics file, or why there are none."""
+def result_row(layout: RunLayout, model: ModelRef, suite: str, targets: list[str] | None) -> ResultRow:
+    """One cell: its numbers from the metrics file, or why there are none; with several erased
+    concepts the erased accuracy pools them and `metrics.erased_per_concept` holds each one's."""
     row = ResultRow(method=model.method, attack=model.attack, step=model.step, suite=suite, erased_accuracy=None,
                     preserved_accuracy=None, n_erased=0, n_preserved=0, erased_ci=None, preserved_ci=None,
                     fid=None, status="done")
@@ -58,7 +60,7 @@ def result_row(layout: RunLayout, model: ModelRef, suite: str, target: str | Non
         return row
     score = read_record(ScoreResult, path)
     row.n_images = score.count
-    counts = score.class_counts(target)
+    counts = score.class_counts(targets)
     if counts.erased is not None:
         row.erased_accuracy, row.n_erased, row.erased_ci = _share(*counts.erased)
     if counts.preserved is not None:
@@ -66,9 +68,18 @@ def result_row(layout: RunLayout, model: ModelRef, suite: str, target: str | Non
     fid = score.metrics.get("fid")
     row.fid = float(fid) if isinstance(fid, (int, float)) else None
     row.metrics = {k: v for k, v in score.metrics.items() if k != "fid" and k not in PER_CLASS_KEYS}
+    if targets and len(targets) > 1:
+        row.metrics["erased_per_concept"] = per_concept(score, targets)
     if attack is not None and attack.revival is not None:
         row.metrics["sign_accuracy"] = attack.revival.summary.sign_accuracy
     return row
+
+
+def per_concept(score: ScoreResult, targets: list[str]) -> dict[str, dict[str, Any]]:
+    """Each erased concept's accuracy with its n and 95% Wilson interval."""
+    counts = score.per_class_counts()
+    found = {t: counts[normalise_label(t)] for t in targets if normalise_label(t) in counts}
+    return {t: dict(zip(("accuracy", "n", "ci"), _share(*c))) for t, c in found.items()}
 
 
 def attack_record(layout: RunLayout, model: ModelRef) -> AttackRecord | None:

@@ -44,9 +44,15 @@ class RunData:
     def target(self) -> str | None:
         """The erased concept, from the recipe or an unlearn record."""
         if self.recipe is not None and self.recipe.concept is not None:
-            return self.recipe.concept.target
+            return self.recipe.concept.label
         record = next((r for r in self.unlearn.values() if r is not None), None)
-        return record.concept.get("target") if record else None
+        target = record.concept.get("target") if record else None
+        return " + ".join(target) if isinstance(target, list) else target
+
+    @property
+    def targets(self) -> list[str]:
+        """The erased concepts one by one (`target` joins them)."""
+        return self.target.split(" + ") if self.target else []
 
     @property
     def concept_kind(self) -> str | None:

@@ -1,8 +1,9 @@
 """The SLURM plan of one recipe's matrix: sbatch scripts chained by `afterok` dependencies.
 
-Jobs, in submission order: `unlearn` (every method), `attack` (every attack on every method;
-revival attacks use Accelerate over the job's GPUs; absent when the recipe lists no attack), one
-array job `generate-<suite>` per suite whose task i generates shard i for every model, `score`,
+Jobs, in submission order: the array job `unlearn` whose task i runs method i, the array job
+`attack` whose task i runs cell i of the matrix (one attack on one method's model; revival
+attacks use Accelerate over the task's GPUs; absent when the recipe lists no attack), one array
+job `generate-<suite>` per suite whose task i generates shard i for every model, `score`,
 `report`. Scripts are rendered from the shipped templates and written to one folder with the
 submit script, the same chain as shell lines.
 """
@@ -83,17 +84,20 @@ def write_plan(plan: Plan, recipe_path: Path, options: SlurmOptions, out: Path) 
     """Write the scripts and the submit script into `out`; the jobs come back in submission order."""
     writer = _ScriptWriter(plan, Path(recipe_path).resolve(), options, SlurmFiles(Path(out).resolve()))
     jobs: list[Job] = []
-    if plan.recipe.methods:
-        jobs.append(writer.job("unlearn", "unlearn", [], {}))
-    if plan.recipe.attacks:
-        jobs.append(writer.job("attack", "attack", [j.name for j in jobs], {}))
+    methods = [m.name or m.method for m in plan.recipe.methods]
+    if methods:
+        jobs.append(writer.job("unlearn", "unlearn", [], {"methods": bash_array(methods)},
+                               array=array_range(len(methods), options.max_parallel)))
+    cells = [f"{method} {attack.name}" for method in methods for attack in plan.recipe.attacks]
+    if cells:
+        jobs.append(writer.job("attack", "attack", [j.name for j in jobs], {"cells": bash_array(cells)},
+                               array=array_range(len(cells), options.max_parallel)))
     before_generate = [j.name for j in jobs]
     models = " ".join(shlex.quote(model.label) for model in plan.models)
     for suite in plan.suites:
-        count = plan.shard_count(suite)
-        array = f"0-{count - 1}%{min(options.max_parallel, count)}"
         values = {"suite": shlex.quote(suite), "models": models}
-        jobs.append(writer.job(f"generate-{suite}", "generate", before_generate, values, array=array))
+        jobs.append(writer.job(f"generate-{suite}", "generate", before_generate, values,
+                               array=array_range(plan.shard_count(suite), options.max_parallel)))
     jobs.append(writer.job("score", "score", [j.name for j in jobs if j.stage == "generate"], {}))
     jobs.append(writer.job("report", "report", ["score"], {}))
     writer.files.logs.mkdir(parents=True, exist_ok=True)
@@ -105,6 +109,16 @@ def write_plan(plan: Plan, recipe_path: Path, options: SlurmOptions, out: Path) 
                       "set -euo pipefail\n" + "\n".join(submit_lines(jobs)) + "\n")
     submit.chmod(0o755)
     return jobs
+
+
+def array_range(count: int, max_parallel: int) -> str:
+    """The `--array` value of `count` tasks, at most `max_parallel` at once."""
+    return f"0-{count - 1}%{min(max_parallel, count)}"
+
+
+def bash_array(items: list[str]) -> str:
+    """A bash array literal of `items`, each quoted."""
+    return "(" + " ".join(shlex.quote(item) for item in items) + ")"
 
 
 def submit_lines(jobs: list[Job]) -> list[str]:

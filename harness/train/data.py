@@ -51,10 +51,10 @@ class DataSpec:
 
 
 def build_set(pipeline: Any, spec: DataSpec, generation: GenerationSettings, base_model: str, seed: int,
-              exclude: str | None, where: str, data_dir: str | None = None) -> TrainingSet:
-    """The training set `spec` names. `exclude` is a concept the set must not hold (the erased
-    one, for an attacker's data): left out of a world's labels, and an error where a caption or
-    prompt names it."""
+              exclude: list[str], where: str, data_dir: str | None = None) -> TrainingSet:
+    """The training set `spec` names. `exclude` are concepts the set must not hold (the erased
+    ones, for an attacker's data): left out of a world's labels, and an error where a caption or
+    prompt names one."""
     from harness.world import world_of_source
 
     size = model_size(pipeline, generation)
@@ -62,7 +62,7 @@ def build_set(pipeline: Any, spec: DataSpec, generation: GenerationSettings, bas
         world = world_of_source(base_model)
         if world is None:
             raise HarnessError(f"{where}.source: 'world' needs a world's model (zoo:NAME), not {base_model}")
-        found = world_set(pipeline, world, spec.split, size, {exclude} if exclude else set(), where)
+        found = world_set(pipeline, world, spec.split, size, set(exclude), where)
     elif spec.source == "folder":
         found = folder_set(pipeline, spec.path, size, where)
     elif spec.source == "webdataset":
@@ -74,10 +74,10 @@ def build_set(pipeline: Any, spec: DataSpec, generation: GenerationSettings, bas
 
             prompts = [r.prompt for r in load_suite(spec.path, data_dir, f"{where}.path").records]
         found = generated_set(pipeline, prompts[: spec.count] if spec.count else prompts, generation, seed, where)
-    if exclude and spec.source != "world":
-        named = mentions(found.prompts, exclude)
+    for concept in exclude if spec.source != "world" else []:
+        named = mentions(found.prompts, concept)
         if named:
-            raise HarnessError(f"{where}: {len(named)} of its prompts name the erased concept '{exclude}' "
+            raise HarnessError(f"{where}: {len(named)} of its prompts name the erased concept '{concept}' "
                                f"(e.g. {named[0]!r}); the set must not hold it")
     if spec.count is not None and len(found.inputs) > spec.count:
         found = TrainingSet(found.inputs[: spec.count], found.prompts[: spec.count], found.labels[: spec.count], where)

@@ -108,3 +108,4 @@ def conceptprune(context: UnlearnContext, params: dict) -> UnlearnResult:
 
 
 conceptprune.params_type = ConceptPruneParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)
+conceptprune.prunes = True  # type: ignore[attr-defined]  # zeroes weights only: masks of several targets unite

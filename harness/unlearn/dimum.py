@@ -83,7 +83,7 @@ def dimum(context: UnlearnContext, params: dict) -> UnlearnResult:
     alternative = settings.alternative or anchor_prompt(context)
     forget = concept_prompts(context, settings.prompts)
     retain = build_set(context.pipeline, settings.retain, context.generation, context.base_model, settings.seed,
-                       context.concept.target, context.key("params.retain"),
+                       context.concept.targets, context.key("params.retain"),
                        str(context.data_dir) if context.data_dir else None)
     alternatives = generated_set(context.pipeline, [alternative] * settings.alternative_samples, context.generation,
                                  settings.seed, f"{context.key('params')} alternative samples")

@@ -107,3 +107,4 @@ def p_ac(context: UnlearnContext, params: dict) -> UnlearnResult:
 p_esd.default_layers = p_ac.default_layers = MASK_LAYERS  # type: ignore[attr-defined]
 p_esd.params_type = PESDParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)
 p_ac.params_type = PACParams  # type: ignore[attr-defined]
+p_esd.prunes = p_ac.prunes = True  # type: ignore[attr-defined]  # zeroes weights only: masks of several targets unite

@@ -18,8 +18,10 @@ A method is a callable
   parameter, plus `info`: a JSON-ready record of what the method did (resolved params, counts).
 
 A method may carry `params_type` (its params dataclass): `harness benchmark` then checks a
-recipe's params before any work; and `default_layers` (glob patterns), the layers an entry
-without `layers` gets (else SD_FFN_LAYERS, ConceptPrune's).
+recipe's params before any work; `default_layers` (glob patterns), the layers an entry
+without `layers` gets (else SD_FFN_LAYERS, ConceptPrune's); and `prunes = True` when it only
+zeroes weights: a concept with several targets then runs it once per target and unites the
+masks (other methods refuse several targets).
 
 A recipe names a method by a registered name (`conceptprune`, `saliency`, `checkpoint`; see
 harness.registry) or by an import path `package.module:function`, so a new method needs no

@@ -29,7 +29,7 @@ from harness.records import LayerCount, UnlearnRecord, completed, settings_key, 
 from harness.runtime import RuntimeSettings, resolve_device
 from harness.unlearn.defense import obfuscate
 from harness.unlearn.detectability import detectability, exact_zeros, modified_share, unmodified_sigma
-from harness.unlearn.method import UnlearnContext, UnlearnResult, method_layers, resolve_method
+from harness.unlearn.method import UnlearnContext, UnlearnMethod, UnlearnResult, method_layers, resolve_method
 from harness.unlearn.prompts import resolve_data_dir
 from harness.recipe import ConceptSettings, MethodSettings
 
@@ -108,8 +108,8 @@ def run_unlearning(job: UnlearnJob) -> UnlearnRecord:
         where=job.where, entry=job.entry, fidelity=job.fidelity, base_model=job.model,
         scratch=files.checkpoints, settings_key=key, runtime=job.runtime,
     )
-    log.debug("unlearning '%s' (%s) with %s on %d layers", job.concept.target, job.concept.kind, job.method.name, len(layers))
-    result = method(context, dict(job.method.params))
+    log.debug("unlearning '%s' (%s) with %s on %d layers", job.concept.label, job.concept.kind, job.method.name, len(layers))
+    result = apply_method(method, context, dict(job.method.params), parameters)
     masks = check_result(result, parameters, f"{job.where}: {job.entry}.method")
     tensors = {name: t.detach().cpu() for name, t in result.tensors.items()}
     defense = job.method.defense
@@ -130,6 +130,41 @@ def run_unlearning(job: UnlearnJob) -> UnlearnRecord:
     log.debug("%s: changed %d weights (%.4f%% of the target layers) -> %s", job.method.name, record.changed,
              100 * record.fraction_of_layers, files.folder)
     return record
+
+
+def apply_method(method: UnlearnMethod, context: UnlearnContext, params: dict,
+                 parameters: dict[str, torch.Tensor]) -> UnlearnResult:
+    """The method's result; with several targets a pruning method runs once per target and
+    their masks are united (the weights zeroed at the union)."""
+    if not context.concept.several:
+        return method(context, params)
+    where = context.key("method")
+    if not getattr(method, "prunes", False):
+        raise HarnessError(f"{where}: the method erases one concept at a time; concept.target lists "
+                           f"{len(context.concept.targets)} (only pruning methods unite masks)")
+    parts = {}
+    for single in context.concept.each():
+        log.info("unlearning '%s' (%d of %d targets)", single.target, len(parts) + 1, len(context.concept.targets))
+        parts[single.target] = method(dataclasses.replace(context, concept=single), dict(params))
+    return united(parts, parameters, where)
+
+
+def united(parts: dict[str, UnlearnResult], parameters: dict[str, torch.Tensor], where: str) -> UnlearnResult:
+    """One pruning result per target as one: masks or-ed, the original weights zeroed there."""
+    masks: dict[str, torch.Tensor] = {}
+    for target, part in parts.items():
+        for name, mask in check_result(part, parameters, where).items():
+            original = parameters[name].detach().cpu()
+            if not torch.equal(part.tensors[name].detach().cpu(), original.masked_fill(mask, 0)):
+                raise HarnessError(f"{where}: for '{target}' it changes '{name}' beyond zeroing the masked "
+                                   "weights, so masks cannot be united")
+            masks[name] = masks[name] | mask if name in masks else mask
+    first = next(iter(parts.values()))
+    info = {"params": first.info.get("params"),
+            "targets": {t: {"changed": sum(int(m.sum()) for m in part.masks.values())}
+                        | {k: v for k, v in part.info.items() if k != "params"} for t, part in parts.items()}}
+    tensors = {name: parameters[name].detach().cpu().masked_fill(mask, 0) for name, mask in masks.items()}
+    return UnlearnResult(masks=masks, tensors=tensors, info=info)
 
 
 def check_result(result: UnlearnResult, parameters: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:

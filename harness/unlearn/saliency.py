@@ -129,3 +129,4 @@ def forgetting_gradients(
 
 
 saliency.params_type = SaliencyParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)
+saliency.prunes = True  # type: ignore[attr-defined]  # zeroes weights only: masks of several targets unite

@@ -50,7 +50,7 @@ def harness(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[st
 
 def test_the_wheel_carries_its_resources(installed: Path) -> None:
     package = installed / "harness"
-    assert (package / "resources" / "recipes" / "digits-benchmark.yaml").is_file()
+    assert (package / "resources" / "recipes" / "digits-matrix-quick.yaml").is_file()
     assert (package / "resources" / "manifests" / "imagenette.yaml").is_file()
     assert (package / "resources" / "slurm" / "generate.sbatch").is_file()
     assert (package / "worlds" / "digits" / "shipped" / "pipeline" / "model_index.json").is_file()
@@ -63,9 +63,9 @@ def test_benchmark_data_and_slurm_plan_run_from_another_directory(installed: Pat
     assert plan["recipe"].startswith(str(installed)) and "conceptprune/nms" in plan["models"]
     data = harness(installed, tmp_path, "data")
     assert data.returncode == 0 and "imagenette" in data.stdout and "digits-all" in data.stdout, data.stderr
-    slurm = harness(installed, tmp_path, "slurm", "plan", "digits-benchmark", "--gpus", "0", "--cpus", "1")
+    slurm = harness(installed, tmp_path, "slurm", "plan", "digits-matrix", "--gpus", "0", "--cpus", "1")
     assert slurm.returncode == 0, slurm.stderr
-    assert (tmp_path / "runs" / "digits-benchmark" / "slurm" / "05-report.sbatch").is_file()
+    assert (tmp_path / "runs" / "digits-matrix" / "slurm" / "05-report.sbatch").is_file()
     (tmp_path / "small.yaml").write_text(SMALL)
     small = harness(installed, tmp_path, "benchmark", "small.yaml", "--device", "cpu", "--accelerator", "cpu")
     assert small.returncode == 0, small.stderr[-3000:]

@@ -10,7 +10,9 @@ import pytest
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.experiment.plan import build_plan
-from harness.experiment.summary import summary_lines
+from harness.experiment.summary import matrix_lines, summary_lines
+from harness.records import ResultRow, Results
+from harness.stats import wilson_interval
 from harness.layout import ModelRef, RunLayout
 from harness.recipe import load_recipe
 from harness.report.results import collect_results
@@ -101,3 +103,21 @@ def test_the_summary_table_stays_aligned_and_says_why_a_cell_is_empty(tmp_path: 
     assert len(lines) == len(recipe.models())
     assert all(line.split()[2].startswith("missing:") for line in lines)
     assert len({line.index("missing:") for line in lines}) == 1  # the status column lines up
+
+
+def test_the_printed_matrix_has_a_row_per_method_and_a_column_per_attack() -> None:
+    def row(method: str, attack: str, suite: str, erased: tuple[int, int] | None, status: str = "done") -> ResultRow:
+        correct, n = erased or (0, 0)
+        share, _, interval = (correct / n, n, list(wilson_interval(correct, n))) if n else (None, 0, None)
+        return ResultRow(method=method, attack=attack, suite=suite, erased_accuracy=share, preserved_accuracy=0.9,
+                         n_erased=n, n_preserved=40, erased_ci=interval, preserved_ci=[0.8, 0.95], fid=3.0, status=status)
+
+    rows = [row("pretrained", "none", "seven", (20, 20)), row("cp", "none", "seven", (1, 20)),
+            row("cp", "nms", "seven", (17, 20)), row("cp-sigma", "none", "seven", (0, 20)),
+            row("cp-sigma", "nms", "seven", None, "not applicable: no exact zeros")]
+    results = Results(recipe={"name": "m"}, versions={}, seeds={}, rows=rows, provenance={})
+    title, header, *body = matrix_lines(results, "seven")
+    assert "'seven' accuracy" in title and header.split() == ["method", "none", "nms"]
+    assert [line.split()[0] for line in body] == ["pretrained", "cp", "cp-sigma"]
+    assert body[1].split()[1] == "0.05" and "n=20" in body[1] and body[1].split()[5] == "0.85"
+    assert body[2].split()[-1] == "n/a" and body[0].split()[-1] == "-"  # not applicable; not in the matrix

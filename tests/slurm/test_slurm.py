@@ -43,16 +43,17 @@ FAKE_PYTHON = """\
 set -euo pipefail
 shift 2
 [[ $1 == benchmark ]] || exit 3
-run=""; stage=""; model=""; suite=""; shard=""
+run=""; stage=""; model=""; suite=""; shard=""; cell=""
 while (($#)); do
     case $1 in
         --run-dir) run=$2; shift ;; --stage) stage=$2; shift ;; --model) model=$2; shift ;;
         --suite) suite=$2; shift ;; --shard) shard=$2; shift ;;
+        --method|--attack) cell="$cell$2/"; shift ;;
     esac
     shift
 done
 mkdir -p "$run"
-echo "$stage $model $suite $shard" >>"$run/calls.log"
+echo "$stage $model $suite $shard $cell" | tr -s ' ' | sed 's/ $//' >>"$run/calls.log"
 case $stage in
     report) mkdir -p "$run/report"; echo done >"$run/report/report.md" ;;
 esac
@@ -95,6 +96,8 @@ def test_plan_writes_one_job_per_stage_and_suite(recipe: Path, tmp_path: Path) -
     generate = sbatch_lines(by_name["generate-digits-seven-10"].script)
     assert "--array=0-2%2" in generate  # 10 prompts in shards of 4, at most 2 at once
     assert "--array=0-0%1" in sbatch_lines(by_name["generate-digits-neutral-4"].script)
+    assert "--array=0-0%1" in sbatch_lines(by_name["unlearn"].script)  # one task per method
+    assert "--array=0-1%2" in sbatch_lines(by_name["attack"].script)  # one task per (method, attack) cell
     assert {"--partition=gpu", "--account=lab", "--gres=gpu:2", "--time=04:00:00", "--mem=32G"} <= set(generate)
     assert "--gres=gpu:4" in sbatch_lines(by_name["attack"].script)
     assert not any(line.startswith("--gres") for line in sbatch_lines(by_name["report"].script))
@@ -135,6 +138,23 @@ def test_a_recipe_without_attacks_has_no_attack_job(tmp_path: Path) -> None:
     assert [j.name for j in jobs][:2] == ["unlearn", "generate-digits-seven-10"] and jobs[1].after == ["unlearn"]
 
 
+def test_array_tasks_run_one_method_and_one_cell_each(tmp_path: Path, fake_python: Path) -> None:
+    path = tmp_path / "two.yaml"
+    path.write_text(RECIPE.replace("methods: [{method: conceptprune}]",
+                                   "methods: [{method: conceptprune}, {method: saliency, name: sal}]"))
+    run = tmp_path / "run"
+    jobs = {j.name: j for j in write_plan(build_plan(load_recipe(path), run), path,
+                                          SlurmOptions(gpus=0, python=str(fake_python)), run / "slurm")}
+    assert "--array=0-3%4" in sbatch_lines(jobs["attack"].script)
+    for task in range(4):
+        subprocess.run(["bash", str(jobs["attack"].script)], check=True, capture_output=True,
+                       env=dict(os.environ, SLURM_ARRAY_TASK_ID=str(task)))
+    subprocess.run(["bash", str(jobs["unlearn"].script)], check=True, capture_output=True,
+                   env=dict(os.environ, SLURM_ARRAY_TASK_ID="1"))
+    assert (run / "calls.log").read_text().splitlines() == [
+        "attack conceptprune/nms/", "attack conceptprune/quant4/", "attack sal/nms/", "attack sal/quant4/", "unlearn sal/"]
+
+
 def test_generate_task_asks_every_model_for_its_shard(recipe: Path, tmp_path: Path, fake_python: Path) -> None:
     """Each model's generate stage decides itself whether its shard is complete for the recipe's
     settings (a shard made with other settings is redone), so the task asks every model."""
@@ -146,6 +166,7 @@ def test_generate_task_asks_every_model_for_its_shard(recipe: Path, tmp_path: Pa
     subprocess.run(["bash", str(script)], env=env, check=True, capture_output=True)
     calls = (run / "calls.log").read_text().splitlines()
     assert calls == [f"generate {m.label} digits-seven-10 1" for m in plan.models]
+    assert "--method" not in script.read_text()
 
 
 def test_submit_passes_job_ids_to_dependents(recipe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.config import parse_dataclass
+from harness.experiment.plan import check_entries
 from harness.recipe import load_recipe
 from harness.records import UnlearnRecord, read_record
 from harness.layout import UnlearnFiles
@@ -72,3 +73,25 @@ def test_the_sd15_recipe_runs_on_a_tiny_sd_pipeline(tmp_path: Path, shared_data:
     assert record.info["k"][TINY_FFN_LAYERS[0]] == 1  # int(0.02 * 64)
     assert all(r.changed <= 10 * r.shape[0] for r in record.layers)  # k per row per call, tau calls
     assert record.changed > 0 and record.sigma_u is not None and record.sigma_u > 0
+
+
+@pytest.mark.parametrize("path", UNLEARN_RECIPES, ids=lambda p: p.name)
+def test_every_shipped_recipe_plans_with_params_its_methods_and_attacks_accept(path: Path) -> None:
+    """Every entry resolves and its params parse (check_entries), before any work."""
+    check_entries(load_recipe(path))
+
+
+def test_the_matrix_recipes_cover_every_family() -> None:
+    """The full matrix has every registered method and the issue's attacks; the default subset
+    keeps one method per family, a defended one, and the attacks none, nms and dimra."""
+    full, quick = load_recipe(RECIPES / "digits-matrix.yaml"), load_recipe(RECIPES / "digits-matrix-quick.yaml")
+    assert {m.method for m in full.methods} == {"conceptprune", "saliency", "p-esd", "p-ac", "esd", "ac", "dimum"}
+    assert sorted(m.defense.sigma for m in full.methods if m.defense) == [0.001, 0.01]
+    assert {"nms", "average", "sample", "quant4", "dimra", "concept-inversion", "adversarial-prompt"} <= {
+        a.attack for a in full.attacks}
+    assert {m.method for m in quick.methods} >= {"conceptprune", "p-esd"} and any(m.defense for m in quick.methods)
+    assert {m.method for m in quick.methods} & {"esd", "ac", "dimum"}
+    assert {a.attack for a in quick.attacks} == {"nms", "dimra"}
+    finetune = load_recipe(RECIPES / "digits-finetune.yaml")
+    assert [m.method for m in finetune.methods] == ["esd", "ac", "dimum", "conceptprune"]
+    assert {a.attack for a in finetune.attacks} == {"dimra", "nms"} and finetune.suites[0] == "digits-seven-50"

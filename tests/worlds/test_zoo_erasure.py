@@ -56,7 +56,7 @@ def unlearned_and_revived(recipe: Recipe, out: Path) -> tuple[dict, dict]:
 
 def test_conceptprune_erases_seven_alone_and_the_attack_revives_it(world, tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HARNESS_CACHE", str(world.parent.parent))
-    recipe = load_recipe(RECIPES / "digits-benchmark.yaml")
+    recipe = load_recipe(RECIPES / "digits-revival.yaml")
     assert recipe.concept.target == "seven"
     unlearned, revived = unlearned_and_revived(recipe, tmp_path)
     pipeline = load_pipeline(recipe.model)
