@@ -9,7 +9,8 @@ Z95 = 1.959963984540054
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
-    """The Wilson score interval of `successes` out of `n`; None for n = 0."""
+    """The Wilson score interval of `successes` out of `n`; None for n = 0. It always holds the
+    share itself (at 0 and n the closed form misses it by a rounding error)."""
     if n <= 0:
         return None
     if not 0 <= successes <= n:
@@ -18,7 +19,7 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     centre = p + z * z / (2 * n)
     spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     denominator = 1 + z * z / n
-    return max(0.0, (centre - spread) / denominator), min(1.0, (centre + spread) / denominator)
+    return min(p, max(0.0, (centre - spread) / denominator)), max(p, min(1.0, (centre + spread) / denominator))
 
 
 def format_share(value: float | None, n: int, interval: tuple[float, float] | list[float] | None, digits: int = 2) -> str:

@@ -93,3 +93,13 @@ def test_a_small_matrix_runs_every_stage_and_reports_with_intervals(
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # a rerun with the same settings redoes nothing
     assert json.loads(layout.results.read_text())["rows"] == json.loads(json.dumps(
         [r.__dict__ for r in results.rows]))
+
+
+@pytest.mark.parametrize("n", [1, 3, 10, 20, 50, 77])
+def test_the_wilson_interval_holds_the_share_at_every_count(n: int) -> None:
+    """PROTOCOL section 8's formula; at 0 and n its rounding must not leave the share outside."""
+    for correct in range(n + 1):
+        low, high = wilson_interval(correct, n)
+        assert 0.0 <= low <= correct / n <= high <= 1.0
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 10)[0] == 0.0
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
