@@ -30,9 +30,8 @@ from harness.config import parse_dataclass
 from harness.generate.rewrite import PromptRewrite
 from harness.layout import AttackFiles
 from harness.train.data import generated_set
-from harness.train.denoise import denoising_loss
-from harness.train.engine import FineTuneModule, Objective, OptimParams, fine_tune
-from harness.train.tokens import attach_tokens, projected_words, random_words
+from harness.train.engine import OptimParams, fine_tune
+from harness.train.tokens import TokenObjective, projected_words, random_words
 from harness.unlearn.prompts import prompt_pairs, resolve_data_dir
 from harness.world import concept_names
 
@@ -64,27 +63,17 @@ class AdversarialParams(OptimParams):
             raise ValueError("prompt_count and images_per_prompt must be at least 1")
 
 
-class PrefixObjective(Objective):
+class PrefixObjective(TokenObjective):
     """The unlearned model's denoising loss on the targets with the prefix before their prompts."""
 
     def __init__(self, targets: torch.Tensor, prompts: list[str], names: list[str], init: torch.Tensor,
                  batch_size: int, project: bool, where: str) -> None:
-        self.targets, self.prompts, self.names, self.init = targets, prompts, names, init
-        self.batch_size, self.project, self.where = batch_size, project, where
+        super().__init__(targets, names, init, batch_size, project, where)
+        self.prompts = prompts
 
-    def attach(self, module: FineTuneModule) -> None:
-        module.extra["tokens"] = attach_tokens(module.pipeline, self.names, self.init, self.project, self.where).vectors
-
-    def prepare(self, module: FineTuneModule) -> None:
-        self.targets = self.targets.to(module.device)
-
-    def loss(self, module: FineTuneModule, generator: torch.Generator) -> torch.Tensor:
-        index = torch.randint(0, len(self.targets), (self.batch_size,), generator=generator)
-        prefix = " ".join(self.names)
-        prompts = [f"{prefix} {self.prompts[i]}" for i in index.tolist()]
-        condition, _ = module.pipeline.encode_prompt(prompts, module.device, 1, False)
-        return denoising_loss(module.unet, module.noise_scheduler, self.targets[index.to(self.targets.device)], condition,
-                              generator)
+    def captions(self, index: list[int], generator: torch.Generator) -> list[str]:
+        prefix = " ".join(self.tokens)
+        return [f"{prefix} {self.prompts[i]}" for i in index]
 
 
 def concept_prompt_list(context: AttackContext, count: int) -> list[str]:

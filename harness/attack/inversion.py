@@ -24,9 +24,8 @@ from harness.config import parse_dataclass
 from harness.errors import HarnessError
 from harness.generate.rewrite import PromptRewrite
 from harness.layout import AttackFiles
-from harness.train.denoise import denoising_loss
-from harness.train.engine import FineTuneModule, Objective, OptimParams, fine_tune
-from harness.train.tokens import attach_tokens, word_embedding
+from harness.train.engine import OptimParams, fine_tune
+from harness.train.tokens import TokenObjective, word_embedding
 from harness.world import concept_names, world_of_kind
 
 TEMPLATES = {
@@ -62,27 +61,18 @@ class InversionParams(OptimParams):
             raise ValueError("every template must hold '{token}'")
 
 
-class InversionObjective(Objective):
+class InversionObjective(TokenObjective):
     """The denoising loss of the frozen unlearned model on the concept's images, captioned with
-    the new token; only the token's embedding trains."""
+    the new token (a caption drawn independently of the image); only the token's embedding trains."""
 
     def __init__(self, images: torch.Tensor, captions: list[str], tokens: list[str], init: torch.Tensor,
                  batch_size: int, project: bool = False, where: str = "attack") -> None:
-        self.images, self.captions, self.tokens, self.init = images, captions, tokens, init
-        self.batch_size, self.project, self.where = batch_size, project, where
+        super().__init__(images, tokens, init, batch_size, project, where)
+        self.caption_list = captions
 
-    def attach(self, module: FineTuneModule) -> None:
-        module.extra["tokens"] = attach_tokens(module.pipeline, self.tokens, self.init, self.project, self.where).vectors
-
-    def prepare(self, module: FineTuneModule) -> None:
-        self.images = self.images.to(module.device)
-
-    def loss(self, module: FineTuneModule, generator: torch.Generator) -> torch.Tensor:
-        index = torch.randint(0, len(self.images), (self.batch_size,), generator=generator)
-        caption = torch.randint(0, len(self.captions), (self.batch_size,), generator=generator)
-        condition, _ = module.pipeline.encode_prompt([self.captions[i] for i in caption.tolist()], module.device, 1, False)
-        return denoising_loss(module.unet, module.noise_scheduler, self.images[index.to(self.images.device)], condition,
-                              generator)
+    def captions(self, index: list[int], generator: torch.Generator) -> list[str]:
+        drawn = torch.randint(0, len(self.caption_list), (len(index),), generator=generator)
+        return [self.caption_list[i] for i in drawn.tolist()]
 
 
 def captions_for(context: AttackContext, settings: InversionParams) -> list[str]:

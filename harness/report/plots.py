@@ -7,6 +7,7 @@ size (PLOT_SIZE at DPI), so the same data give the same picture.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -87,13 +88,8 @@ def defense_plot(runs: list[RunData], path: Path) -> Path | None:
                 axes.axhline(p.unlearned[0], color=color, linewidth=0.8, alpha=0.5,
                              label=f"{target}: erased, no defense")
     axes.set_xscale("log")
-    axes.set_xlabel("sigma_M (std of the Gaussian replacing pruned weights)")
-    axes.set_ylabel("top-1 accuracy")
-    axes.set_ylim(-0.02, 1.02)
-    axes.set_title("Defense: Gaussian obfuscation against unlearning and attack")
-    axes.legend(fontsize=7, loc="best")
-    figure.tight_layout()
-    return save_figure(figure, path)
+    return save_accuracy_plot(figure, axes, "sigma_M (std of the Gaussian replacing pruned weights)",
+                              "Defense: Gaussian obfuscation against unlearning and attack", path)
 
 
 def curve_plot(runs: list[RunData], path: Path) -> Path | None:
@@ -117,10 +113,16 @@ def curve_plot(runs: list[RunData], path: Path) -> Path | None:
             axes.plot(*zip(*kept), "s--", color=color, alpha=0.6, label=f"{label}: preserved")
         if curve.pretrained is not None:
             axes.axhline(curve.pretrained / 2, color=color, linewidth=0.6, linestyle=":")
-    axes.set_xlabel("training steps of the attack (0: the unlearned model)")
+    return save_accuracy_plot(figure, axes, "training steps of the attack (0: the unlearned model)",
+                              "Recovery curves (dotted: half of pretrained)", path)
+
+
+def save_accuracy_plot(figure: Figure, axes: Any, xlabel: str, title: str, path: Path) -> Path:
+    """Label an accuracy-against-x plot (y in [0, 1]), add its legend and save it as PNG."""
+    axes.set_xlabel(xlabel)
     axes.set_ylabel("top-1 accuracy")
     axes.set_ylim(-0.02, 1.02)
-    axes.set_title("Recovery curves (dotted: half of pretrained)")
+    axes.set_title(title)
     axes.legend(fontsize=7, loc="best")
     figure.tight_layout()
     return save_figure(figure, path)

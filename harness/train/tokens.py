@@ -19,6 +19,8 @@ from torch.nn.utils import parametrize
 
 from harness.errors import HarnessError
 from harness.models.pipelines import add_tokens
+from harness.train.denoise import denoising_loss
+from harness.train.engine import FineTuneModule, Objective
 
 
 class TokenRows(torch.nn.Module):
@@ -90,3 +92,31 @@ def projected_words(pipeline: Any, vectors: torch.Tensor) -> tuple[list[int], st
     table = weight.detach().float().cpu()[candidates]
     ids = [int(candidates[i]) for i in nearest_rows(vectors.float().cpu(), table)]
     return ids, tokenizer.decode(ids).strip()
+
+
+class TokenObjective(Objective):
+    """The frozen model's denoising loss on `images`, with captions holding new tokens whose
+    embeddings are all that trains (attached as the module's `extra["tokens"]`). Subclasses say
+    which caption goes with which drawn image (`captions`)."""
+
+    def __init__(self, images: torch.Tensor, tokens: list[str], init: torch.Tensor, batch_size: int,
+                 project: bool, where: str) -> None:
+        self.images, self.tokens, self.init = images, tokens, init
+        self.batch_size, self.project, self.where = batch_size, project, where
+
+    def attach(self, module: FineTuneModule) -> None:
+        module.extra["tokens"] = attach_tokens(module.pipeline, self.tokens, self.init, self.project, self.where).vectors
+
+    def prepare(self, module: FineTuneModule) -> None:
+        self.images = self.images.to(module.device)
+
+    def captions(self, index: list[int], generator: torch.Generator) -> list[str]:
+        """The captions of the drawn images `index`."""
+        raise NotImplementedError
+
+    def loss(self, module: FineTuneModule, generator: torch.Generator) -> torch.Tensor:
+        index = torch.randint(0, len(self.images), (self.batch_size,), generator=generator)
+        captions = self.captions(index.tolist(), generator)
+        condition, _ = module.pipeline.encode_prompt(captions, module.device, 1, False)
+        return denoising_loss(module.unet, module.noise_scheduler, self.images[index.to(self.images.device)], condition,
+                              generator)
