@@ -178,15 +178,9 @@ def test_the_digit_conceptprune_erased_is_ranked_first(world_cache: Path, tmp_pa
 
 def test_the_sd_code_path_runs_on_a_tiny_pipeline_with_suites_and_a_file(tmp_path: Path, shared_data: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    from fixtures.tiny_sd import TINY_FFN_LAYERS, save_tiny_sd_pipeline
+    from fixtures.tiny_sd import TINY_FFN_LAYERS, tiny_conceptprune_recipe
 
-    model = save_tiny_sd_pipeline(tmp_path / "pipe")
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        f"name: tiny\nmodel: {model}\nconcept: {{target: golf ball, kind: object}}\n"
-        "methods: [{method: conceptprune, params: {skill_ratio: 0.05, tau: 2}}]\n"
-        "generation: {steps: 3, height: 64, width: 64, batch_size: 12}\n"
-    )
+    recipe = tiny_conceptprune_recipe(tmp_path)
     unlearned = tmp_path / "out"
     assert main(["unlearn", "--recipe", str(recipe), "--out", str(unlearned), "--data-dir", str(shared_data),
                  "--device", "cpu"]) == 0

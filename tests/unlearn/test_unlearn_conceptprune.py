@@ -21,7 +21,7 @@ from harness.unlearn.method import UnlearnContext
 from harness.layout import UnlearnFiles
 from harness.records import UnlearnRecord, read_record
 from harness.unlearn.run import UnlearnJob, run_unlearning
-from fixtures.tiny_sd import TINY_FFN_LAYERS, save_tiny_sd_pipeline, tiny_sd_pipeline
+from fixtures.tiny_sd import TINY_FFN_LAYERS, save_tiny_sd_pipeline, tiny_conceptprune_recipe, tiny_sd_pipeline
 
 GENERATION = GenerationSettings(steps=3, guidance=7.5, height=64, width=64, batch_size=4)
 
@@ -136,13 +136,7 @@ def test_conceptprune_param_errors_name_the_key(tmp_path: Path) -> None:
 
 
 def test_unlearn_command_writes_tensors_mask_and_record(tmp_path: Path, shared_data: Path) -> None:
-    model = save_tiny_sd_pipeline(tmp_path / "pipe")
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(
-        f"name: tiny\nmodel: {model}\nconcept: {{target: golf ball, kind: object}}\n"
-        "methods: [{method: conceptprune, params: {skill_ratio: 0.05, tau: 2}}]\n"
-        "generation: {steps: 3, height: 64, width: 64, batch_size: 12}\n"
-    )
+    recipe = tiny_conceptprune_recipe(tmp_path)
     out = tmp_path / "out"
     assert main(["unlearn", "--recipe", str(recipe), "--out", str(out), "--data-dir", str(shared_data), "--device", "cpu"]) == 0
     files = UnlearnFiles(out)
