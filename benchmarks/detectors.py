@@ -4,7 +4,7 @@ The recipe's model (default digits-conceptprune-seven-defense: ConceptPrune eras
 seven, then the Gaussian defense) is unlearned once per sigma_M, sigma_M^2 in 1e-6 .. 1e-1 (the
 recipe's defense with only sigma changed; `harness.unlearn.run.run_unlearning`, which records the
 true mask in the method's mask.safetensors). Per sigma_M: the ROC AUC against the true mask, over
-all target layers pooled (and the mean over layers), of the detectors of `harness.attack.detect`
+all target layers pooled (and the mean over layers), of the detectors of `harness.attack.revival.detect`
 (eq7, lowrank, columns) and of the naive score -|w|; then the recipe-style NMS revival
 (`harness.attack.run.run_attack`, top_k 0.6) with each detector's mask (its own share estimate)
 and with the naive guess |w| <= sigma_M, and the seven's accuracy after the attack (share of
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from harness.attack import detect
+from harness.attack.revival import detect
 from harness.attack.run import AttackJob, run_attack
 from harness.generate.suites import load_suite
 from harness.layout import AttackFiles, UnlearnFiles

@@ -1,6 +1,6 @@
 """Revival without knowing the concept, in the miniature world: for every pruning method and every
 target digit erased in turn, rank the ten digits as candidate concepts from the unlearned model
-alone (harness.attack.infer) and count how often the erased digit comes first (top-1) or among
+alone (harness.infer.ranking) and count how often the erased digit comes first (top-1) or among
 the first three (top-3), per scoring rule, with n and a 95% Wilson interval.
 
 Each run is the method's world recipe unchanged except for `concept.target` (ConceptPrune:
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from harness.attack.infer import RULES, candidate_norms, load_candidates, pruned_layers, rank
+from harness.infer.ranking import RULES, candidate_norms, load_candidates, pruned_layers, rank
 from harness.layout import UnlearnFiles
 from harness.models.checkpoints import load_tensor_file
 from harness.models.pipelines import apply_tensors, load_pipeline, set_scheduler

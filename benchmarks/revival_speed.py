@@ -41,14 +41,14 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from harness.attack.completion import (
+from harness.attack.revival.completion import (
     fixed_point_residual,
     soft_impute,
     soft_impute_batch,
     soft_impute_plain,
     top_singular_value,
 )
-from harness.attack.settings import CompletionSettings
+from harness.attack.revival.settings import CompletionSettings
 
 SD_FFN_SHAPES = [(320, 1280)] * 5 + [(640, 2560)] * 5 + [(1280, 5120)] * 6
 FAMILIES = ("power-law", "real-spectrum")

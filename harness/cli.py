@@ -20,8 +20,8 @@ from harness.log import setup_console
 COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark": ("harness.experiment.command", "run a recipe's matrix of methods x attacks x suites (default: the miniature world's)"),
     "unlearn": ("harness.unlearn.command", "erase a concept with one of a recipe's methods (and its defense)"),
-    "revive": ("harness.attack.command", "revive pruned weights (the revival attack), layer by layer"),
-    "infer-concept": ("harness.attack.infer_command", "guess the erased concept of an unlearned model from its pruned entries"),
+    "revive": ("harness.attack.revival.command", "revive pruned weights (the revival attack), layer by layer"),
+    "infer-concept": ("harness.infer.command", "guess the erased concept of an unlearned model from its pruned entries"),
     "generate": ("harness.generate.command", "generate a suite's images with a model into WebDataset shards"),
     "score": ("harness.score.command", "score image shards: accuracy, CLIP, FID, NudeNet"),
     "report": ("harness.report.command", "write the results table, the matrix, the paper's tables, plots and image grids"),

@@ -1,1 +1,1 @@
-"""The revival attack: mask detection, matrix completion, sign retention, magnitudes, baselines."""
+"""The attack stage and the attack interface; attacks by family: revival/, prompt/, relearn.py."""

@@ -21,7 +21,7 @@ from accelerate import Accelerator
 
 from harness.atomic import check_output_folder, publish_folder
 from harness.attack.interface import AttackContext, NotApplicable, attack_reads, resolve_attack
-from harness.attack.runner import make_accelerator, process_device
+from harness.attack.revival.runner import make_accelerator, process_device
 from harness.recipe import AttackEntry
 from harness.recipe import GenerationSettings
 from harness.layout import AttackFiles

@@ -89,7 +89,7 @@ def check_entries(recipe: Recipe) -> None:
     """Every method and attack resolves and its params are valid, before any work: a callable
     with a `params_type` dataclass has its params parsed by it (revival attacks with their preset)."""
     from harness.attack.interface import resolve_attack
-    from harness.attack.settings import revival_params
+    from harness.attack.revival.settings import revival_params
     from harness.config import parse_dataclass
     from harness.unlearn.method import resolve_method
 

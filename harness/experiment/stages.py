@@ -56,7 +56,7 @@ def unlearn(plan: Plan, methods: list[str], runtime: RuntimeSettings) -> None:
 def attack(plan: Plan, pairs: list[tuple[str, str]], runtime: RuntimeSettings,
            accelerator: Accelerator | None = None) -> None:
     """Each (method, attack) pair's attack (sharded over Accelerate processes where it declares so)."""
-    from harness.attack.runner import make_accelerator
+    from harness.attack.revival.runner import make_accelerator
 
     accelerator = accelerator or make_accelerator(runtime.device)
     for method, name in pairs:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.attack.settings import revival_params
+from harness.attack.revival.settings import revival_params
 from harness.layout import NO_ATTACK, PRETRAINED, ModelRef, RunLayout, require_run_dir
 from harness.records import AttackRecord, ResultRow, Results, UnlearnRecord
 from harness.recipe import Recipe, load_recipe

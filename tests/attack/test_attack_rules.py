@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from harness.attack.baselines import ideal_case, quant4
-from harness.attack.layer import LayerJob, revive_layer
-from harness.attack.magnitudes import magnitudes, row_statistics
-from harness.attack.signs import sign_agreement, top_k_keep
-from harness.attack.settings import CompletionSettings, RevivalParams
+from harness.attack.revival.baselines import ideal_case, quant4
+from harness.attack.revival.layer import LayerJob, revive_layer
+from harness.attack.revival.magnitudes import magnitudes, row_statistics
+from harness.attack.revival.signs import sign_agreement, top_k_keep
+from harness.attack.revival.settings import CompletionSettings, RevivalParams
 
 GEN = torch.Generator().manual_seed(0)
 

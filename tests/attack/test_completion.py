@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from harness.attack.completion import (
+from harness.attack.revival.completion import (
     lambda_path,
     reference_code_impute,
     soft_impute,
     soft_threshold,
     top_singular_value,
 )
-from harness.attack.settings import CompletionSettings
+from harness.attack.revival.settings import CompletionSettings
 
 
 def numpy_soft_impute(x: np.ndarray, observed: np.ndarray, lam: float, tol: float, max_iters: int) -> np.ndarray:

@@ -8,8 +8,8 @@ import logging
 import pytest
 import torch
 
-from harness.attack import completion
-from harness.attack.completion import (
+from harness.attack.revival import completion
+from harness.attack.revival.completion import (
     ACCELERATIONS,
     CompletionResult,
     fixed_point_residual,
@@ -18,7 +18,7 @@ from harness.attack.completion import (
     soft_impute_plain,
     soft_threshold,
 )
-from harness.attack.settings import CompletionSettings
+from harness.attack.revival.settings import CompletionSettings
 
 
 def noisy_low_rank(rows: int, cols: int, seed: int, missing: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,7 +133,7 @@ def test_reported_residual_is_the_fixed_point_residual() -> None:
 def test_float32_stall_continues_in_float64(caplog: pytest.LogCaptureFixture) -> None:
     known, observed = weight_like(48, 192, seed=3)
     settings = CompletionSettings(tol=1e-9, max_iters=400)  # float32 cannot reach 1e-9
-    with caplog.at_level(logging.WARNING, logger="harness.attack.completion"):
+    with caplog.at_level(logging.WARNING, logger="harness.attack.revival.completion"):
         result = soft_impute(known, observed, settings)
     assert result.converged and result.change < 1e-9
     assert result.dtype_used == "float64" and result.matrix.dtype == torch.float64
@@ -148,7 +148,7 @@ def test_float32_stall_continues_in_float64(caplog: pytest.LogCaptureFixture) ->
 
 def test_float32_stall_can_stop_with_a_clear_note_instead(caplog: pytest.LogCaptureFixture) -> None:
     known, observed = weight_like(48, 192, seed=3)
-    with caplog.at_level(logging.WARNING, logger="harness.attack.completion"):
+    with caplog.at_level(logging.WARNING, logger="harness.attack.revival.completion"):
         result = soft_impute(known, observed, CompletionSettings(tol=1e-9, max_iters=400), on_stall="stop")
     assert not result.converged and result.dtype_used == "float32"
     assert result.iterations < 100

@@ -1,4 +1,4 @@
-"""Detectors of Gaussian-obfuscated weights (harness.attack.detect) and their use as revival masks."""
+"""Detectors of Gaussian-obfuscated weights (harness.attack.revival.detect) and their use as revival masks."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.attack import detect
-from harness.attack.masks import pruned_positions
-from harness.attack.settings import MaskSettings
+from harness.attack.revival import detect
+from harness.attack.revival.masks import pruned_positions
+from harness.attack.revival.settings import MaskSettings
 from harness.cli import main
 from harness.layout import AttackFiles
 from harness.models.checkpoints import save_tensors

@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from harness.attack.baselines import ideal_case, quant4
-from harness.attack.layer import LayerJob, revive_layer
-from harness.attack.magnitudes import magnitudes, row_statistics, signed_row_statistics
-from harness.attack.signs import top_k_count, top_k_keep
+from harness.attack.revival.baselines import ideal_case, quant4
+from harness.attack.revival.layer import LayerJob, revive_layer
+from harness.attack.revival.magnitudes import magnitudes, row_statistics, signed_row_statistics
+from harness.attack.revival.signs import top_k_count, top_k_keep
 from harness.errors import HarnessError
-from harness.attack.settings import CompletionSettings, RevivalParams
+from harness.attack.revival.settings import CompletionSettings, RevivalParams
 from harness.recipe import ConceptSettings
 from harness.unlearn.prompts import REFERENCE_CODE_OBJECT_SCENES, object_prompt_pairs, prompt_pairs
 

@@ -1,4 +1,4 @@
-"""Inferring the erased concept from the pruned entries alone (harness.attack.infer, `harness
+"""Inferring the erased concept from the pruned entries alone (harness.infer.ranking, `harness
 infer-concept`): the rules on tensors made by hand, the candidate files, a real ConceptPrune
 run in the miniature world whose erased digit must come first, and the one-line errors."""
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from harness.attack.infer import (
+from harness.infer.ranking import (
     RULES,
     Candidate,
     load_candidates,

@@ -9,7 +9,7 @@ from typing import Literal
 
 import pytest
 
-from harness.attack.settings import ReviveSettings
+from harness.attack.revival.settings import ReviveSettings
 from harness.config import field_docs, parse_dataclass, settings_arguments, settings_from_arguments
 from harness.errors import HarnessError
 

@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 
 from harness.attack.run import AttackJob, run_attack
-from harness.attack.runner import make_accelerator
-from harness.attack.settings import IDEAL_STRATEGIES, REVIVAL_PRESETS, ReviveSettings, revival_params
+from harness.attack.revival.runner import make_accelerator
+from harness.attack.revival.settings import IDEAL_STRATEGIES, REVIVAL_PRESETS, ReviveSettings, revival_params
 from harness.recipe import AttackEntry
 from harness.config import settings_arguments, settings_from_arguments
 from harness.errors import HarnessError

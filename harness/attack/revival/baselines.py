@@ -8,15 +8,15 @@
   All-zero rows stay zero under both (the authors' code would give 0/0 = NaN there).
 - ideal cases (paper Sec. 3, PROTOCOL.md 2.6), which need the original weights: true signs with
   NMS or sampled magnitudes, and true magnitudes with random signs; the magnitude rules follow
-  `fidelity` (see harness.attack.magnitudes).
+  `fidelity` (see harness.attack.revival.magnitudes).
 """
 
 from __future__ import annotations
 
 import torch
 
-from harness.attack.magnitudes import magnitudes
-from harness.attack.signs import check_fidelity
+from harness.attack.revival.magnitudes import magnitudes
+from harness.attack.revival.signs import check_fidelity
 
 
 def quant4(weight: torch.Tensor, fidelity: str = "paper") -> torch.Tensor:

@@ -1,5 +1,5 @@
 """`harness infer-concept --unlearned M --candidates SUITE_OR_FILE`: guess which concept an
-unlearned model had erased, from its pruned entries alone (harness.attack.infer).
+unlearned model had erased, from its pruned entries alone (harness.infer.ranking).
 
 M is an unlearn stage's output folder (its record names the base model and the sampling
 settings; the record's concept is never read), a tensor file of changed UNet weights on top of
@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import torch
 
-from harness.attack.infer import DEFAULT_RULE, MIN_SHARE, RULES, Candidate, PrunedLayer, Ranking, infer_concept, load_candidates, pruned_layers
+from harness.infer.ranking import DEFAULT_RULE, MIN_SHARE, RULES, Candidate, PrunedLayer, Ranking, infer_concept, load_candidates, pruned_layers
 from harness.config import parse_dataclass, settings_arguments, settings_from_arguments
 from harness.errors import HarnessError
 from harness.layout import UnlearnFiles

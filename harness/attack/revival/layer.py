@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.attack.baselines import ideal_case, quant4
-from harness.attack.completion import completion_options, reference_code_impute, soft_impute
-from harness.attack.magnitudes import magnitudes
-from harness.attack.settings import RevivalParams
-from harness.attack.signs import check_fidelity, sign_agreement, top_k_keep
+from harness.attack.revival.baselines import ideal_case, quant4
+from harness.attack.revival.completion import completion_options, reference_code_impute, soft_impute
+from harness.attack.revival.magnitudes import magnitudes
+from harness.attack.revival.settings import RevivalParams
+from harness.attack.revival.signs import check_fidelity, sign_agreement, top_k_keep
 from harness.errors import HarnessError
 from harness.records import LayerReport
 

@@ -16,9 +16,9 @@ import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from harness.attack.layer import LayerJob, revive_layer
-from harness.attack.masks import check_finite, pruned_positions
-from harness.attack.settings import RevivalParams
+from harness.attack.revival.layer import LayerJob, revive_layer
+from harness.attack.revival.masks import check_finite, pruned_positions
+from harness.attack.revival.settings import RevivalParams
 from harness.config import parse_dataclass
 from harness.errors import HarnessError
 from harness.layout import AttackFiles

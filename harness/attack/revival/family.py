@@ -4,7 +4,7 @@
 Each finds the pruned positions of the unlearned model's target layers (exact zeros by default),
 completes every layer by SoftImpute, keeps the Top-K most confident signs and gives them the
 rule's magnitudes; the layers are spread over Accelerate processes. `params` are
-`harness.attack.settings.RevivalParams` (layers, mask, completion, top_k, seed; layers default
+`harness.attack.revival.settings.RevivalParams` (layers, mask, completion, top_k, seed; layers default
 to the attacked method's own); the attack's name fixes its magnitude rule or strategy.
 """
 
@@ -14,8 +14,8 @@ import dataclasses
 import time
 
 from harness.attack.interface import AttackContext, AttackResult, NotApplicable, declares
-from harness.attack.runner import load_jobs, revive_layers
-from harness.attack.settings import IDEAL_STRATEGIES, REVIVAL_PRESETS, revival_settings
+from harness.attack.revival.runner import load_jobs, revive_layers
+from harness.attack.revival.settings import IDEAL_STRATEGIES, REVIVAL_PRESETS, revival_settings
 from harness.layout import AttackFiles
 from harness.models.layers import select_layers
 from harness.records import ReviveReport, ReviveSummary

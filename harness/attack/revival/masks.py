@@ -1,13 +1,13 @@
 """Finding the pruned positions of a weight matrix: exact zeros, a mask file, near-zero entries,
-or a detector of Gaussian-obfuscated weights (`harness.attack.detect`)."""
+or a detector of Gaussian-obfuscated weights (`harness.attack.revival.detect`)."""
 
 from __future__ import annotations
 
 import torch
 
-from harness.attack.detect import detected_mask
+from harness.attack.revival.detect import detected_mask
 from harness.errors import HarnessError
-from harness.attack.settings import MaskSettings
+from harness.attack.revival.settings import MaskSettings
 
 
 def check_finite(weight: torch.Tensor, where: str) -> None:

@@ -61,7 +61,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from harness.attack.settings import CompletionSettings
+from harness.attack.revival.settings import CompletionSettings
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.attack.signs import check_fidelity
+from harness.attack.revival.signs import check_fidelity
 
 REFERENCE_NMS_RELATIVE_MARGIN = 1e-6
 REFERENCE_NMS_ABSOLUTE_MARGIN = 1e-12

@@ -21,7 +21,7 @@ IDEAL_STRATEGIES = ("ideal-sign-nms", "ideal-sign-sample", "ideal-magnitude-rand
 @dataclass
 class MaskSettings:
     """How pruned positions are found: exact zeros (no key given), a mask file, |w| <= threshold,
-    or a detector of Gaussian-obfuscated weights (`harness.attack.detect`) keeping its top share."""
+    or a detector of Gaussian-obfuscated weights (`harness.attack.revival.detect`) keeping its top share."""
 
     file: str | None = field(default=None, metadata={"flag": "--mask-file"})
     """safetensors file of masks (nonzero = pruned) per layer"""
@@ -38,7 +38,7 @@ class MaskSettings:
         if self.threshold is not None and not self.threshold > 0:
             raise ValueError(f"mask threshold must be positive, got {self.threshold}")
         if self.detector is not None:
-            from harness.attack.detect import DETECTORS
+            from harness.attack.revival.detect import DETECTORS
 
             if self.detector not in DETECTORS:
                 raise ValueError(f"unknown mask detector '{self.detector}' (known: {', '.join(DETECTORS)})")

@@ -1,0 +1,1 @@
+"""Prompt-space attacks: concept inversion and adversarial prompts."""
