@@ -32,14 +32,18 @@ import torch
 from safetensors.torch import load_file
 
 from harness.attack.revival import detect
-from harness.attack.run import AttackJob, run_attack
+from harness.attack.job import AttackJob
+from harness.attack.run import run as run_attack
+from harness.registry import resolve
 from harness.generate.suites import load_suite
 from harness.layout import AttackFiles, UnlearnFiles
 from harness.models.pipelines import apply_tensors, load_pipeline
-from harness.recipe import AttackEntry, DefenseSettings, Recipe, load_recipe
+from harness.recipe import DefenseSettings, Recipe, load_recipe
 from harness.stats import format_share, wilson_interval
 from harness.unlearn.detectability import modified_share
-from harness.unlearn.run import UnlearnJob, run_unlearning
+from harness.runtime import RuntimeSettings
+from harness.unlearn.job import UnlearnJob
+from harness.unlearn.run import run as run_unlearning
 from harness.worlds.digits.classifier import load_classifier
 from harness.worlds.digits.data import DIGIT_NAMES
 from harness.worlds.digits.store import ensure_world
@@ -91,8 +95,9 @@ def share(counts: tuple[int, int] | None) -> str:
 def revive(recipe: Recipe, unlearned: UnlearnFiles, mask: dict, out: Path, threads: int) -> dict:
     """The recipe-style NMS attack (top_k 0.6) with `mask` settings; the revived tensors."""
     params = {"layers": list(recipe.methods[0].layers), "top_k": 0.6, "mask": mask}
-    run_attack(AttackJob(attack=AttackEntry(attack="nms", params=params), base_model=recipe.model,
-                         unlearned_files=[unlearned.tensors], out=out, original=recipe.model, device="cpu"))
+    run_attack(AttackJob(attack="nms", params=resolve("attack", "nms").parse(params), model=recipe.model,
+                         unlearned_files=[unlearned.tensors], out=out, original=recipe.model,
+                         runtime=RuntimeSettings(device="cpu")))
     torch.set_num_threads(threads)  # the attack sets its own
     return load_file(str(AttackFiles(out).tensors))
 
@@ -130,7 +135,7 @@ def main() -> None:
         defense = dataclasses.replace(method.defense or DefenseSettings(sigma=sigma), sigma=sigma)
         defended = dataclasses.replace(recipe, methods=[dataclasses.replace(method, defense=defense)])
         files = UnlearnFiles(args.out / f"unlearn-{variance:.0e}")
-        run_unlearning(UnlearnJob.from_recipe(defended, None, files.folder, device="cpu"))
+        run_unlearning(UnlearnJob.from_recipe(defended, None, files.folder, RuntimeSettings(device="cpu")))
         tensors = load_file(str(files.tensors))
         truth = {n: m.bool() for n, m in load_file(str(files.mask)).items()}
         row: dict = {"variance": variance, "sigma": sigma, "alpha": modified_share(truth)}

@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from harness.attack.run import AttackJob, run_attack
-from harness.recipe import AttackEntry
+from harness.attack.job import AttackJob
+from harness.attack.run import run as run_attack
+from harness.registry import resolve
 from harness.generate.suites import load_suite
 from harness.layout import AttackFiles, UnlearnFiles
 from harness.models.checkpoints import save_tensors
@@ -48,7 +49,9 @@ from harness.unlearn.detectability import (
     plot_detectability,
     unmodified_sigma,
 )
-from harness.unlearn.run import UnlearnJob, run_unlearning
+from harness.runtime import RuntimeSettings
+from harness.unlearn.job import UnlearnJob
+from harness.unlearn.run import run as run_unlearning
 from harness.worlds.digits.classifier import load_classifier
 from harness.worlds.digits.data import DIGIT_NAMES
 from harness.worlds.digits.store import ensure_world
@@ -116,8 +119,9 @@ def revived_accuracy(
     the defense would guess it."""
     source = save_tensors(unlearned, out / "unlearned.safetensors")
     params = {"layers": list(recipe.methods[0].layers), "mask": {} if threshold is None else {"threshold": threshold}}
-    run_attack(AttackJob(attack=AttackEntry(attack="nms", params=params), base_model=recipe.model,
-                         unlearned_files=[source], out=out / "revive", original=recipe.model, device="cpu"))
+    run_attack(AttackJob(attack="nms", params=resolve("attack", "nms").parse(params), model=recipe.model,
+                         unlearned_files=[source], out=out / "revive", original=recipe.model,
+                         runtime=RuntimeSettings(device="cpu")))
     torch.set_num_threads(args.threads)  # the attack sets its own
     return accuracy_with(pipeline, classifier, recipe, load_file(AttackFiles(out / "revive").tensors), args)
 
@@ -173,7 +177,7 @@ def main() -> None:
         for label, recipe in methods:
             recipe = dataclasses.replace(recipe, concept=dataclasses.replace(recipe.concept, target=target))
             files = UnlearnFiles(out / f"{label}-{target}")
-            run_unlearning(UnlearnJob.from_recipe(recipe, None, files.folder, device="cpu"))
+            run_unlearning(UnlearnJob.from_recipe(recipe, None, files.folder, RuntimeSettings(device="cpu")))
             tensors = load_file(files.tensors)
             masks = {n: m.bool() for n, m in load_file(files.mask).items()}
             accuracy = accuracy_with(pipeline, classifier, recipe, tensors, args)

@@ -35,7 +35,9 @@ from harness.models.pipelines import apply_tensors, load_pipeline, set_scheduler
 from harness.provenance import provenance, write_json_atomic
 from harness.recipe import Recipe, load_recipe
 from harness.stats import format_share, wilson_interval
-from harness.unlearn.run import UnlearnJob, run_unlearning
+from harness.runtime import RuntimeSettings
+from harness.unlearn.job import UnlearnJob
+from harness.unlearn.run import run as run_unlearning
 from harness.worlds.digits.data import DIGIT_NAMES
 
 METHODS = {"conceptprune": ("digits-conceptprune-seven", "conceptprune"),
@@ -99,7 +101,7 @@ def main() -> None:
             recipe = method_recipe(method, target, args.pesd_steps)
             folder = Path(args.work) / method / target
             start = time.perf_counter()
-            run_unlearning(UnlearnJob.from_recipe(recipe, None, folder, device="cpu"))
+            run_unlearning(UnlearnJob.from_recipe(recipe, None, folder, RuntimeSettings(device="cpu")))
             unlearn_seconds = time.perf_counter() - start
             if pipeline is None:
                 pipeline = load_pipeline(recipe.model, "cpu", dtype=torch.float32)
@@ -110,7 +112,7 @@ def main() -> None:
             apply_tensors(pipeline, tensors)
             start = time.perf_counter()
             try:
-                layers = pruned_layers(tensors, str(folder))
+                layers = pruned_layers(tensors)
                 norms = candidate_norms(pipeline, layers, candidates, args.calls, recipe.generation)
             finally:
                 apply_tensors(pipeline, original)

@@ -20,6 +20,7 @@ from harness.log import setup_console
 COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark": ("harness.experiment.command", "run a recipe's matrix of methods x attacks x suites (default: the miniature world's)"),
     "unlearn": ("harness.unlearn.command", "erase a concept with one of a recipe's methods (and its defense)"),
+    "attack": ("harness.attack.command", "attack an unlearned model with one of a recipe's attacks"),
     "revive": ("harness.attack.revival.command", "revive pruned weights (the revival attack), layer by layer"),
     "infer-concept": ("harness.infer.command", "guess the erased concept of an unlearned model from its pruned entries"),
     "generate": ("harness.generate.command", "generate a suite's images with a model into WebDataset shards"),

@@ -16,6 +16,7 @@ import functools
 import inspect
 import json
 import math
+import re
 import textwrap
 import types
 import typing
@@ -53,9 +54,21 @@ def child_key(where: str, name: str) -> str:
     return f"{where}.{name}" if ": " in where else f"{where}: {name}"
 
 
-def parse_dataclass(cls: type[T], data: Any, where: str) -> T:
+_RELATIVE = "\x1f"
+
+
+def parse_dataclass(cls: type[T], data: Any, where: str | None = None) -> T:
     """Build dataclass `cls` from a mapping, checking keys and types; `where` prefixes errors
-    (for example 'recipes/x.yaml: attack')."""
+    (for example 'recipes/x.yaml: attack'); without it an error is keyed relative to `data`."""
+    if where is None:
+        try:
+            return parse_dataclass(cls, data, _RELATIVE)
+        except HarnessError as error:
+            text = str(error).removeprefix(_RELATIVE).removeprefix(": ")
+            key, sep, message = text.partition(": ")
+            if sep and re.fullmatch(r"[\w.\[\]-]+", key):
+                raise HarnessError(message, key=key) from None
+            raise HarnessError(text, key="") from None
     if not isinstance(data, dict):
         raise HarnessError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)

@@ -18,13 +18,16 @@ class HarnessError(Exception):
     """A user-facing error: the message is one line that names the file, key or value at fault.
 
     Without `key`, the message is complete as it stands and `keyed` leaves it alone; with `key`
-    (possibly empty), enclosing `keyed` blocks prefix their keys and `in_file` adds the file."""
+    (possibly empty), enclosing `keyed` blocks prefix their keys and `in_file` adds the file. A key
+    `rooted` at the top of the file (`concept.kind`, read by code deep inside a method) gets the
+    file but no prefix."""
 
-    def __init__(self, message: str, *, key: str | None = None, file: str | None = None) -> None:
+    def __init__(self, message: str, *, key: str | None = None, file: str | None = None, rooted: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.key = key
         self.file = file
+        self.rooted = rooted
 
     def __str__(self) -> str:
         where = ": ".join(part for part in (self.file, self.key) if part)
@@ -44,7 +47,7 @@ def keyed(key: str) -> Iterator[None]:
     try:
         yield
     except HarnessError as error:
-        if error.key is not None and error.file is None:
+        if error.key is not None and error.file is None and not error.rooted:
             error.key = join_key(key, error.key)
         raise
 

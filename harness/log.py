@@ -16,14 +16,17 @@ from pathlib import Path
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class ConsoleHandler(logging.StreamHandler):
+    """The harness's console handler (one at a time on the root logger)."""
+
+
 def setup_console(verbose: bool) -> None:
     """One console handler on the root logger: the harness's lines, other libraries' warnings."""
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if getattr(handler, "harness_console", False):
+        if isinstance(handler, ConsoleHandler):
             root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.harness_console = True  # type: ignore[attr-defined]
+    handler = ConsoleHandler(sys.stderr)
     handler.setLevel(logging.DEBUG if verbose else logging.INFO)
     handler.setFormatter(logging.Formatter("%(message)s" if not verbose else FILE_FORMAT))
     handler.addFilter(lambda record: record.name.startswith("harness") or record.levelno >= logging.WARNING)

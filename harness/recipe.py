@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from harness.config import load_yaml, parse_dataclass
-from harness.errors import HarnessError
+from harness.errors import HarnessError, in_file, keyed
 from harness.layout import PRETRAINED_MODEL, ModelRef, check_label
 from harness.resources import find_recipe
 
@@ -307,12 +307,38 @@ def load_recipe(path: str | Path) -> Recipe:
             raise HarnessError(f"{path}: '{key}' is the recipe form before the matrix: {moved} (README: Recipes)")
     if "source" in data:
         raise HarnessError(f"{path}: unknown key 'source'")
-    recipe = parse_dataclass(Recipe, data, str(path))
-    recipe.source = str(path)
     from harness.world import ZOO_PREFIX, check_concept_kind, world_named
 
-    if recipe.model.startswith(ZOO_PREFIX):
-        world_named(recipe.model.removeprefix(ZOO_PREFIX), f"{path}: model")
-    if recipe.concept is not None:
-        check_concept_kind(recipe.concept.kind, f"{path}: concept.kind")
+    with in_file(path):
+        recipe = parse_dataclass(Recipe, data)
+        recipe.source = str(path)
+        if recipe.model.startswith(ZOO_PREFIX):
+            with keyed("model"):
+                world_named(recipe.model.removeprefix(ZOO_PREFIX))
+        if recipe.concept is not None:
+            with keyed("concept.kind"):
+                check_concept_kind(recipe.concept.kind)
+        check_entries(recipe)
     return recipe
+
+
+def check_entries(recipe: Recipe) -> None:
+    """Every method and attack resolves to a declared plug-in and its params parse, before any
+    work; several targets need a pruning method. Errors are keyed at the entry."""
+    from harness.registry import resolve
+
+    for index, entry in enumerate(recipe.methods):
+        with keyed(f"methods[{index}]"):
+            with keyed("method"):
+                plugin = resolve("method", entry.method)
+            with keyed("params"):
+                plugin.parse(entry.params)
+            if recipe.concept is not None and recipe.concept.several and not plugin.prunes:
+                raise HarnessError(f"{entry.method} erases one concept at a time; concept.target lists "
+                                   f"{len(recipe.concept.targets)} (only pruning methods unite masks)", key="method")
+    for index, entry in enumerate(recipe.attacks):
+        with keyed(f"attacks[{index}]"):
+            with keyed("attack"):
+                plugin = resolve("attack", entry.attack)
+            with keyed("params"):
+                plugin.parse(entry.params)

@@ -260,6 +260,19 @@ class AttackRecord:
     """A prompt-space attack's rewrite of the concept's prompts (harness.generate.rewrite.PromptRewrite)."""
 
 
+@dataclass
+class ReportRecord:
+    """What the report stage wrote (report.json): from which runs, which files, what is missing."""
+
+    runs: list[str]
+    markdown: str
+    """The path of report.md."""
+    files: list[str]
+    missing: list[str]
+    tables: dict[str, Any]
+    provenance: dict[str, Any]
+
+
 # ---------------------------------------------------------------- generate and score
 
 @dataclass

@@ -29,7 +29,7 @@ class RuntimeSettings:
     """folder of the prompt data files (default $HARNESS_DATA_DIR, else the cache's data/)"""
 
     def __post_init__(self) -> None:
-        resolve_device(self.device, "device")
+        resolve_device(self.device)
         if self.accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
             raise ValueError(f"accelerator: unknown '{self.accelerator}' (choose from auto, cpu, gpu)")
         if not (self.devices == "auto" or (self.devices.isdigit() and int(self.devices) > 0)):
@@ -43,18 +43,19 @@ class RuntimeSettings:
         return int(self.devices) if self.devices.isdigit() else self.devices
 
 
-def resolve_device(name: str, where: str = "--device") -> torch.device:
-    """`auto` is the GPU when there is one, else the CPU; an unknown or absent device is an error."""
+def resolve_device(name: str) -> torch.device:
+    """`auto` is the GPU when there is one, else the CPU; an unknown or absent device is an error
+    keyed at `--device` (a caller reading it elsewhere names its own key)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise HarnessError(f"{where}: unknown device '{name}' (use auto, cpu, cuda or cuda:N)") from None
+        raise HarnessError(f"unknown device '{name}' (use auto, cpu, cuda or cuda:N)", key="--device") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise HarnessError(f"{where}: '{name}' asked for, but this machine has no CUDA GPU (use cpu or auto)")
+        raise HarnessError(f"'{name}' asked for, but this machine has no CUDA GPU (use cpu or auto)", key="--device")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise HarnessError(f"{where}: '{name}': this machine has {torch.cuda.device_count()} GPU(s)")
+        raise HarnessError(f"'{name}': this machine has {torch.cuda.device_count()} GPU(s)", key="--device")
     if device.type not in ("cpu", "cuda", "mps"):
-        raise HarnessError(f"{where}: unsupported device type '{device.type}' (use auto, cpu, cuda or cuda:N)")
+        raise HarnessError(f"unsupported device type '{device.type}' (use auto, cpu, cuda or cuda:N)", key="--device")
     return device

@@ -1,6 +1,6 @@
 """Worlds: model families the harness carries itself, as plug-ins (the miniature digits world).
 
-A world is registered by name (harness.registry, kind `world`) and is an object with the
+A world is declared by name (`harness.registry.world`) and is an object with the
 `World` interface below: the pipeline folder `zoo:NAME` stands for, the concept kinds it knows
 (with their prompt pairs for pruning methods), its built-in prompt suites and its reference
 image sets for FID. Generic code reaches a world only through this module, so models/,
@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from harness.errors import HarnessError
-from harness.registry import registered, resolve
+from harness.errors import HarnessError, in_file
+from harness.registry import plugins, registered, resolve
 
 ZOO_PREFIX = "zoo:"
 BASE_CONCEPT_KINDS = ("object", "artist", "nudity")
@@ -37,10 +37,10 @@ class World:
         """A short content identity of the world's weights (changes when they change)."""
         return self.name
 
-    def prompt_pairs(self, target: str, kind: str, where: str) -> tuple[list[str], list[str]]:
+    def prompt_pairs(self, target: str, kind: str) -> tuple[list[str], list[str]]:
         """Base prompts (without the concept) and target prompts (with it) for a concept of one
-        of `concept_kinds`."""
-        raise HarnessError(f"{where}: world {self.name} has no prompts for kind '{kind}'")
+        of `concept_kinds`; an error is keyed at the recipe's `concept`."""
+        raise HarnessError(f"world {self.name} has no prompts for kind '{kind}'", key="concept.kind", rooted=True)
 
     def suite_names(self) -> list[str]:
         """Names of the world's built-in prompt suites (for listings)."""
@@ -70,16 +70,16 @@ class World:
 
 def all_worlds() -> list[World]:
     """Every registered world."""
-    return [resolve("world", name, "worlds") for name in registered("world")]
+    return [plugin.target for plugin in plugins("world")]
 
 
-def world_named(name: str, where: str) -> World:
-    """The world registered as `name`."""
+def world_named(name: str) -> World:
+    """The world registered as `name` (an error is keyed: the caller names the key)."""
     if name not in registered("world"):
-        raise HarnessError(f"{where}: unknown world '{name}' (known: {', '.join(registered('world'))})")
-    world = resolve("world", name, where)
+        raise HarnessError(f"unknown world '{name}' (known: {', '.join(registered('world'))})", key="")
+    world = resolve("world", name).target
     if not isinstance(world, World):
-        raise HarnessError(f"{where}: world '{name}' is a {type(world).__name__}, not a harness.world.World")
+        raise HarnessError(f"world '{name}' is a {type(world).__name__}, not a harness.world.World", key="")
     return world
 
 
@@ -87,7 +87,8 @@ def world_of_source(source: str) -> World | None:
     """The world a model source names (`zoo:NAME`), else None."""
     if not source.startswith(ZOO_PREFIX):
         return None
-    return world_named(source.removeprefix(ZOO_PREFIX), source)
+    with in_file(source):
+        return world_named(source.removeprefix(ZOO_PREFIX))
 
 
 def world_of_kind(kind: str) -> World | None:
@@ -106,11 +107,11 @@ def concept_kinds() -> list[str]:
     return [*BASE_CONCEPT_KINDS, *(k for w in all_worlds() for k in w.concept_kinds)]
 
 
-def check_concept_kind(kind: str, where: str) -> None:
-    """Raise unless `kind` is a known concept kind."""
+def check_concept_kind(kind: str) -> None:
+    """Raise (keyed) unless `kind` is a known concept kind."""
     known = concept_kinds()
     if kind not in known:
-        raise HarnessError(f"{where}: unknown kind '{kind}' (choose from {', '.join(known)})")
+        raise HarnessError(f"unknown kind '{kind}' (choose from {', '.join(known)})", key="")
 
 
 def builtin_suite(name: str) -> Any:

@@ -1,30 +1,32 @@
 """The interface every attack has, and what its threat model lets it read.
 
-An attack is a callable
+An attack is one decorated function:
 
-    attack(context: AttackContext, params: dict) -> AttackResult
+    @attack("my-attack", params=MyParams, reads={"concept"})      # harness.registry.attack
+    def my_attack(context: AttackContext, params: MyParams) -> AttackResult: ...
 
-decorated with `@declares(...)` to say what it reads beyond the unlearned model:
+`reads` says what it reads beyond the unlearned model:
 
 - `concept`: the erased concept (prompt-space attacks that target it);
 - `original`: the original weights (only the ideal-case studies; flagged as such in results);
 - `sharded`: it spreads its own work over Accelerate processes (every process calls it);
   an undeclared attack runs on the main process only.
 
-What every attack gets: the unlearned model (`context.unlearned_state()`, or a loaded
-`context.pipeline()`), the base model's source and the method's target layer names, the
-generation settings, the device, seeds, the fidelity setting and a scratch folder. Reading a
-thing it did not declare is an error. `context.measurement_original()` gives the original
-weights for *measuring* an attack (sign accuracy), never for choosing what it writes.
+What every attack gets: its params, parsed into the declared type before any work; a view of
+the stage's job (`context.job`: the base model, the unlearned model's tensor files, the method's
+target layer names from its unlearn record, the generation settings, fidelity, runtime) with the
+unlearned model (`context.unlearned_state()`, or a loaded `context.pipeline()`), the device, the
+seed and a scratch folder. Reading a thing it did not declare is an error.
+`context.measurement_original()` gives the original weights for *measuring* an attack (sign
+accuracy), never for choosing what it writes. An error it raises is keyed relative to its entry
+(`HarnessError("...", key="params.data")`).
 
 The result holds `tensors` (UNet parameters the attack changed, applied on top of the
 unlearned model), `info` (a JSON-ready record) and, for the revival family, `revival` (its
 per-layer report); a prompt-space attack gives `prompt_rewrite` (how generation changes the
-concept's prompts) and `tokens` (new words and their input embeddings the rewrite uses). An attack that does not apply to a model (nothing pruned to revive) raises
-`NotApplicable` with the reason, which the matrix shows in that cell.
-
-An attack may carry `params_type` (its params dataclass) so that a recipe's params are checked
-before any work.
+concept's prompts) and `tokens` (new words and their input embeddings the rewrite uses). An
+attack that does not apply to a model (nothing pruned to revive) raises `NotApplicable` with the
+reason, which the matrix shows in that cell.
 
 A recipe names an attack by a registered name (`nms`, `quant4`, ...; harness.registry) or an
 import path `package.module:function`, so a new attack needs no edit to the harness.
@@ -32,22 +34,19 @@ import path `package.module:function`, so a new attack needs no edit to the harn
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from harness.errors import HarnessError
+from harness.attack.job import AttackJob
+from harness.errors import HarnessError, in_file
 from harness.generate.rewrite import PromptRewrite
-from harness.recipe import GenerationSettings
 from harness.models.checkpoints import load_state_dict, load_tensor_file
+from harness.recipe import ConceptSettings, GenerationSettings
 from harness.records import ReviveReport
-from harness.registry import resolve_callable
-from harness.recipe import ConceptSettings
-
-READS = ("concept", "original", "sharded")
+from harness.registry import Plugin, resolve
 
 
 class NotApplicable(Exception):
@@ -67,63 +66,60 @@ class AttackResult:
     prompt_rewrite: PromptRewrite | None = None
 
 
-Attack = Callable[["AttackContext", dict], AttackResult]
-
-
-def declares(*reads: str) -> Callable[[Attack], Attack]:
-    """Mark an attack function with what it reads (see the module docstring)."""
-    unknown = [r for r in reads if r not in READS]
-    if unknown:
-        raise ValueError(f"unknown declaration '{unknown[0]}' (choose from {', '.join(READS)})")
-
-    def mark(function: Attack) -> Attack:
-        function.reads = frozenset(reads)  # type: ignore[attr-defined]
-        return function
-
-    return mark
-
-
-def attack_reads(attack: Attack) -> frozenset[str]:
-    """What an attack declared it reads (nothing, when undeclared)."""
-    return frozenset(getattr(attack, "reads", frozenset()))
-
-
-def resolve_attack(name: str, where: str) -> Attack:
-    """The callable for a registered name or a `package.module:function` import path."""
-    return resolve_callable("attack", name, where)
+def resolve_attack(name: str) -> Plugin:
+    """The declared attack a registered name or a `package.module:function` import path names."""
+    return resolve("attack", name)
 
 
 @dataclass
 class AttackContext:
-    """What an attack may read; see the module docstring."""
+    """What an attack may read: a view of the job and what the stage set up; see the module docstring."""
 
-    base_model: str
-    unlearned_files: list[Path]
-    """Tensor files that make the unlearned model, applied in order on top of the base model."""
-    layers: list[str]
-    """Glob patterns of the layers the unlearning method was allowed to change."""
+    job: AttackJob
     device: torch.device
-    generation: GenerationSettings
     scratch: Path
     """A folder the attack may write to (checkpoints, parts); it does not outlive the stage's output."""
     reads: frozenset[str]
-    where: str = "recipe"
-    entry: str = "attack"
-    fidelity: str = "paper"
-    seed: int = 0
     accelerator: Any = None
-    concept_settings: ConceptSettings | None = None
-    original_source: str | None = None
     settings_key: str = ""
     """The key of the job's settings (training checkpoints of other settings are not resumed)."""
-    runtime: Any = None
-    """The stage's RuntimeSettings (devices, strategy, nodes for training attacks)."""
-    data_dir: str | None = None
     _unlearned: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
-    def key(self, path: str) -> str:
-        """An error prefix naming a key of the attack's entry, e.g. 'recipes/x.yaml: attacks[0].params'."""
-        return f"{self.where}: {self.entry}.{path}"
+    @property
+    def model(self) -> str:
+        """The base model the unlearned tensors apply to."""
+        return self.job.model
+
+    @property
+    def unlearned_files(self) -> list[Path]:
+        return self.job.unlearned_files
+
+    @property
+    def layers(self) -> list[str]:
+        """The parameter names the unlearning method was allowed to change."""
+        return self.job.layers
+
+    @property
+    def generation(self) -> GenerationSettings:
+        return self.job.generation
+
+    @property
+    def fidelity(self) -> str:
+        return self.job.fidelity
+
+    @property
+    def seed(self) -> int:
+        """The recipe's seed (generation.fixed_seed)."""
+        return self.job.generation.fixed_seed
+
+    @property
+    def runtime(self) -> Any:
+        """The stage's RuntimeSettings (devices, strategy, nodes for training attacks)."""
+        return self.job.runtime
+
+    @property
+    def data_dir(self) -> str | None:
+        return self.job.runtime.data_dir
 
     def unlearned_tensors(self) -> dict[str, torch.Tensor]:
         """The tensors the unlearning changed (the files' union, later files winning), on the CPU."""
@@ -135,7 +131,7 @@ class AttackContext:
     def unlearned_state(self) -> dict[str, torch.Tensor]:
         """The unlearned UNet's whole state (base weights with the changed tensors), on the CPU."""
         if self._unlearned is None:
-            state = dict(load_state_dict(self.base_model))
+            state = dict(load_state_dict(self.model))
             state.update(self.unlearned_tensors())
             self._unlearned = state
         return self._unlearned
@@ -144,32 +140,33 @@ class AttackContext:
         """The unlearned model as a pipeline on the attack's device."""
         from harness.models.pipelines import apply_tensors, load_pipeline, set_scheduler
 
-        pipeline = load_pipeline(self.base_model, "cpu", dtype=dtype)
-        set_scheduler(pipeline, self.generation.scheduler, self.where)
+        pipeline = load_pipeline(self.model, "cpu", dtype=dtype)
+        set_scheduler(pipeline, self.generation.scheduler)
         for path in self.unlearned_files:
-            apply_tensors(pipeline, load_tensor_file(path), where=str(path))
+            with in_file(path):
+                apply_tensors(pipeline, load_tensor_file(path))
         return pipeline.to(self.device)
 
-    def auxiliary_set(self, pipeline: Any, spec: Any, where: str) -> Any:
+    def auxiliary_set(self, pipeline: Any, spec: Any) -> Any:
         """An attacker's training data (a harness.train.data.DataSpec) built for `pipeline`. The
         harness, not the attack, keeps the erased concept out of it: a world's images of that
         class are left out, and a caption naming it is an error; the attack never learns which."""
         from harness.train.data import build_set
 
-        exclude = self.concept_settings.targets if self.concept_settings else []
-        return build_set(pipeline, spec, self.generation, self.base_model, self.seed, exclude, where, self.data_dir)
+        exclude = self.job.concept.targets if self.job.concept else []
+        return build_set(pipeline, spec, self.generation, self.model, self.seed, exclude, self.data_dir)
 
     @property
     def concept(self) -> ConceptSettings:
         """The erased concept; only for attacks that declare `concept`."""
         self._require("concept")
-        if self.concept_settings is None:
-            raise HarnessError(f"{self.where}: the attack needs the recipe's 'concept' section")
-        if self.concept_settings.several:
-            raise NotApplicable(f"it learns one concept; the model erases {self.concept_settings.label}")
-        return self.concept_settings
+        if self.job.concept is None:
+            raise HarnessError("the attack needs the recipe's 'concept' section", key="concept", rooted=True)
+        if self.job.concept.several:
+            raise NotApplicable(f"it learns one concept; the model erases {self.job.concept.label}")
+        return self.job.concept
 
-    def concept_images(self, pipeline: Any, folder: str | None, where: str) -> torch.Tensor:
+    def concept_images(self, pipeline: Any, folder: str | None) -> torch.Tensor:
         """Images of the erased concept in `pipeline`'s input space: the ones in `folder`, else
         a world's held-out real images of it; only for attacks that declare `concept`."""
         from harness.train.data import encode, folder_images, model_size
@@ -178,16 +175,16 @@ class AttackContext:
         concept = self.concept
         size = model_size(pipeline, self.generation)
         if folder is not None:
-            return folder_images(pipeline, folder, size, where)
-        world = world_of_source(self.base_model)
+            return folder_images(pipeline, folder, size)
+        world = world_of_source(self.model)
         found = world.labelled_images("heldout", size) if world is not None else None
         if found is None:
-            raise HarnessError(f"{where}: name a folder of images of '{concept.target}' (the model is no world's)")
+            raise HarnessError(f"name a folder of images of '{concept.target}' (the model is no world's)", key="")
         images, labels = found
         names = {name.lower() for name in world.concept_names(concept.target)}
         keep = [i for i, label in enumerate(labels) if label.lower() in names]
         if not keep:
-            raise HarnessError(f"{where}: world {world.name} has no held-out images of '{concept.target}'")
+            raise HarnessError(f"world {world.name} has no held-out images of '{concept.target}'", key="")
         return encode(pipeline, images[keep])
 
     def original_pipeline(self) -> Any:
@@ -196,8 +193,8 @@ class AttackContext:
         from harness.models.pipelines import load_pipeline, set_scheduler
 
         self._require("original")
-        pipeline = load_pipeline(self.original_source or self.base_model, "cpu")
-        set_scheduler(pipeline, self.generation.scheduler, self.where)
+        pipeline = load_pipeline(self.job.original or self.model, "cpu")
+        set_scheduler(pipeline, self.generation.scheduler)
         return pipeline.to(self.device)
 
     def original_state(self) -> dict[str, torch.Tensor]:
@@ -207,8 +204,9 @@ class AttackContext:
 
     def measurement_original(self) -> dict[str, torch.Tensor] | None:
         """The original weights for measuring the attack (sign accuracy), or None when not given."""
-        return load_state_dict(self.original_source) if self.original_source else None
+        return load_state_dict(self.job.original) if self.job.original else None
 
     def _require(self, what: str) -> None:
         if what not in self.reads:
-            raise HarnessError(f"{self.entry}: the attack reads '{what}' but does not declare it (@declares('{what}'))")
+            raise HarnessError(f"the attack reads '{what}' but does not declare it (@attack(..., reads={{'{what}'}}))",
+                               key="attack")

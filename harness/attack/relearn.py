@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 
 from harness.attack.interface import AttackContext, AttackResult
-from harness.config import parse_dataclass
-from harness.errors import HarnessError
+from harness.errors import HarnessError, keyed
+from harness.registry import attack
 from harness.train.data import DataSpec, TrainingSet
 from harness.train.denoise import denoising_loss
 from harness.train.engine import FineTuneModule, Objective, TrainParams, fine_tune
@@ -64,23 +64,22 @@ class DenoisingObjective(Objective):
                               generator)
 
 
-def dimra(context: AttackContext, params: dict) -> AttackResult:
-    """The registered attack `dimra` (signature in harness.attack.interface)."""
-    settings = parse_dataclass(DiMRAParams, params, context.key("params"))
+@attack("dimra", params=DiMRAParams)
+def dimra(context: AttackContext, params: DiMRAParams) -> AttackResult:
+    """DiMRA, relearning on data without the concept (harness.attack.interface)."""
     pipeline = context.pipeline()
-    data = context.auxiliary_set(pipeline, settings.data, context.key("params.data"))
+    with keyed("params.data"):
+        data = context.auxiliary_set(pipeline, params.data)
     if not len(data.inputs):
-        raise HarnessError(f"{context.key('params.data')}: the auxiliary set is empty")
+        raise HarnessError("the auxiliary set is empty", key="params.data")
     files = AttackFiles(context.scratch)
-    outcome = fine_tune(pipeline, DenoisingObjective(data, settings.batch_size), settings, files.checkpoints,
-                        context.settings_key, context.key("params"), context.device, context.runtime,
-                        snapshot=(settings.curve_every, files.snapshot))
-    snapshots = {step: files.snapshot(step) for step in range(settings.curve_every, outcome.steps + 1, settings.curve_every)
+    with keyed("params"):
+        outcome = fine_tune(pipeline, DenoisingObjective(data, params.batch_size), params, files.checkpoints,
+                            context.settings_key, context.job.label, context.device, context.runtime,
+                            snapshot=(params.curve_every, files.snapshot))
+    snapshots = {step: files.snapshot(step) for step in range(params.curve_every, outcome.steps + 1, params.curve_every)
                  if files.snapshot(step).is_file()}
     info = {"steps": outcome.steps, "final_loss": outcome.final_loss, "train_seconds": outcome.seconds,
             "resumed_from_step": outcome.resumed_from, "data": data.source, "data_samples": len(data.inputs),
             "data_labels": sorted({label for label in data.labels if label})}
     return AttackResult(tensors=outcome.tensors, info=info, snapshots=snapshots)
-
-
-dimra.params_type = DiMRAParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)

@@ -1,6 +1,6 @@
 """The plan of one recipe's experiment: the matrix's models (methods x attacks, and the
-pretrained model), its suites and shards, and the job of every stage. The local runner and the
-SLURM planner share it."""
+pretrained model), its suites and shards, and the job of every stage, built from the recipe and
+the upstream stage's record. The local runner and the SLURM planner share it."""
 
 from __future__ import annotations
 
@@ -8,14 +8,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.attack.run import AttackJob
-from harness.errors import HarnessError
+from harness.attack.job import AttackJob
+from harness.errors import HarnessError, in_file, keyed
 from harness.generate import shards
-from harness.layout import ModelRef, RunLayout
+from harness.generate.rewrite import prompt_changes
+from harness.generate.run import GenerateJob
+from harness.generate.suites import load_suite
+from harness.layout import NO_ATTACK, PRETRAINED, PRETRAINED_MODEL, ModelRef, RunLayout
 from harness.recipe import Recipe
+from harness.report.run import ReportJob
 from harness.runtime import RuntimeSettings
-from harness.unlearn.method import method_layers
-from harness.unlearn.run import UnlearnJob
+from harness.score.run import ScoreJob
+from harness.unlearn.job import UnlearnJob
 
 STAGES = ("unlearn", "attack", "generate", "score", "report")
 """The stages in order; `harness benchmark --stage` and the SLURM jobs take these names."""
@@ -28,6 +32,7 @@ class Plan:
     recipe: Recipe
     layout: RunLayout
     suite_sizes: dict[str, int]
+    runtime: RuntimeSettings
 
     @property
     def run_dir(self) -> Path:
@@ -45,24 +50,43 @@ class Plan:
     def shard_count(self, suite: str) -> int:
         return shards.shard_count(self.suite_sizes[suite], self.recipe.generation.shard_size)
 
-    def unlearn_job(self, method: str, runtime: RuntimeSettings) -> UnlearnJob:
+    def unlearn_job(self, method: str) -> UnlearnJob:
         """The unlearn stage's job for one method."""
-        return UnlearnJob.from_recipe(self.recipe, method, self.layout.unlearn(method).folder,
-                                      runtime.data_dir, runtime.device, runtime)
+        return UnlearnJob.from_recipe(self.recipe, method, self.layout.unlearn(method).folder, self.runtime)
 
-    def attack_job(self, method: str, attack: str, runtime: RuntimeSettings) -> AttackJob:
-        """The attack stage's job for one attack on one method's model."""
-        entry = self.recipe.attack(attack)
-        method_entry = self.recipe.method(method)
-        layers = method_layers(method_entry, f"{self.recipe.source}: methods[{self.recipe.methods.index(method_entry)}].method")
-        return AttackJob(
-            attack=entry, base_model=self.recipe.model, unlearned_files=[self.layout.unlearn(method).tensors],
-            out=self.layout.attack(method, attack).folder, method=method, layers=layers,
-            generation=self.recipe.generation, where=self.recipe.source,
-            entry=f"attacks[{self.recipe.attacks.index(entry)}]", device=runtime.device,
-            fidelity=self.recipe.fidelity, seed=self.recipe.generation.fixed_seed, concept=self.recipe.concept,
-            original=self.recipe.model, data_dir=runtime.data_dir, runtime=runtime,
-        )
+    def attack_job(self, method: str, attack: str) -> AttackJob:
+        """The attack stage's job for one attack on one method's model: the layers are the ones
+        the method's unlearn record says it was allowed to change."""
+        return AttackJob.from_recipe(self.recipe, attack, self.layout.unlearn(method).folder,
+                                     self.layout.attack(method, attack).folder, self.runtime)
+
+    def generate_job(self, model: ModelRef, suite: str, shard: int | None = None) -> GenerateJob:
+        """The generate stage's job: one suite (or shard) with one model, with a prompt-space
+        attack's new tokens and prompt rewrite."""
+        tokens, rewrite = None, None
+        if model.method != PRETRAINED and model.attack != NO_ATTACK:
+            tokens, rewrite = prompt_changes(self.layout.attack(model.method, model.attack).folder)
+        return GenerateJob(self.recipe.model, self.layout.model_tensors(model), self.suite(suite),
+                           self.recipe.generation, self.layout.images(model, suite).folder, model.label,
+                           shard=shard, runtime=self.runtime, tokens=tokens, rewrite=rewrite)
+
+    def score_job(self, model: ModelRef, suite: str) -> ScoreJob:
+        """The score stage's job: the suite's metrics of one model's images; the CLIP score
+        compares with the pretrained model's."""
+        loaded = self.suite(suite)
+        reference = self.layout.images(PRETRAINED_MODEL, suite).folder if model != PRETRAINED_MODEL else None
+        return ScoreJob(self.layout.images(model, suite).folder, loaded, list(loaded.metrics),
+                        self.layout.metrics(model, suite), reference=reference, settings=self.recipe.score,
+                        runtime=self.runtime)
+
+    def report_job(self) -> ReportJob:
+        """The report stage's job: the run's report folder."""
+        return ReportJob([self.run_dir], self.layout.report.folder)
+
+    def suite(self, name: str) -> Any:
+        """A suite of the recipe, loaded."""
+        with in_file(self.recipe.source), keyed("suites"):
+            return load_suite(name, self.runtime.data_dir)
 
     def as_dict(self) -> dict[str, Any]:
         """The plan as plain data (for --list-jobs and the SLURM planner)."""
@@ -85,33 +109,11 @@ class Plan:
         return [model]
 
 
-def check_entries(recipe: Recipe) -> None:
-    """Every method and attack resolves and its params are valid, before any work: a callable
-    with a `params_type` dataclass has its params parsed by it (revival attacks with their preset)."""
-    from harness.attack.interface import resolve_attack
-    from harness.attack.revival.settings import revival_params
-    from harness.config import parse_dataclass
-    from harness.unlearn.method import resolve_method
-
-    for index, method in enumerate(recipe.methods):
-        function = resolve_method(method.method, f"{recipe.source}: methods[{index}].method")
-        if hasattr(function, "params_type"):
-            parse_dataclass(function.params_type, method.params, f"{recipe.source}: methods[{index}].params")
-        if recipe.concept is not None and recipe.concept.several and not getattr(function, "prunes", False):
-            raise HarnessError(f"{recipe.source}: methods[{index}].method: {method.method} erases one concept at a "
-                               f"time; concept.target lists {len(recipe.concept.targets)} (only pruning methods unite masks)")
-    for index, attack in enumerate(recipe.attacks):
-        function = resolve_attack(attack.attack, f"{recipe.source}: attacks[{index}].attack")
-        if revival_params(attack, f"{recipe.source}: attacks[{index}].params") is None and hasattr(function, "params_type"):
-            parse_dataclass(function.params_type, attack.params, f"{recipe.source}: attacks[{index}].params")
-
-
-def build_plan(recipe: Recipe, run_dir: Path, data_dir: str | Path | None = None) -> Plan:
+def build_plan(recipe: Recipe, run_dir: Path, runtime: RuntimeSettings | None = None) -> Plan:
     """The plan for `recipe` in `run_dir`; suite sizes come from the suites themselves."""
-    from harness.generate.suites import load_suite
-
+    runtime = runtime or RuntimeSettings()
     if not recipe.suites:
         raise HarnessError(f"{recipe.source}: suites: the benchmark needs at least one prompt suite")
-    check_entries(recipe)
-    sizes = {suite: len(load_suite(suite, data_dir, f"{recipe.source}: suites")) for suite in recipe.suites}
-    return Plan(recipe=recipe, layout=RunLayout(Path(run_dir)), suite_sizes=sizes)
+    with in_file(recipe.source), keyed("suites"):
+        sizes = {suite: len(load_suite(suite, runtime.data_dir)) for suite in recipe.suites}
+    return Plan(recipe=recipe, layout=RunLayout(Path(run_dir)), suite_sizes=sizes, runtime=runtime)

@@ -1,4 +1,5 @@
-"""The stages of one recipe's experiment, each reading and writing files of the run directory.
+"""The stages of one recipe's experiment, each a job from the plan given to its stage's `run`,
+reading and writing files of the run directory.
 
 Every stage skips work whose output is complete for its settings (the stages themselves check),
 so a rerun after a crash, or a SLURM array task whose shard exists, costs next to nothing.
@@ -14,22 +15,18 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from harness.atomic import atomic_copy
-from harness.attack.run import run_attack
 from harness.experiment.plan import Plan
-from harness.generate.rewrite import PromptRewrite, prompt_changes
-from harness.layout import NO_ATTACK, PRETRAINED, PRETRAINED_MODEL, ModelRef
+from harness.layout import NO_ATTACK, PRETRAINED, ModelRef
 from harness.records import AttackRecord, Results, read_record
-from harness.recipe import Recipe
-from harness.runtime import RuntimeSettings
 
 log = logging.getLogger(__name__)
 
 
-def copy_recipe(recipe: Recipe, plan: Plan) -> None:
+def copy_recipe(plan: Plan) -> None:
     """Keep the recipe beside its results (atomically: array tasks may do it at once)."""
     target = plan.layout.recipe
     target.parent.mkdir(parents=True, exist_ok=True)
-    source = Path(recipe.source)
+    source = Path(plan.recipe.source)
     if target.is_file() and (target.samefile(source) or target.read_bytes() == source.read_bytes()):
         return
     atomic_copy(source, target)
@@ -41,27 +38,27 @@ def made_since(provenance: dict, started: float) -> bool:
     return created >= int(started)
 
 
-def unlearn(plan: Plan, methods: list[str], runtime: RuntimeSettings) -> None:
+def unlearn(plan: Plan, methods: list[str]) -> None:
     """Each method's unlearning (a method whose output is complete for its settings is skipped)."""
-    from harness.unlearn.run import run_unlearning
+    from harness.unlearn import run as stage
 
     for method in methods:
         started = time.time()
-        record = run_unlearning(plan.unlearn_job(method, runtime))
+        record = stage.run(plan.unlearn_job(method))
         if made_since(record.provenance, started):
             log.info("unlearn %s: %d weights changed (%.3f%% of the target layers), %.1f s", method, record.changed,
                      100 * record.fraction_of_layers, record.seconds)
 
 
-def attack(plan: Plan, pairs: list[tuple[str, str]], runtime: RuntimeSettings,
-           accelerator: Accelerator | None = None) -> None:
+def attack(plan: Plan, pairs: list[tuple[str, str]], accelerator: Accelerator | None = None) -> None:
     """Each (method, attack) pair's attack (sharded over Accelerate processes where it declares so)."""
+    from harness.attack import run as stage
     from harness.attack.revival.runner import make_accelerator
 
-    accelerator = accelerator or make_accelerator(runtime.device)
+    accelerator = accelerator or make_accelerator(plan.runtime.device)
     for method, name in pairs:
         started = time.time()
-        record = run_attack(plan.attack_job(method, name, runtime), accelerator)
+        record = stage.run(plan.attack_job(method, name), accelerator)
         if record is not None and made_since(record.provenance, started):
             summary = f"not applicable ({record.reason})" if not record.applicable else f"{record.seconds:.1f} s"
             if record.revival is not None and record.revival.summary.sign_accuracy is not None:
@@ -84,44 +81,27 @@ def with_snapshots(plan: Plan, models: list[ModelRef]) -> list[ModelRef]:
     return [m for model in models for m in (model, *snapshot_models(plan.layout, model))]
 
 
-def generate(plan: Plan, model: ModelRef, suite_name: str, shard: int | None, runtime: RuntimeSettings) -> None:
+def generate(plan: Plan, model: ModelRef, suite: str, shard: int | None) -> None:
     """Images of one suite with one model (one shard when given), as WebDataset shards."""
-    from harness.generate.run import generate_suite
-    from harness.generate.suites import load_suite
+    from harness.generate import run as stage
 
     if not attacked_model_applies(plan, model):
         log.debug("generate %s: the attack did not apply; nothing to generate", model)
         return
-    suite = load_suite(suite_name, runtime.data_dir, f"{plan.recipe.source}: suites")
-    tokens, rewrite = prompt_attack(plan, model)
-    generate_suite(plan.recipe.model, plan.layout.model_tensors(model), suite, plan.recipe.generation,
-                   plan.layout.images(model, suite_name).folder, model.label, shard=shard, runtime=runtime,
-                   tokens=tokens, rewrite=rewrite)
+    stage.run(plan.generate_job(model, suite, shard))
 
 
-def prompt_attack(plan: Plan, model: ModelRef) -> tuple[Path | None, PromptRewrite | None]:
-    """A prompt-space attack's new tokens file and prompt rewrite for `model` (None, None for others)."""
-    if model.method == PRETRAINED or model.attack == NO_ATTACK:
-        return None, None
-    return prompt_changes(plan.layout.attack(model.method, model.attack).folder)
+def score(plan: Plan, model: ModelRef, suite: str) -> None:
+    """The suite's metrics for one model's images."""
+    from harness.score import run as stage
 
-
-def score(plan: Plan, model: ModelRef, suite_name: str, runtime: RuntimeSettings) -> None:
-    """The suite's metrics for one model's images; the CLIP score compares with the pretrained model."""
-    from harness.generate.suites import load_suite
-    from harness.score.run import score_suite
-
-    if not attacked_model_applies(plan, model):
-        return
-    suite = load_suite(suite_name, runtime.data_dir, f"{plan.recipe.source}: suites")
-    reference = plan.layout.images(PRETRAINED_MODEL, suite_name).folder if model != PRETRAINED_MODEL else None
-    score_suite(plan.layout.images(model, suite_name).folder, suite, list(suite.metrics),
-                plan.layout.metrics(model, suite_name), reference=reference, settings=plan.recipe.score, runtime=runtime)
+    if attacked_model_applies(plan, model):
+        stage.run(plan.score_job(model, suite))
 
 
 def report(plan: Plan) -> Results:
     """results.json, tables, plots and grids of the run; returns the results."""
-    from harness.report.run import write_report
+    from harness.report import run as stage
 
-    write_report([plan.run_dir], plan.layout.report.folder)
+    stage.run(plan.report_job())
     return read_record(Results, plan.layout.results)

@@ -8,12 +8,14 @@ from pathlib import Path
 
 from harness.config import settings_arguments, settings_from_arguments
 from harness.generate.rewrite import prompt_changes
-from harness.generate.run import generate_suite
+from harness.generate import run as generate
+from harness.generate.run import GenerateJob
 from harness.recipe import GenerationSettings
 from harness.generate.suites import load_suite
 from harness.layout import AttackFiles, GenerationFiles
 from harness.recipe import load_recipe
 from harness.runtime import RuntimeSettings
+from harness.errors import keyed
 
 
 @dataclass
@@ -29,7 +31,7 @@ class GenerateOptions:
     tensors: list[str] = field(default_factory=list)
     """safetensors file of changed UNet tensors to apply (repeatable, in order)"""
     attack: str | None = None
-    """an attack's output folder (`harness attack --out`): its tensors, new tokens and prompt rewrite apply last"""
+    """an attack's output folder (`harness attack --out DIR`): its tensors, new tokens and prompt rewrite apply last"""
     tag: str | None = None
     """model name recorded with each image (default: the --out folder's parent name)"""
     shard: int | None = None
@@ -51,14 +53,15 @@ def run(args: argparse.Namespace) -> int:
     base = load_recipe(options.recipe).generation if options.recipe else GenerationSettings()
     settings = settings_from_arguments(GenerationSettings, args, args._generation, base)
     runtime = settings_from_arguments(RuntimeSettings, args, args._runtime)
-    suite = load_suite(options.suite, runtime.data_dir, "--suite")
+    with keyed("--suite"):
+        suite = load_suite(options.suite, runtime.data_dir)
     out = Path(options.out)
     tensors = [Path(t) for t in options.tensors]
     tokens, rewrite = None, None
     if options.attack is not None:
         tokens, rewrite = prompt_changes(Path(options.attack))
         tensors.append(AttackFiles(Path(options.attack)).tensors)
-    generate_suite(options.model, tensors, suite, settings, out, model_tag=options.tag or out.resolve().parent.name,
-                   shard=options.shard, runtime=runtime, tokens=tokens, rewrite=rewrite)
+    generate.run(GenerateJob(options.model, tensors, suite, settings, out, tag=options.tag or out.resolve().parent.name,
+                             shard=options.shard, runtime=runtime, tokens=tokens, rewrite=rewrite))
     print(f"{len(GenerationFiles(out).shards())} complete shards in {out}")
     return 0

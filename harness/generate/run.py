@@ -1,6 +1,6 @@
 """The generate stage: a prompt suite's images with one model, into WebDataset shards.
 
-`generate_suite` loads the pipeline in every process, applies changed UNet tensors, and runs a
+`run` loads the pipeline in every process, applies changed UNet tensors, and runs a
 Lightning predict loop: one process, DDP over CPU processes, GPUs or nodes through Lightning's
 usual `accelerator`/`devices`/`strategy`/`num_nodes`. Complete shards are skipped, so a rerun
 after a crash redoes only what was missing; `shard=i` runs shard i alone (one SLURM array task).
@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, in_file
 from harness.generate import shards
 from harness.generate.loop import GenerationModule, PromptDataModule, ShardSink, sample_meta
 from harness.generate.rewrite import PromptRewrite
@@ -42,24 +43,31 @@ BATCH_FREE = ("batch_size",)
 GENERATOR = "torch.Generator('cpu') seeded per image"
 
 
-def generate_suite(
-    pipeline_source: str,
-    tensors: list[str | Path],
-    suite: Suite,
-    settings: GenerationSettings,
-    out_dir: str | Path,
-    model_tag: str,
-    shard: int | None = None,
-    runtime: RuntimeSettings | None = None,
-    tokens: Path | None = None,
-    rewrite: PromptRewrite | None = None,
-) -> GenerationRecord:
-    """Generate `suite` with the pipeline at `pipeline_source` (hub id, folder or `zoo:NAME`)
-    after writing each safetensors file of `tensors` into its UNet (`apply_tensors`); only shard
-    `shard` when given. A prompt-space attack's new `tokens` (a safetensors file: token -> input
-    embedding) join the vocabulary and its `rewrite` changes the concept's prompts first.
-    Returns the folder's record."""
-    runtime = runtime or RuntimeSettings(accelerator="cpu")
+@dataclass
+class GenerateJob:
+    """One suite generated with one model (one shard when given) into one folder of shards."""
+
+    model: str
+    """The pipeline: hub id, folder or `zoo:NAME`."""
+    tensors: list[Path]
+    """Safetensors files of changed UNet tensors, applied in order (`apply_tensors`)."""
+    suite: Suite
+    generation: GenerationSettings
+    out: Path
+    tag: str
+    """The model's label in the shards' metadata (`pretrained`, `METHOD`, `METHOD/ATTACK`)."""
+    shard: int | None = None
+    runtime: RuntimeSettings = field(default_factory=lambda: RuntimeSettings(accelerator="cpu"))
+    tokens: Path | None = None
+    """A prompt-space attack's new tokens (a safetensors file: token -> input embedding)."""
+    rewrite: PromptRewrite | None = None
+    """A prompt-space attack's change of the concept's prompts, applied first."""
+
+
+def run(job: GenerateJob) -> GenerationRecord:
+    """Generate the job's suite (or shard) and return the folder's record."""
+    pipeline_source, settings, shard, runtime = job.model, job.generation, job.shard, job.runtime
+    tensors, out_dir, model_tag, tokens, rewrite, suite = job.tensors, job.out, job.tag, job.tokens, job.rewrite, job.suite
     if rewrite is not None:
         suite = rewrite.suite(suite)
     if settings.scheduler is not None and not is_scheduler(settings.scheduler):
@@ -129,10 +137,12 @@ def build_pipeline(source: str, tensors: list[Path], settings: GenerationSetting
     scheduler set."""
     pipeline = load_pipeline(source, device="cpu", dtype=dtype)
     for path in tensors:
-        apply_tensors(pipeline, load_tensor_file(path), where=str(path))
+        with in_file(path):
+            apply_tensors(pipeline, load_tensor_file(path))
     if tokens is not None:
-        add_tokens(pipeline, load_tensor_file(tokens), where=str(tokens))
-    set_scheduler(pipeline, settings.scheduler, "generation")
+        with in_file(tokens):
+            add_tokens(pipeline, load_tensor_file(tokens))
+    set_scheduler(pipeline, settings.scheduler)
     return pipeline
 
 

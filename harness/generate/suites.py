@@ -64,9 +64,9 @@ def is_builtin(name: str) -> bool:
     return name not in manifests.manifest_names() and builtin_suite(name) is not None
 
 
-def load_suite(name: str, data_dir: str | Path | None = None, where: str = "suite") -> Suite:
+def load_suite(name: str, data_dir: str | Path | None = None) -> Suite:
     """The suite `name`; manifest suites read their file from `data_dir` (see manifests.data_dir)
-    after checking its sha256, columns and row count. `where` prefixes errors (a recipe key)."""
+    after checking its sha256, columns and row count. An unknown name is a keyed error."""
     from harness.world import builtin_suite, builtin_suite_names
 
     if name in manifests.manifest_names():
@@ -74,13 +74,10 @@ def load_suite(name: str, data_dir: str | Path | None = None, where: str = "suit
         rows = manifests.read_rows(manifest, manifests.data_dir(data_dir))
         records = tuple(_record(manifest, index, row) for index, row in enumerate(rows))
         return Suite(name, manifest.kind, records, tuple(manifest.metrics), manifest.source)
-    try:
-        suite = builtin_suite(name)
-    except HarnessError as error:
-        raise HarnessError(f"{where}: {error}") from None
+    suite = builtin_suite(name)
     if suite is None:
-        raise HarnessError(f"{where}: unknown suite '{name}' (known: "
-                           f"{', '.join(manifests.manifest_names() + builtin_suite_names())})")
+        raise HarnessError(f"unknown suite '{name}' (known: "
+                           f"{', '.join(manifests.manifest_names() + builtin_suite_names())})", key="")
     return suite
 
 

@@ -22,7 +22,7 @@ import torch
 
 from harness.infer.ranking import DEFAULT_RULE, MIN_SHARE, RULES, Candidate, PrunedLayer, Ranking, infer_concept, load_candidates, pruned_layers
 from harness.config import parse_dataclass, settings_arguments, settings_from_arguments
-from harness.errors import HarnessError
+from harness.errors import HarnessError, keyed
 from harness.layout import UnlearnFiles
 from harness.models.checkpoints import load_state_dict, load_tensor_file
 from harness.provenance import provenance, write_json_atomic
@@ -135,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     candidates = load_candidates(options.candidates, options.data_dir, options.prompts_per_candidate, options.seed)
     unlearned = load_unlearned(options.unlearned, options.model)
-    layers = pruned_layers(unlearned.tensors, f"--unlearned {options.unlearned}", options.layers, options.min_share)
+    with keyed(f"--unlearned {options.unlearned}"):
+        layers = pruned_layers(unlearned.tensors, options.layers, options.min_share)
     generation = generation_of(options, unlearned)
     device = resolve_device(options.device)
     pipeline = load_pipeline(unlearned.base, device, dtype=resolve_dtype(generation.dtype, device))

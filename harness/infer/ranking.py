@@ -44,7 +44,7 @@ from typing import Any, Sequence
 
 import torch
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, keyed
 from harness.recipe import GenerationSettings
 from harness.unlearn.activations import column_norms
 from harness.unlearn.conceptprune import skilled_mask
@@ -155,18 +155,18 @@ def pruned_layer(name: str, weight: torch.Tensor, min_share: float = MIN_SHARE) 
     return PrunedLayer(name, (weight.shape[0], weight.shape[1]), pruned, magnitude, row_max)
 
 
-def pruned_layers(tensors: dict[str, torch.Tensor], where: str, patterns: Sequence[str] = (),
+def pruned_layers(tensors: dict[str, torch.Tensor], patterns: Sequence[str] = (),
                   min_share: float = MIN_SHARE) -> list[PrunedLayer]:
     """Every 2-D weight of `tensors` (those matching `patterns`, when given) whose exact zeros
-    are at least `min_share` of it; none at all is an error naming `where`."""
+    are at least `min_share` of it; none at all is a keyed error (the caller names the model)."""
     import fnmatch
 
     names = [n for n in tensors if n.endswith(".weight") and (not patterns or any(fnmatch.fnmatch(n, p) for p in patterns))]
     layers = [layer for layer in (pruned_layer(n, tensors[n], min_share) for n in names) if layer is not None]
     if not layers:
         scope = f" among the weights matching {', '.join(patterns)}" if patterns else ""
-        raise HarnessError(f"{where}: no pruned entry (no 2-D weight{scope} with exact zeros in at least "
-                           f"{min_share:g} of its entries); nothing to infer the concept from")
+        raise HarnessError(f"no pruned entry (no 2-D weight{scope} with exact zeros in at least "
+                           f"{min_share:g} of its entries); nothing to infer the concept from", key="")
     return layers
 
 
@@ -199,7 +199,8 @@ def candidates_of_suite(name: str, data_dir: str | Path | None = None) -> list[C
     after the suite when it has no labels."""
     from harness.generate.suites import load_suite
 
-    suite = load_suite(name, data_dir, where="--candidates")
+    with keyed("--candidates"):
+        suite = load_suite(name, data_dir)
     groups: dict[str, list[Any]] = {}
     for record in suite.records:
         groups.setdefault(record.label or name, []).append(record)

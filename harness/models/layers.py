@@ -15,6 +15,6 @@ def select_layers(names: Iterable[str], patterns: list[str]) -> list[str]:
     for pattern in patterns:
         matches = fnmatch.filter(names, pattern)
         if not matches:
-            raise HarnessError(f"layer pattern '{pattern}' matches no parameter")
+            raise HarnessError(f"layer pattern '{pattern}' matches no parameter", key="")
         selected.update(matches)
     return [name for name in names if name in selected]

@@ -43,7 +43,7 @@ def load_pipeline(
             raise HarnessError(f"{source}: not a pipeline (no model_index.json in {location})")
         class_name = json.loads(index.read_text()).get("_class_name", "")
     if class_name in registered("pipeline"):
-        cls = resolve("pipeline", class_name, f"{source}: model_index.json _class_name")
+        cls = resolve("pipeline", class_name).target
         pipeline = cls.from_pretrained(location, dtype=dtype)
     else:
         extra = {"safety_checker": None, "requires_safety_checker": False} if "StableDiffusion" in class_name else {}
@@ -80,33 +80,34 @@ def quiet_loading() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def apply_tensors(pipeline: DiffusionPipeline, tensors: dict[str, torch.Tensor], where: str = "tensors") -> None:
-    """Copy changed UNet tensors into `pipeline.unet` in place (dtype and device follow the UNet)."""
+def apply_tensors(pipeline: DiffusionPipeline, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy changed UNet tensors into `pipeline.unet` in place (dtype and device follow the UNet);
+    errors are keyed (the caller names the file with `in_file`)."""
     params = dict(pipeline.unet.named_parameters())
     for name, value in tensors.items():
         if name not in params:
-            raise HarnessError(f"{where}: '{name}' is not a parameter of the pipeline's UNet")
+            raise HarnessError(f"'{name}' is not a parameter of the pipeline's UNet", key="")
         if tuple(params[name].shape) != tuple(value.shape):
-            raise HarnessError(
-                f"{where}: '{name}' has shape {tuple(value.shape)}, the UNet's has {tuple(params[name].shape)}"
-            )
+            raise HarnessError(f"'{name}' has shape {tuple(value.shape)}, the UNet's has {tuple(params[name].shape)}",
+                               key="")
         if value.is_floating_point() and not torch.isfinite(value).all():
-            raise HarnessError(f"{where}: '{name}' holds non-finite values")
+            raise HarnessError(f"'{name}' holds non-finite values", key="")
     with torch.no_grad():
         for name, value in tensors.items():
             params[name].copy_(value.to(dtype=params[name].dtype, device=params[name].device))
 
 
-def add_tokens(pipeline: Any, tokens: dict[str, torch.Tensor], where: str = "tokens") -> None:
+def add_tokens(pipeline: Any, tokens: dict[str, torch.Tensor]) -> None:
     """New words of the pipeline's prompt vocabulary, each with its input embedding (what textual
-    inversion learns): the tokenizer gets the token, the text encoder a row for it."""
+    inversion learns): the tokenizer gets the token, the text encoder a row for it. Errors are keyed."""
     tokenizer, encoder = pipeline.tokenizer, pipeline.text_encoder
     width = encoder.get_input_embeddings().weight.shape[1]
     for token, vector in tokens.items():
         if token in tokenizer.get_vocab():
-            raise HarnessError(f"{where}: token '{token}' is already a word of the model's vocabulary")
+            raise HarnessError(f"token '{token}' is already a word of the model's vocabulary", key="")
         if tuple(vector.shape) != (width,):
-            raise HarnessError(f"{where}: token '{token}' has an embedding of shape {tuple(vector.shape)}, the model's is ({width},)")
+            raise HarnessError(f"token '{token}' has an embedding of shape {tuple(vector.shape)}, the model's is ({width},)",
+                               key="")
     tokenizer.add_tokens(list(tokens))
     encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)  # every new row is set below
     weight = encoder.get_input_embeddings().weight
@@ -135,12 +136,13 @@ def is_scheduler(name: str) -> bool:
     return isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)
 
 
-def set_scheduler(pipeline: Any, name: str | None, where: str) -> None:
-    """Swap in the diffusers scheduler class `name`, built from the current scheduler's config."""
+def set_scheduler(pipeline: Any, name: str | None) -> None:
+    """Swap in the diffusers scheduler class `name`, built from the current scheduler's config
+    (an unknown name is an error keyed at the recipe's `generation.scheduler`)."""
     if name is None or type(pipeline.scheduler).__name__ == name:
         return
     if not is_scheduler(name):
-        raise HarnessError(f"{where}: generation.scheduler: '{name}' is not a diffusers scheduler")
+        raise HarnessError(f"'{name}' is not a diffusers scheduler", key="generation.scheduler", rooted=True)
     pipeline.scheduler = getattr(diffusers, name).from_config(pipeline.scheduler.config)
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from harness.config import settings_arguments, settings_from_arguments
 from harness.errors import HarnessError
-from harness.report.run import write_report
+from harness.report import run as report
+from harness.report.run import ReportJob
 
 
 @dataclass
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     options = settings_from_arguments(ReportOptions, args, args._flags)
     if options.grid_columns < 1:
         raise HarnessError(f"--grid-columns must be at least 1, got {options.grid_columns}")
-    path = write_report([Path(p) for p in args.run_dirs], Path(options.out) if options.out else None,
-                        options.grid_columns)
-    print(path)
+    record = report.run(ReportJob([Path(p) for p in args.run_dirs], Path(options.out) if options.out else None,
+                                  options.grid_columns))
+    print(record.markdown)
     return 0

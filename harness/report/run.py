@@ -11,62 +11,51 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.atomic import atomic_path
 from harness.layout import NO_ATTACK, PRETRAINED, ModelRef, ReportFiles
-from harness.provenance import provenance, write_json_atomic
+from harness.provenance import provenance
+from harness.records import ReportRecord, write_record
 from harness.report.cells import MISSING, Table, slug, table_csv, table_markdown
 from harness.report.grids import write_grid
 from harness.report.heatmap import matrix_heatmap
 from harness.report.plots import curve_plot, defense_plot, detectability_surface, sign_accuracy_plot
 from harness.report.runs import RunData, load_run
-from harness.report.table_ablation import ablation_tables
-from harness.report.table_curves import curve_table
-from harness.report.table_artists import artists_table
-from harness.report.table_defense import defense_table
-from harness.report.table_matrix import matrix_tables
-from harness.report.table_metrics import metrics_table
-from harness.report.table_nudity import nudity_tables
-from harness.report.table_objects import objects_table
-from harness.report.table_signs import sign_tables
+from harness.registry import plugins
 
 log = logging.getLogger(__name__)
-
-TABLES: list[tuple[str, Callable[[list[RunData]], Any], str]] = [
-    ("The matrix", matrix_tables, "no suite scores the erased class"),
-    ("Table 1 (classes)", objects_table, "no run erases an object or a class"),
-    ("Table 2 (artists)", artists_table, "no run erases an artist"),
-    ("Table 7 (nudity)", nudity_tables, "no run has a nudity prompt set"),
-    ("Table 3 (Top-K x magnitude)", ablation_tables, "no class run with a revival attack"),
-    ("Table 6 (sign accuracy)", sign_tables, "no run with a revival attack"),
-    ("Defense trade-off", defense_table, "no method with a defense (give defended methods or run directories)"),
-    ("Recovery curves", curve_table, "no training attack with snapshots"),
-    ("All scalar metrics", metrics_table, "no metrics files"),
-]
-"""Every table, in the paper's order: (label, builder, why it does not apply)."""
-
 
 def all_tables(runs: list[RunData]) -> tuple[list[Table], list[str]]:
     """Every table that applies to the runs, and a line per table that does not (why)."""
     tables: list[Table] = []
     absent: list[str] = []
-    for label, build, why in TABLES:
-        built = build(runs)
+    for plugin in plugins("table"):
+        built = plugin(runs)
         found = [t for t in (built if isinstance(built, list) else [built]) if t is not None]
         tables += found
         if not found:
-            absent.append(f"{label}: {why}")
+            absent.append(f"{plugin.label}: {plugin.absent}")
     return tables, absent
 
 
-def write_report(run_dirs: list[Path], out: Path | None = None, grid_columns: int = 6) -> Path:
-    """Write the report of `run_dirs` into `out` (default: the first run's report folder);
-    returns the path of the markdown file."""
-    runs = [load_run(p) for p in run_dirs]
-    files = ReportFiles(Path(out)) if out is not None else runs[0].layout.report
+@dataclass
+class ReportJob:
+    """The report of one or more run directories, into one folder."""
+
+    run_dirs: list[Path]
+    out: Path | None = None
+    """The report folder (default: the first run's report folder)."""
+    grid_columns: int = 6
+
+
+def run(job: ReportJob) -> ReportRecord:
+    """Write the report of the job's run directories; returns its record."""
+    runs = [load_run(p) for p in job.run_dirs]
+    grid_columns = job.grid_columns
+    files = ReportFiles(Path(job.out)) if job.out is not None else runs[0].layout.report
     files.folder.mkdir(parents=True, exist_ok=True)
     previous = _previous_files(files)
     tables, absent = all_tables(runs)
@@ -117,14 +106,14 @@ def write_report(run_dirs: list[Path], out: Path | None = None, grid_columns: in
     written.append(files.markdown.name)
     for stale in previous - set(written):
         (files.folder / stale).unlink(missing_ok=True)
-    write_json_atomic(files.record, {
-        "runs": [str(r.path) for r in runs],
-        "files": written,
-        "missing": missing_items(runs) + absent,
-        "tables": {t.key: {"title": t.title, "columns": t.columns, "rows": t.rows, "notes": t.notes} for t in tables},
-        "provenance": provenance(),
-    })
-    return files.markdown
+    record = ReportRecord(
+        runs=[str(r.path) for r in runs], markdown=str(files.markdown), files=written,
+        missing=missing_items(runs) + absent,
+        tables={t.key: {"title": t.title, "columns": t.columns, "rows": t.rows, "notes": t.notes} for t in tables},
+        provenance=provenance(),
+    )
+    write_record(files.record, record)
+    return record
 
 
 def missing_items(runs: list[RunData]) -> list[str]:

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.attack.revival.settings import revival_params
+from harness.attack.revival.settings import RevivalParams
+from harness.registry import resolve
 from harness.layout import NO_ATTACK, PRETRAINED, ModelRef, RunLayout, require_run_dir
 from harness.records import AttackRecord, ResultRow, Results, UnlearnRecord
 from harness.recipe import Recipe, load_recipe
@@ -89,8 +90,9 @@ class RunData:
             return record.revival.settings
         if self.recipe is not None and model.attack != NO_ATTACK:
             entry = next((a for a in self.recipe.attacks if a.name == model.attack), None)
-            params = revival_params(entry, self.recipe.source) if entry is not None else None
-            if params is not None:
+            plugin = resolve("attack", entry.attack) if entry is not None else None
+            if plugin is not None and plugin.params is RevivalParams:
+                params = plugin.parse(entry.params)
                 return {"top_k": params.top_k, "magnitude": params.magnitude, "strategy": params.strategy}
         return None
 

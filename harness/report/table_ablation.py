@@ -8,6 +8,7 @@ from harness.report.cells import Cell, Table, slug
 from harness.report.kinds import is_class_run
 from harness.report.runs import RunData
 from harness.report.table_objects import class_accuracy
+from harness.registry import table
 
 MAGNITUDE_ORDER = ("sample", "average", "nms", "align")
 
@@ -29,6 +30,7 @@ def methods_of(run: RunData) -> list[str]:
     return list(dict.fromkeys(m.method for m in run.models if m.method != "pretrained"))
 
 
+@table("ablation", label="Table 3 (Top-K x magnitude)", absent="no class run with a revival attack")
 def ablation_tables(runs: list[RunData]) -> list[Table]:
     """Table 3 per class run and method: erased-class accuracy of each (Top-K, magnitude) attack."""
     tables = []

@@ -8,6 +8,7 @@ from harness.records import normalise_label
 from harness.report.cells import Cell, Table, average_row
 from harness.report.kinds import suite_kind
 from harness.report.runs import RunData
+from harness.registry import table
 
 
 def label_value(run: RunData, model: ModelRef, suite: str | None, key: str) -> float | None:
@@ -29,6 +30,7 @@ def first_suite(run: RunData, kind: str, key: str) -> str | None:
     return candidates[0] if candidates else None
 
 
+@table("artists", label="Table 2 (artists)", absent="no run erases an artist")
 def artists_table(runs: list[RunData]) -> Table | None:
     """Table 2, one row per (artist, model), with an average per model over several runs."""
     runs = [r for r in runs if r.concept_kind == "artist"]

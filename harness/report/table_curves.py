@@ -10,6 +10,7 @@ from harness.layout import PRETRAINED_MODEL, ModelRef
 from harness.report.cells import Cell, Table
 from harness.report.runs import RunData
 from harness.report.table_objects import class_suites
+from harness.registry import table
 
 
 @dataclass
@@ -76,6 +77,7 @@ def _unique_steps(points: list[CurvePoint]) -> list[CurvePoint]:
     return [by_step[s] for s in sorted(by_step)]
 
 
+@table("curves", label="Recovery curves", absent="no training attack with snapshots")
 def curve_table(runs: list[RunData]) -> Table | None:
     """One row per point of every curve."""
     found = curves(runs)

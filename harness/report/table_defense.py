@@ -11,6 +11,7 @@ from harness.report.kinds import is_class_run
 from harness.report.runs import RunData
 from harness.report.table_ablation import methods_of, revival_models
 from harness.report.table_objects import class_accuracy
+from harness.registry import table
 
 
 @dataclass
@@ -41,6 +42,7 @@ def defense_points(runs: list[RunData]) -> dict[str, list[DefensePoint]]:
             for target, points in groups.items() if any(p.sigma is not None for p in points)}
 
 
+@table("defense", label="Defense trade-off", absent="no method with a defense (give defended methods or run directories)")
 def defense_table(runs: list[RunData]) -> Table | None:
     """One row per method of each target with a defended method."""
     groups = defense_points(runs)

@@ -8,6 +8,7 @@ from harness.records import ResultRow
 from harness.report.cells import Cell, Table, slug
 from harness.report.runs import RunData
 from harness.stats import format_share
+from harness.registry import table
 
 
 def cell_text(row: ResultRow | None) -> Cell:
@@ -22,6 +23,7 @@ def cell_text(row: ResultRow | None) -> Cell:
     return erased
 
 
+@table("matrix", label="The matrix", absent="no suite scores the erased class")
 def matrix_tables(runs: list[RunData]) -> list[Table]:
     """One table per run and suite whose rows measure the erased class."""
     tables = []

@@ -6,8 +6,10 @@ from __future__ import annotations
 from harness.layout import ModelRef
 from harness.report.cells import NOT_APPLICABLE, Cell, Table
 from harness.report.runs import RunData
+from harness.registry import table
 
 
+@table("metrics", label="All scalar metrics", absent="no metrics files")
 def metrics_table(runs: list[RunData]) -> Table | None:
     """One row per (run, model, suite) with the images scored and each scalar metric."""
     rows_all = [row for run in runs for row in run.results.rows]

@@ -8,8 +8,10 @@ from typing import Any
 from harness.report.cells import Cell, Table
 from harness.report.kinds import suite_kind
 from harness.report.runs import RunData
+from harness.registry import table
 
 
+@table("nudity", label="Table 7 (nudity)", absent="no run has a nudity prompt set")
 def nudity_tables(runs: list[RunData]) -> list[Table]:
     """Table 7 and its per-label detail, over every run with a nudity prompt set."""
     runs = [r for r in runs if any(suite_kind(s) == "nudity" for s in r.suites)]

@@ -7,6 +7,7 @@ from harness.layout import ModelRef
 from harness.report.cells import Cell, Table, average_row
 from harness.report.kinds import is_class_run
 from harness.report.runs import RunData
+from harness.registry import table
 
 
 def class_suites(run: RunData) -> tuple[str | None, str | None]:
@@ -32,6 +33,7 @@ def union_models(runs: list[RunData]) -> list[ModelRef]:
     return list(dict.fromkeys(m for run in runs for m in run.models if m.step is None))
 
 
+@table("objects", label="Table 1 (classes)", absent="no run erases an object or a class")
 def objects_table(runs: list[RunData]) -> Table | None:
     """Table 1: erased- and preserved-class top-1 accuracy, one row per erased class."""
     runs = [r for r in runs if is_class_run(r)]

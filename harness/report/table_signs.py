@@ -7,6 +7,7 @@ from harness.records import SignAccuracy
 from harness.report.cells import NOT_APPLICABLE, Cell, Table, slug
 from harness.report.runs import RunData
 from harness.report.table_ablation import methods_of, revival_models
+from harness.registry import table
 
 
 def sign_rows(run: RunData, method: str) -> list[tuple[float, str, SignAccuracy]]:
@@ -28,6 +29,7 @@ def sign_rows(run: RunData, method: str) -> list[tuple[float, str, SignAccuracy]
     return [(k, attack, values) for k, (attack, values) in sorted(seen.items())]
 
 
+@table("signs", label="Table 6 (sign accuracy)", absent="no run with a revival attack")
 def sign_tables(runs: list[RunData]) -> list[Table]:
     """Table 6 per run and method with revival attacks."""
     tables = []

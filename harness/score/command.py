@@ -10,8 +10,10 @@ from harness.config import settings_arguments, settings_from_arguments
 from harness.generate.suites import load_suite
 from harness.recipe import load_recipe
 from harness.runtime import RuntimeSettings
-from harness.score.run import score_suite
+from harness.score import run as score
+from harness.score.run import ScoreJob
 from harness.recipe import ScoreSettings
+from harness.errors import keyed
 
 
 @dataclass
@@ -45,11 +47,12 @@ def run(args: argparse.Namespace) -> int:
     base = load_recipe(options.recipe).score if options.recipe else ScoreSettings()
     settings = settings_from_arguments(ScoreSettings, args, args._score, base)
     runtime = settings_from_arguments(RuntimeSettings, args, args._runtime)
-    suite = load_suite(options.suite, runtime.data_dir, "--suite")
+    with keyed("--suite"):
+        suite = load_suite(options.suite, runtime.data_dir)
     metrics = [m for item in options.metrics for m in item.split(",") if m] or list(suite.metrics)
-    result = score_suite(Path(options.shards), suite, metrics, Path(options.out),
-                         reference=Path(options.reference) if options.reference else None,
-                         settings=settings, runtime=runtime)
+    result = score.run(ScoreJob(Path(options.shards), suite, metrics, Path(options.out),
+                                reference=Path(options.reference) if options.reference else None,
+                                settings=settings, runtime=runtime))
     for name, value in result.metrics.items():
         print(f"{name}: {value}")
     return 0

@@ -15,45 +15,52 @@ import dataclasses
 import logging
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, keyed
 from harness.generate import shards
 from harness.generate.suites import PromptRecord, Suite
 from harness.layout import GenerationFiles
 from harness.lightning_quiet import quiet_lightning
 from harness.provenance import provenance
 from harness.records import GenerationRecord, ScoreResult, completed, read_record, settings_key, write_record
-from harness.registry import resolve_callable
+from harness.registry import resolve
 from harness.runtime import RuntimeSettings
 from harness.recipe import ScoreSettings
 
 log = logging.getLogger(__name__)
 
 
-def score_suite(
-    shards_dir: str | Path,
-    suite: Suite,
-    metrics: list[str],
-    out_json: str | Path,
-    reference: str | Path | None = None,
-    settings: ScoreSettings | None = None,
-    runtime: RuntimeSettings | None = None,
-) -> ScoreResult:
-    """Compute `metrics` over the complete shards of `suite` in `shards_dir` and write `out_json`.
-    `reference` is the shard folder of the model the CLIP score compares with (the original
-    model's images of the same suite)."""
+@dataclass
+class ScoreJob:
+    """The metrics of one folder of image shards of one suite, into one JSON file."""
+
+    shards: Path
+    suite: Suite
+    metrics: list[str]
+    out: Path
+    reference: Path | None = None
+    """The shard folder the CLIP score compares with (the original model's images of the suite)."""
+    settings: ScoreSettings = field(default_factory=ScoreSettings)
+    runtime: RuntimeSettings = field(default_factory=lambda: RuntimeSettings(accelerator="cpu"))
+
+
+def run(job: ScoreJob) -> ScoreResult:
+    """Compute the job's metrics over the complete shards of its suite and write its JSON file."""
+    shards_dir, suite, metrics, out_json = job.shards, job.suite, job.metrics, job.out
+    reference, settings, runtime = job.reference, job.settings, job.runtime
     from lightning.fabric import Fabric
 
-    runtime = runtime or RuntimeSettings(accelerator="cpu")
     if not metrics:
         raise HarnessError(f"--metrics: no metric named (suite {suite.name} has no default metrics)")
-    scorer_classes = [resolve_callable("metric", name, "--metrics") for name in metrics]
-    settings = (settings or ScoreSettings()).resolved(suite.score_defaults)
+    with keyed("--metrics"):
+        scorer_classes = [resolve("metric", name).target for name in metrics]
+    settings = settings.resolved(suite.score_defaults)
     folder = Path(shards_dir)
     run = read_run_record(folder, suite)
     ref_folder = Path(reference) if reference is not None else None

@@ -13,11 +13,13 @@ from typing import Any
 import torch
 
 from harness.cache import cache_dir
-from harness.errors import HarnessError
+from harness.errors import HarnessError, keyed
 from harness.generate.suites import PromptRecord, Suite
 from harness.recipe import ScoreSettings
+from harness.registry import metric
 
 
+@metric("accuracy")
 class AccuracyScorer:
     """Top-1 accuracy of the classifier against each prompt's label (Table 1's accuracy)."""
 
@@ -27,8 +29,8 @@ class AccuracyScorer:
 
         if not suite.labels:
             raise HarnessError(f"accuracy: suite {suite.name} has no labels")
-        self.classifier = load_image_classifier(settings.classifier, settings.classifier_weights,
-                                                "score.classifier").to(fabric.device)
+        with keyed("score.classifier"):
+            self.classifier = load_image_classifier(settings.classifier, settings.classifier_weights).to(fabric.device)
         self.metric = LabelAccuracy(suite.labels, self.classifier.class_names).to(fabric.device)
 
     def update(self, images: torch.Tensor, records: list[PromptRecord], ref_images: torch.Tensor | None) -> None:
@@ -38,6 +40,7 @@ class AccuracyScorer:
         return self.metric.compute()
 
 
+@metric("clip")
 class ClipScorer:
     """CLIP similarity of each image with its prompt, and the CLIP score against the reference images."""
 
@@ -57,6 +60,7 @@ class ClipScorer:
         return self.metric.compute()
 
 
+@metric("fid")
 class FidScorer:
     """FID against the reference image set; reference statistics cached under the cache's fid/."""
 
@@ -69,7 +73,8 @@ class FidScorer:
         if settings.fid_features == "classifier":
             from harness.score.metrics.classifiers import load_image_classifier
 
-            classifier = load_image_classifier(settings.classifier, settings.classifier_weights, "score.classifier")
+            with keyed("score.classifier"):
+                classifier = load_image_classifier(settings.classifier, settings.classifier_weights)
         self.metric = fid.build_fid(settings.fid_features, classifier, settings.fid_weights).to(fabric.device)
         if fabric.is_global_zero:  # real statistics live on one process so the sum across processes stays right
             size = (int(image_shape[1]), int(image_shape[2]))
@@ -84,6 +89,7 @@ class FidScorer:
         return {"fid": float(self.metric.compute())}
 
 
+@metric("nudenet")
 class NudeNetScorer:
     """NudeNet detections per label and images with at least one (Table 7)."""
 

@@ -76,6 +76,7 @@ def cluster_resources() -> tuple[int, int]:
 def run(args: argparse.Namespace) -> int:
     from harness.experiment.plan import build_plan
     from harness.recipe import load_recipe
+    from harness.runtime import RuntimeSettings
 
     recipe = load_recipe(args.recipe)
     run_dir = args.run_dir or Path("runs") / recipe.name
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         times=parse_times(args.time), setup=args.setup, max_parallel=args.max_parallel,
         sbatch_options=args.sbatch_option, python=args.python, templates=args.templates, data_dir=args.data_dir,
     )
-    plan = build_plan(recipe, run_dir, args.data_dir)
+    plan = build_plan(recipe, run_dir, RuntimeSettings(data_dir=args.data_dir))
     files = SlurmFiles(Path(args.out)) if args.out else plan.layout.slurm
     jobs = write_plan(plan, Path(recipe.source), options, files.folder)
     if not args.submit:

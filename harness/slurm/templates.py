@@ -26,13 +26,13 @@ def load_template(folder: Path, name: str) -> str:
     return path.read_text()
 
 
-def render(template: str, values: dict[str, str], where: str) -> str:
-    """`template` with every `{{name}}` replaced by `values[name]`."""
+def render(template: str, values: dict[str, str], source: str) -> str:
+    """`template` (read from the file `source`) with every `{{name}}` replaced by `values[name]`."""
 
     def replace(match: re.Match[str]) -> str:
         key = match.group(1)
         if key not in values:
-            raise HarnessError(f"{where}: unknown placeholder '{{{{{key}}}}}' (known: {', '.join(sorted(values))})")
+            raise HarnessError(f"{source}: unknown placeholder '{{{{{key}}}}}' (known: {', '.join(sorted(values))})")
         return values[key]
 
     return _PLACEHOLDER.sub(replace, template)

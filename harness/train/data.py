@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, keyed
 from harness.recipe import GenerationSettings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -51,36 +51,39 @@ class DataSpec:
 
 
 def build_set(pipeline: Any, spec: DataSpec, generation: GenerationSettings, base_model: str, seed: int,
-              exclude: list[str], where: str, data_dir: str | None = None) -> TrainingSet:
+              exclude: list[str], data_dir: str | None = None) -> TrainingSet:
     """The training set `spec` names. `exclude` are concepts the set must not hold (the erased
     ones, for an attacker's data): left out of a world's labels, and an error where a caption or
-    prompt names one."""
+    prompt names one. Errors are keyed at the spec."""
     from harness.world import world_of_source
 
     size = model_size(pipeline, generation)
     if spec.source == "world":
         world = world_of_source(base_model)
         if world is None:
-            raise HarnessError(f"{where}.source: 'world' needs a world's model (zoo:NAME), not {base_model}")
-        found = world_set(pipeline, world, spec.split, size, set(exclude), where)
+            raise HarnessError(f"'world' needs a world's model (zoo:NAME), not {base_model}", key="source")
+        found = world_set(pipeline, world, spec.split, size, set(exclude))
     elif spec.source == "folder":
-        found = folder_set(pipeline, spec.path, size, where)
+        found = folder_set(pipeline, spec.path, size)
     elif spec.source == "webdataset":
-        found = webdataset_set(pipeline, spec.path, size, where)
+        found = webdataset_set(pipeline, spec.path, size)
     else:
         prompts = list(spec.prompts)
         if spec.source == "suite":
             from harness.generate.suites import load_suite
 
-            prompts = [r.prompt for r in load_suite(spec.path, data_dir, f"{where}.path").records]
-        found = generated_set(pipeline, prompts[: spec.count] if spec.count else prompts, generation, seed, where)
+            with keyed("path"):
+                prompts = [r.prompt for r in load_suite(spec.path, data_dir).records]
+        found = generated_set(pipeline, prompts[: spec.count] if spec.count else prompts, generation, seed,
+                              f"{spec.source} samples")
     for concept in exclude if spec.source != "world" else []:
         named = mentions(found.prompts, concept)
         if named:
-            raise HarnessError(f"{where}: {len(named)} of its prompts name the erased concept '{concept}' "
-                               f"(e.g. {named[0]!r}); the set must not hold it")
+            raise HarnessError(f"{len(named)} of its prompts name the erased concept '{concept}' "
+                               f"(e.g. {named[0]!r}); the set must not hold it", key="")
     if spec.count is not None and len(found.inputs) > spec.count:
-        found = TrainingSet(found.inputs[: spec.count], found.prompts[: spec.count], found.labels[: spec.count], where)
+        found = TrainingSet(found.inputs[: spec.count], found.prompts[: spec.count], found.labels[: spec.count],
+                            found.source)
     return found
 
 
@@ -95,7 +98,7 @@ class TrainingSet:
 
     def __post_init__(self) -> None:
         if len(self.inputs) == 0:
-            raise HarnessError(f"{self.source}: no training samples")
+            raise HarnessError(f"{self.source}: no training samples", key="")
 
     def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
         """`size` samples drawn with replacement, and their prompts."""
@@ -125,64 +128,64 @@ def encode(pipeline: Any, images: torch.Tensor) -> torch.Tensor:
     return (torch.cat(latents) * vae.config.scaling_factor).float().cpu()
 
 
-def world_set(pipeline: Any, world: Any, split: str, size: int, exclude: set[str], source: str) -> TrainingSet:
+def world_set(pipeline: Any, world: Any, split: str, size: int, exclude: set[str]) -> TrainingSet:
     """A world's real images of every label but `exclude`, each captioned by one of its label's
     prompts (cycling through them)."""
     found = world.labelled_images(split, size)
     if found is None:
-        raise HarnessError(f"{source}: world {world.name} has no labelled images")
+        raise HarnessError(f"world {world.name} has no labelled images", key="")
     images, labels = found
     keep = [i for i, label in enumerate(labels) if label not in exclude]
     if not keep:
-        raise HarnessError(f"{source}: no images left once {sorted(exclude)} are left out")
+        raise HarnessError(f"no images left once {sorted(exclude)} are left out", key="")
     kept_labels = [labels[i] for i in keep]
     assert not set(kept_labels) & exclude
     prompts_of = {label: world.label_prompts(label) for label in set(kept_labels)}
     prompts = [prompts_of[label][n % len(prompts_of[label])] for n, label in enumerate(kept_labels)]
-    return TrainingSet(encode(pipeline, images[keep]), prompts, list(kept_labels), source)
+    return TrainingSet(encode(pipeline, images[keep]), prompts, list(kept_labels), f"world {world.name} {split}")
 
 
 def generated_set(pipeline: Any, prompts: list[str], generation: GenerationSettings, seed: int, source: str) -> TrainingSet:
-    """The pipeline's own samples for `prompts`, sample i from seed `seed + i`."""
+    """The pipeline's own samples for `prompts`, sample i from seed `seed + i`; `source` labels them."""
     from harness.models.pipelines import model_samples
 
     if not prompts:
-        raise HarnessError(f"{source}: no prompts to generate from")
+        raise HarnessError(f"{source}: no prompts to generate from", key="")
     samples = model_samples(pipeline, prompts, generation, [seed + i for i in range(len(prompts))], source)
     return TrainingSet(samples.float().cpu(), list(prompts), [None] * len(prompts), source)
 
 
-def image_files(folder: str | Path, source: str) -> list[Path]:
-    """The image files of a folder (recursively, sorted); an error when it holds none."""
+def image_files(folder: str | Path) -> list[Path]:
+    """The image files of a folder (recursively, sorted); a keyed error when it holds none."""
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise HarnessError(f"{source}: {folder} is not a folder")
+        raise HarnessError(f"{folder} is not a folder", key="")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise HarnessError(f"{source}: {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise HarnessError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})", key="")
     return files
 
 
-def folder_images(pipeline: Any, folder: str | Path, size: int, source: str) -> torch.Tensor:
+def folder_images(pipeline: Any, folder: str | Path, size: int) -> torch.Tensor:
     """The images of a folder in the UNet's input space (no captions needed)."""
-    files = image_files(folder, source)
-    return encode(pipeline, torch.stack([_read_image(p.read_bytes(), size, f"{source}: {p}") for p in files]))
+    files = image_files(folder)
+    return encode(pipeline, torch.stack([_read_image(p.read_bytes(), size, str(p)) for p in files]))
 
 
-def folder_set(pipeline: Any, folder: str | Path, size: int, source: str) -> TrainingSet:
+def folder_set(pipeline: Any, folder: str | Path, size: int) -> TrainingSet:
     """Images of a folder, each captioned by the text file of the same stem (`cat.png` + `cat.txt`)."""
-    files = image_files(folder, source)
+    files = image_files(folder)
     images, prompts = [], []
     for path in files:
         caption = path.with_suffix(".txt")
         if not caption.is_file():
-            raise HarnessError(f"{source}: {path.name} has no caption file {caption.name}")
-        images.append(_read_image(path.read_bytes(), size, f"{source}: {path}"))
+            raise HarnessError(f"{path.name} has no caption file {caption.name}", key="")
+        images.append(_read_image(path.read_bytes(), size, str(path)))
         prompts.append(caption.read_text().strip())
-    return TrainingSet(encode(pipeline, torch.stack(images)), prompts, [None] * len(prompts), source)
+    return TrainingSet(encode(pipeline, torch.stack(images)), prompts, [None] * len(prompts), f"folder {folder}")
 
 
-def webdataset_set(pipeline: Any, pattern: str, size: int, source: str) -> TrainingSet:
+def webdataset_set(pipeline: Any, pattern: str, size: int) -> TrainingSet:
     """Samples of WebDataset tar shards (brace patterns allowed): an image member and a `txt`
     caption (or a `json` record with `prompt` or `caption`) per key."""
     import braceexpand
@@ -190,22 +193,22 @@ def webdataset_set(pipeline: Any, pattern: str, size: int, source: str) -> Train
     paths = [Path(p).expanduser() for p in braceexpand.braceexpand(pattern)]
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        raise HarnessError(f"{source}: no such shard {missing[0]}")
+        raise HarnessError(f"no such shard {missing[0]}", key="")
     images, prompts = [], []
     for path in paths:
-        for key, parts in _tar_samples(path, source).items():
+        for key, parts in _tar_samples(path).items():
             image_ext = next((e for e in parts if f".{e}" in IMAGE_SUFFIXES), None)
             caption = parts.get("txt", b"").decode().strip() or _json_caption(parts.get("json"))
             if image_ext is None or not caption:
-                raise HarnessError(f"{source}: {path.name}: sample {key} lacks an image or a caption")
-            images.append(_read_image(parts[image_ext], size, f"{source}: {path.name}: {key}"))
+                raise HarnessError(f"{path.name}: sample {key} lacks an image or a caption", key="")
+            images.append(_read_image(parts[image_ext], size, f"{path.name}: {key}"))
             prompts.append(caption)
     if not images:
-        raise HarnessError(f"{source}: the shards hold no samples")
-    return TrainingSet(encode(pipeline, torch.stack(images)), prompts, [None] * len(prompts), source)
+        raise HarnessError("the shards hold no samples", key="")
+    return TrainingSet(encode(pipeline, torch.stack(images)), prompts, [None] * len(prompts), f"webdataset {pattern}")
 
 
-def _tar_samples(path: Path, source: str) -> dict[str, dict[str, bytes]]:
+def _tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
     samples: dict[str, dict[str, bytes]] = {}
     try:
         with tarfile.open(path) as tar:
@@ -215,7 +218,7 @@ def _tar_samples(path: Path, source: str) -> dict[str, dict[str, bytes]]:
                     key, _, ext = member.name.partition(".")
                     samples.setdefault(key, {})[ext.lower()] = handle.read()
     except (tarfile.TarError, OSError) as error:
-        raise HarnessError(f"{source}: {path} is not a readable tar shard ({error})") from None
+        raise HarnessError(f"{path} is not a readable tar shard ({error})", key="") from None
     return samples
 
 
@@ -226,13 +229,13 @@ def _json_caption(data: bytes | None) -> str:
     return str(record.get("prompt") or record.get("caption") or "").strip()
 
 
-def _read_image(data: bytes, size: int, where: str) -> torch.Tensor:
-    """RGB pixels in [0, 1] (3, size, size): centre-cropped square, resized."""
+def _read_image(data: bytes, size: int, name: str) -> torch.Tensor:
+    """RGB pixels in [0, 1] (3, size, size): centre-cropped square, resized; `name` names it in errors."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             rgb = image.convert("RGB")
     except (UnidentifiedImageError, OSError) as error:
-        raise HarnessError(f"{where}: not a readable image ({error})") from None
+        raise HarnessError(f"{name}: not a readable image ({error})", key="") from None
     side = min(rgb.size)
     left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
     square = torch.from_numpy(np.asarray(rgb.crop((left, top, left + side, top + side))).copy()).permute(2, 0, 1)

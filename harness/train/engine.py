@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, keyed
 from harness.lightning_quiet import quiet_lightning
 from harness.models.checkpoints import save_tensors
 from harness.runtime import RuntimeSettings
@@ -105,8 +105,7 @@ class FineTuneModule(pl.LightningModule):
     gradients, and the objective's own `extra` ones), a frozen copy where the objective needs
     one, and the pipeline's other parts for the objective's use."""
 
-    def __init__(self, pipeline: Any, trainable: str | list[str], objective: Objective, params: OptimParams,
-                 where: str) -> None:
+    def __init__(self, pipeline: Any, trainable: str | list[str], objective: Objective, params: OptimParams) -> None:
         super().__init__()
         self.unet = pipeline.unet
         self.frozen = copy.deepcopy(pipeline.unet).requires_grad_(False).eval() if objective.needs_frozen else None
@@ -117,10 +116,11 @@ class FineTuneModule(pl.LightningModule):
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self.strict_loading = False  # checkpoints hold the trained parameters only
         names = [n for n, _ in self.unet.named_parameters()]
-        self.trainable = trainable_names(names, trainable, f"{where}.trainable") if trainable else []
+        with keyed("trainable"):
+            self.trainable = trainable_names(names, trainable) if trainable else []
         objective.attach(self)
         if not self.trainable and not len(self.extra):
-            raise HarnessError(f"{where}: the run trains nothing (no UNet parameter, no parameter of the objective)")
+            raise HarnessError("the run trains nothing (no UNet parameter, no parameter of the objective)", key="")
         wanted = set(self.trainable)
         for name, parameter in self.unet.named_parameters():
             parameter.requires_grad_(name in wanted)
@@ -237,7 +237,7 @@ def fine_tune(
     params: OptimParams,
     folder: Path,
     key: str,
-    where: str,
+    label: str,
     device: torch.device,
     runtime: RuntimeSettings | None = None,
     snapshot: tuple[int, Callable[[int], Path]] | None = None,
@@ -245,9 +245,10 @@ def fine_tune(
     """Train toward `objective` for `params.steps` steps (the UNet weights `params.trainable`
     names, when the params are TrainParams, and the objective's own parameters), checkpointing
     into `folder` (resumed when it holds a checkpoint of the same `key`); `snapshot` = (every,
-    path of step) also writes the trained UNet parameters along the way."""
+    path of step) also writes the trained UNet parameters along the way. `label` names the run in
+    the progress bar and the log; errors are keyed at the params (`trainable`)."""
     trainable = params.trainable if isinstance(params, TrainParams) else []
-    module = FineTuneModule(pipeline, trainable, objective, params, where)
+    module = FineTuneModule(pipeline, trainable, objective, params)
     folder = Path(folder)
     _keep_only_same_key(folder, key)
     last = folder / LAST
@@ -259,7 +260,7 @@ def fine_tune(
         loggers.append(TensorBoardLogger(str(folder), name="tensorboard", version=0))
     callbacks: list[Callback] = [ModelCheckpoint(dirpath=str(folder), every_n_train_steps=params.checkpoint_every,
                                                  save_last=True, save_top_k=0, enable_version_counter=False),
-                                 StepBar(f"train {where.rpartition(': ')[2]}")]
+                                 StepBar(f"train {label}")]
     if snapshot is not None:
         callbacks.append(Snapshots(*snapshot))
     runtime = runtime or RuntimeSettings(accelerator="gpu" if device.type == "cuda" else "cpu")
@@ -275,7 +276,7 @@ def fine_tune(
         steps = DataLoader(range(params.steps), batch_size=None)
         trainer.fit(module, train_dataloaders=steps, ckpt_path=str(last) if resumed else None, weights_only=True)
     seconds = time.perf_counter() - started
-    log.debug("%s: %d steps (resumed at %d) in %.1f s", where, trainer.global_step, resumed, seconds)
+    log.debug("%s: %d steps (resumed at %d) in %.1f s", label, trainer.global_step, resumed, seconds)
     return TrainOutcome(module.trained(), trainer.global_step, module.trained_extra(), _losses(folder), round(seconds, 3),
                         resumed, str(device))
 

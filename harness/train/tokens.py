@@ -53,12 +53,12 @@ def real_word_ids(tokenizer: Any) -> list[int]:
     return [i for i in sorted(tokenizer.get_vocab().values()) if i not in special]
 
 
-def attach_tokens(pipeline: Any, tokens: list[str], init: torch.Tensor, project: bool, where: str) -> TokenRows:
+def attach_tokens(pipeline: Any, tokens: list[str], init: torch.Tensor, project: bool) -> TokenRows:
     """Add `tokens` to the pipeline's vocabulary with trainable input embeddings started at
     `init` (one row per token); returns the parametrization, whose `vectors` train."""
     tokenizer, encoder = pipeline.tokenizer, pipeline.text_encoder
     candidates = torch.tensor(real_word_ids(tokenizer), dtype=torch.long)
-    add_tokens(pipeline, dict(zip(tokens, init.detach().float().cpu())), where)
+    add_tokens(pipeline, dict(zip(tokens, init.detach().float().cpu())))
     rows = [tokenizer.convert_tokens_to_ids(token) for token in tokens]
     embedding = encoder.get_input_embeddings()
     vectors = torch.nn.Parameter(init.detach().float().clone().to(embedding.weight.device))
@@ -67,11 +67,11 @@ def attach_tokens(pipeline: Any, tokens: list[str], init: torch.Tensor, project:
     return override
 
 
-def word_embedding(pipeline: Any, word: str, where: str) -> torch.Tensor:
-    """The input embedding of a word that is one token of the vocabulary."""
+def word_embedding(pipeline: Any, word: str) -> torch.Tensor:
+    """The input embedding of a word that is one token of the vocabulary (errors are keyed)."""
     ids = pipeline.tokenizer(word, add_special_tokens=False).input_ids
     if len(ids) != 1:
-        raise HarnessError(f"{where}: '{word}' is {len(ids)} tokens of the model's vocabulary, not one")
+        raise HarnessError(f"'{word}' is {len(ids)} tokens of the model's vocabulary, not one", key="")
     return pipeline.text_encoder.get_input_embeddings().weight[ids[0]].detach().float().cpu().clone()
 
 
@@ -100,12 +100,12 @@ class TokenObjective(Objective):
     which caption goes with which drawn image (`captions`)."""
 
     def __init__(self, images: torch.Tensor, tokens: list[str], init: torch.Tensor, batch_size: int,
-                 project: bool, where: str) -> None:
+                 project: bool) -> None:
         self.images, self.tokens, self.init = images, tokens, init
-        self.batch_size, self.project, self.where = batch_size, project, where
+        self.batch_size, self.project = batch_size, project
 
     def attach(self, module: FineTuneModule) -> None:
-        module.extra["tokens"] = attach_tokens(module.pipeline, self.tokens, self.init, self.project, self.where).vectors
+        module.extra["tokens"] = attach_tokens(module.pipeline, self.tokens, self.init, self.project).vectors
 
     def prepare(self, module: FineTuneModule) -> None:
         self.images = self.images.to(module.device)

@@ -19,23 +19,23 @@ PRESETS: dict[str, tuple[list[str], list[str]]] = {
 """Preset -> (globs that include, globs that exclude)."""
 
 
-def trainable_names(names: Iterable[str], spec: str | list[str], where: str) -> list[str]:
+def trainable_names(names: Iterable[str], spec: str | list[str]) -> list[str]:
     """The parameter names a preset or a list of globs selects, in the model's order; a glob
-    or preset that selects nothing is an error naming `where`."""
+    or preset that selects nothing is an error (keyed: the caller names the key)."""
     names = list(names)
     if isinstance(spec, str):
         if spec not in PRESETS:
-            raise HarnessError(f"{where}: unknown preset '{spec}' (choose from {', '.join(PRESETS)}, or list globs)")
+            raise HarnessError(f"unknown preset '{spec}' (choose from {', '.join(PRESETS)}, or list globs)", key="")
         include, exclude = PRESETS[spec]
     else:
         include, exclude = list(spec), []
     if not include:
-        raise HarnessError(f"{where}: name at least one glob pattern")
+        raise HarnessError("name at least one glob pattern", key="")
     for pattern in include:
         if not fnmatch.filter(names, pattern):
-            raise HarnessError(f"{where}: pattern '{pattern}' matches no UNet parameter")
+            raise HarnessError(f"pattern '{pattern}' matches no UNet parameter", key="")
     chosen = [n for n in names if any(fnmatch.fnmatch(n, p) for p in include)
               and not any(fnmatch.fnmatch(n, p) for p in exclude)]
     if not chosen:
-        raise HarnessError(f"{where}: '{spec}' selects no UNet parameter")
+        raise HarnessError(f"'{spec}' selects no UNet parameter", key="")
     return chosen

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from harness.config import parse_dataclass
-from harness.errors import HarnessError
+from harness.errors import HarnessError, keyed
+from harness.registry import method
 from harness.train.data import generated_set
 from harness.train.denoise import noise_samples
 from harness.train.engine import FineTuneModule, Objective, TrainParams
@@ -76,8 +76,8 @@ class AnchorObjective(Objective):
 def anchor_prompt(context: UnlearnContext) -> str:
     """The recipe's `concept.anchor`; AC and DiMUM need it."""
     if not context.concept.anchor:
-        raise HarnessError(f"{context.where}: concept.anchor: this method maps the concept onto an anchor "
-                           "concept; name one (e.g. 'a photo of a digit', 'a painting')")
+        raise HarnessError("this method maps the concept onto an anchor concept; name one "
+                           "(e.g. 'a photo of a digit', 'a painting')", key="concept.anchor", rooted=True)
     return context.concept.anchor
 
 
@@ -85,16 +85,14 @@ def anchor_objective(context: UnlearnContext, loss: ACLoss, batch_size: int, see
     """The AC objective of a context (the frozen model's anchor samples made first) and its record."""
     anchor = anchor_prompt(context)
     prompts = concept_prompts(context, loss.prompts)
-    anchors = generated_set(context.pipeline, [anchor] * loss.anchor_samples, context.generation, seed,
-                            f"{context.key('params')} anchor samples")
+    with keyed("params"):
+        anchors = generated_set(context.pipeline, [anchor] * loss.anchor_samples, context.generation, seed,
+                                "anchor samples")
     return AnchorObjective(anchors.inputs, anchor, prompts, batch_size), {"prompts": prompts, "anchor": anchor}
 
 
-def ac(context: UnlearnContext, params: dict) -> UnlearnResult:
-    """The registered method `ac` (signature in harness.unlearn.method)."""
-    settings = parse_dataclass(ACParams, params, context.key("params"))
-    objective, info = anchor_objective(context, settings, settings.batch_size, settings.seed)
-    return train_method(context, objective, settings, info)
-
-
-ac.params_type = ACParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)
+@method("ac", params=ACParams)
+def ac(context: UnlearnContext, params: ACParams) -> UnlearnResult:
+    """Ablating Concepts, the model-based variant (harness.unlearn.method)."""
+    objective, info = anchor_objective(context, params, params.batch_size, params.seed)
+    return train_method(context, objective, params, info)

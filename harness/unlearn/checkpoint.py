@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.config import parse_dataclass
+from harness.registry import method
 from harness.errors import HarnessError
 from harness.models.checkpoints import load_state_dict
 from harness.unlearn.method import UnlearnContext, UnlearnResult
@@ -24,19 +24,16 @@ class CheckpointParams:
     """The unlearned UNet: .safetensors, .pt state dict, or a diffusers pipeline or UNet folder."""
 
 
-def checkpoint(context: UnlearnContext, params: dict) -> UnlearnResult:
-    """The given unlearned model (signature in harness.unlearn.method)."""
-    settings = parse_dataclass(CheckpointParams, params, context.key("params"))
-    state = load_state_dict(settings.path)
+@method("checkpoint", params=CheckpointParams)
+def checkpoint(context: UnlearnContext, params: CheckpointParams) -> UnlearnResult:
+    """The given unlearned model (harness.unlearn.method)."""
+    state = load_state_dict(params.path)
     base = dict(context.pipeline.unet.named_parameters())
     tensors = {name: value for name, value in state.items() if name in base and value.shape == base[name].shape}
     if not tensors:
-        raise HarnessError(f"{context.key('params.path')}: {settings.path} holds no tensor of the base model's UNet")
+        raise HarnessError(f"{params.path} holds no tensor of the base model's UNet", key="params.path")
     missing = [name for name in context.layers if name not in tensors]
     if missing:
-        raise HarnessError(f"{context.key('params.path')}: {settings.path} has no target layer '{missing[0]}'")
+        raise HarnessError(f"{params.path} has no target layer '{missing[0]}'", key="params.path")
     masks = {name: (tensors[name] == 0) & (base[name].detach().cpu() != 0) for name in context.layers}
-    return UnlearnResult(masks=masks, tensors=tensors, info={"params": {"path": settings.path}, "tensors": len(tensors)})
-
-
-checkpoint.params_type = CheckpointParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)
+    return UnlearnResult(masks=masks, tensors=tensors, info={"params": {"path": params.path}, "tensors": len(tensors)})

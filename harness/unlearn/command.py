@@ -11,7 +11,8 @@ from pathlib import Path
 from harness.config import settings_arguments, settings_from_arguments
 from harness.recipe import load_recipe
 from harness.runtime import RuntimeSettings
-from harness.unlearn.run import UnlearnJob, run_unlearning
+from harness.unlearn import run as unlearn
+from harness.unlearn.job import UnlearnJob
 
 
 @dataclass
@@ -39,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(options.recipe)
     if options.fidelity:
         recipe = dataclasses.replace(recipe, fidelity=options.fidelity)
-    job = UnlearnJob.from_recipe(recipe, options.method, Path(options.out), runtime.data_dir, runtime.device)
-    record = run_unlearning(job)
+    job = UnlearnJob.from_recipe(recipe, options.method, Path(options.out), runtime)
+    record = unlearn.run(job)
     print(f"{job.method.name}: changed {record.changed} weights ({100 * record.fraction_of_layers:.3f}% of the "
           f"target layers) in {record.seconds:.1f} s -> {options.out}")
     return 0

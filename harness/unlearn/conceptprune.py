@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.config import parse_dataclass
-from harness.errors import HarnessError
+from harness.errors import HarnessError, keyed
+from harness.registry import method
 from harness.unlearn.activations import TooFewCalls, column_norms
 from harness.unlearn.prompts import prompt_pairs
 from harness.unlearn.method import UnlearnContext, UnlearnResult
@@ -62,43 +62,39 @@ def skilled_mask(
     return mask
 
 
-def conceptprune(context: UnlearnContext, params: dict) -> UnlearnResult:
-    """The registered method `conceptprune` (signature in harness.unlearn.method)."""
-    settings = parse_dataclass(ConceptPruneParams, params, context.key("params"))
-    seed = context.generation.fixed_seed if settings.seed is None else settings.seed
+@method("conceptprune", params=ConceptPruneParams, prunes=True)
+def conceptprune(context: UnlearnContext, params: ConceptPruneParams) -> UnlearnResult:
+    """ConceptPrune's mask of the context's layers, the weights zeroed there (harness.unlearn.method)."""
+    seed = context.generation.fixed_seed if params.seed is None else params.seed
     weights = dict(context.pipeline.unet.named_parameters())
     for name in context.layers:
         if weights[name].dim() != 2:
-            raise HarnessError(
-                f"{context.key('layers')}: '{name}' is not a linear weight (shape {tuple(weights[name].shape)})"
-            )
-    ks = {name: int(settings.skill_ratio * weights[name].shape[1]) for name in context.layers}
+            raise HarnessError(f"'{name}' is not a linear weight (shape {tuple(weights[name].shape)})", key="layers")
+    ks = {name: int(params.skill_ratio * weights[name].shape[1]) for name in context.layers}
     for name, k in ks.items():
         if k < 1:
-            raise HarnessError(
-                f"{context.key('params.skill_ratio')}: {settings.skill_ratio} x "
-                f"{weights[name].shape[1]} input features of '{name}' leaves k = 0"
-            )
-    pairs = prompt_pairs(context.concept, context.data_dir, context.where, context.fidelity)
+            raise HarnessError(f"{params.skill_ratio} x {weights[name].shape[1]} input features of '{name}' "
+                               "leaves k = 0", key="params.skill_ratio")
+    pairs = prompt_pairs(context.concept, context.data_dir, context.fidelity)
     # the authors' code seeds the device's own generator: on a GPU, its starting noise differs from a CPU generator's
     noise_device = context.device.type if context.fidelity == "reference-code" else "cpu"
     norms = {}
     try:
         for side, prompts in (("base", pairs.base), ("target", pairs.target)):
-            runs = [(p, seed + j) for p in prompts for j in range(settings.images_per_prompt)]
+            runs = [(p, seed + j) for p in prompts for j in range(params.images_per_prompt)]
             norms[side] = column_norms(
-                context.pipeline, context.layers, [p for p, _ in runs], settings.tau, context.generation,
+                context.pipeline, context.layers, [p for p, _ in runs], params.tau, context.generation,
                 [s for _, s in runs], f"{side} prompts", noise_device,
             )
     except TooFewCalls as error:
-        raise HarnessError(f"{context.key('params.tau')}: {error}") from None
+        raise HarnessError(str(error), key="params.tau") from None
     masks, tensors = {}, {}
     for name in context.layers:
         masks[name] = skilled_mask(weights[name], norms["base"][name], norms["target"][name], ks[name]).cpu()
         tensors[name] = weights[name].detach().cpu().masked_fill(masks[name], 0)
         log.debug("%s: %d of %d weights skilled", name, int(masks[name].sum()), masks[name].numel())
     info = {
-        "params": dataclasses.asdict(settings) | {"seed": seed},
+        "params": dataclasses.asdict(params) | {"seed": seed},
         "fidelity": context.fidelity,
         "noise_generator": noise_device,
         "k": ks,
@@ -106,6 +102,3 @@ def conceptprune(context: UnlearnContext, params: dict) -> UnlearnResult:
     }
     return UnlearnResult(masks=masks, tensors=tensors, info=info)
 
-
-conceptprune.params_type = ConceptPruneParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)
-conceptprune.prunes = True  # type: ignore[attr-defined]  # zeroes weights only: masks of several targets unite

@@ -43,5 +43,5 @@ def _nonzero_draws(count: int, sigma: float, dtype: torch.dtype, generator: torc
         values[zeros] = redraw
         zeros = values == 0
     if zeros.any():
-        raise HarnessError(f"sigma {sigma:g} is too small for {dtype}: its draws round to exactly zero")
+        raise HarnessError(f"sigma {sigma:g} is too small for {dtype}: its draws round to exactly zero", key="")
     return values

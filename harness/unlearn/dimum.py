@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.config import parse_dataclass
+from harness.errors import keyed
+from harness.registry import method
 from harness.train.data import DataSpec, TrainingSet, build_set, generated_set
 from harness.train.denoise import denoising_loss
 from harness.train.engine import FineTuneModule, Objective, TrainParams
@@ -77,19 +78,17 @@ class MemorisationObjective(Objective):
             self.forget_embeddings[forget.to(module.device)], generator)
 
 
-def dimum(context: UnlearnContext, params: dict) -> UnlearnResult:
-    """The registered method `dimum` (signature in harness.unlearn.method)."""
-    settings = parse_dataclass(DiMUMParams, params, context.key("params"))
-    alternative = settings.alternative or anchor_prompt(context)
-    forget = concept_prompts(context, settings.prompts)
-    retain = build_set(context.pipeline, settings.retain, context.generation, context.base_model, settings.seed,
-                       context.concept.targets, context.key("params.retain"),
-                       str(context.data_dir) if context.data_dir else None)
-    alternatives = generated_set(context.pipeline, [alternative] * settings.alternative_samples, context.generation,
-                                 settings.seed, f"{context.key('params')} alternative samples")
-    objective = MemorisationObjective(retain, alternatives.inputs, forget, settings)
-    return train_method(context, objective, settings, {"forget_prompts": forget, "alternative": alternative,
+@method("dimum", params=DiMUMParams)
+def dimum(context: UnlearnContext, params: DiMUMParams) -> UnlearnResult:
+    """DiMUM, memorisation unlearning (harness.unlearn.method)."""
+    alternative = params.alternative or anchor_prompt(context)
+    forget = concept_prompts(context, params.prompts)
+    with keyed("params.retain"):
+        retain = build_set(context.pipeline, params.retain, context.generation, context.model, params.seed,
+                           context.concept.targets, str(context.data_dir) if context.data_dir else None)
+    with keyed("params"):
+        alternatives = generated_set(context.pipeline, [alternative] * params.alternative_samples,
+                                     context.generation, params.seed, "alternative samples")
+    objective = MemorisationObjective(retain, alternatives.inputs, forget, params)
+    return train_method(context, objective, params, {"forget_prompts": forget, "alternative": alternative,
                                                        "retain": retain.source, "retain_samples": len(retain.inputs)})
-
-
-dimum.params_type = DiMUMParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)

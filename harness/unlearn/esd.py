@@ -18,7 +18,7 @@ import torch
 from diffusers import DDIMScheduler
 from torch.nn import functional as F
 
-from harness.config import parse_dataclass
+from harness.registry import method
 from harness.train.engine import FineTuneModule, Objective, TrainParams
 from harness.unlearn.method import UnlearnContext, UnlearnResult
 from harness.unlearn.training import concept_prompts, train_method
@@ -94,11 +94,8 @@ class ESDObjective(Objective):
         return z
 
 
-def esd(context: UnlearnContext, params: dict) -> UnlearnResult:
-    """The registered method `esd` (signature in harness.unlearn.method)."""
-    settings = parse_dataclass(ESDParams, params, context.key("params"))
-    prompts = concept_prompts(context, settings.prompts)
-    return train_method(context, ESDObjective(prompts, settings, settings.batch_size), settings, {"prompts": prompts})
-
-
-esd.params_type = ESDParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)
+@method("esd", params=ESDParams)
+def esd(context: UnlearnContext, params: ESDParams) -> UnlearnResult:
+    """Erased Stable Diffusion (harness.unlearn.method)."""
+    prompts = concept_prompts(context, params.prompts)
+    return train_method(context, ESDObjective(prompts, params, params.batch_size), params, {"prompts": prompts})

@@ -25,7 +25,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from harness.config import parse_dataclass
+from harness.errors import keyed
+from harness.registry import method
 from harness.train.engine import Objective, OptimParams, fine_tune
 from harness.train.masking import MaskLearning, MaskObjective, detach_masks, hard_masks
 from harness.unlearn.ac import ACLoss, anchor_objective
@@ -59,8 +60,9 @@ def learn_mask(context: UnlearnContext, inner: Objective, settings: MaskLearning
     names = [n for n, p in context.pipeline.unet.named_parameters() if n in set(context.layers) and p.is_floating_point()]
     objective = MaskObjective(inner, names, settings, settings.steps)
     try:
-        outcome = fine_tune(context.pipeline, objective, settings, context.scratch, context.settings_key,
-                            context.key("params"), context.device, context.runtime)
+        with keyed("params"):
+            outcome = fine_tune(context.pipeline, objective, settings, context.scratch, context.settings_key,
+                                context.job.method.name or context.job.method.method, context.device, context.runtime)
     finally:
         detach_masks(context.pipeline.unet, names)
     scores = {name: outcome.extra[f"mask{index}"] for index, name in enumerate(names)}
@@ -89,22 +91,16 @@ def learn_mask(context: UnlearnContext, inner: Objective, settings: MaskLearning
     return UnlearnResult(masks=pruned, tensors=tensors, info=record)
 
 
-def p_esd(context: UnlearnContext, params: dict) -> UnlearnResult:
-    """The registered method `p-esd` (signature in harness.unlearn.method)."""
-    settings = parse_dataclass(PESDParams, params, context.key("params"))
-    prompts = concept_prompts(context, settings.prompts)
-    return learn_mask(context, ESDObjective(prompts, settings, settings.batch_size), settings,
+@method("p-esd", params=PESDParams, prunes=True, layers=MASK_LAYERS)
+def p_esd(context: UnlearnContext, params: PESDParams) -> UnlearnResult:
+    """A mask learned with the ESD objective (harness.unlearn.method)."""
+    prompts = concept_prompts(context, params.prompts)
+    return learn_mask(context, ESDObjective(prompts, params, params.batch_size), params,
                       {"objective": "esd", "prompts": prompts})
 
 
-def p_ac(context: UnlearnContext, params: dict) -> UnlearnResult:
-    """The registered method `p-ac` (signature in harness.unlearn.method)."""
-    settings = parse_dataclass(PACParams, params, context.key("params"))
-    objective, info = anchor_objective(context, settings, settings.batch_size, settings.seed)
-    return learn_mask(context, objective, settings, {"objective": "ac", **info})
-
-
-p_esd.default_layers = p_ac.default_layers = MASK_LAYERS  # type: ignore[attr-defined]
-p_esd.params_type = PESDParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)
-p_ac.params_type = PACParams  # type: ignore[attr-defined]
-p_esd.prunes = p_ac.prunes = True  # type: ignore[attr-defined]  # zeroes weights only: masks of several targets unite
+@method("p-ac", params=PACParams, prunes=True, layers=MASK_LAYERS)
+def p_ac(context: UnlearnContext, params: PACParams) -> UnlearnResult:
+    """A mask learned with the AC objective (harness.unlearn.method)."""
+    objective, info = anchor_objective(context, params, params.batch_size, params.seed)
+    return learn_mask(context, objective, params, {"objective": "ac", **info})

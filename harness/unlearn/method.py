@@ -1,74 +1,98 @@
 """The interface every unlearning method has, and how a recipe names one.
 
-A method is a callable
+A method is one decorated function:
 
-    method(context: UnlearnContext, params: dict) -> UnlearnResult
+    @method("my-method", params=MyParams)          # harness.registry.method
+    def my_method(context: UnlearnContext, params: MyParams) -> UnlearnResult: ...
 
-- `context` carries the loaded pipeline (loaded for this method alone: a training method may
-  train its UNet in place; a pruning method reads it), the target concept, the target parameter
-  names (UNet parameter names chosen by the entry's `layers`), the device, the recipe's seed and
-  generation settings, the prompt data folder, the fidelity setting, a scratch folder for
-  checkpoints with the key of the run's settings, and `where`/`key()` for error messages that
-  name the recipe key.
-- `params` is the entry's `params` mapping, unparsed: the method validates it itself, usually
-  with `harness.config.parse_dataclass(MyParams, params, context.key("params"))`, so that a typo
-  is an error naming `methods[i].params.<key>`.
+- `params` arrive parsed and checked (before any work) into the declared dataclass; a typo is an
+  error naming `methods[i].params.<key>`.
+- `context` is a view of the stage's job with what was loaded for it: the pipeline (loaded for
+  this method alone: a training method may train its UNet in place; a pruning method reads it),
+  the target parameter names (chosen by the entry's `layers`, else the declared default), the
+  device, the concept, the generation settings, the seed, the prompt data folder, the fidelity
+  setting and a scratch folder for checkpoints with the key of the run's settings.
 - The result holds `masks` (name -> bool tensor, True where the method changed a weight) and
   `tensors` (name -> the changed weight), both keyed by UNet parameter names and shaped like the
   parameter, plus `info`: a JSON-ready record of what the method did (resolved params, counts).
 
-A method may carry `params_type` (its params dataclass): `harness benchmark` then checks a
-recipe's params before any work; `default_layers` (glob patterns), the layers an entry
-without `layers` gets (else SD_FFN_LAYERS, ConceptPrune's); and `prunes = True` when it only
-zeroes weights: a concept with several targets then runs it once per target and unites the
-masks (other methods refuse several targets).
+The declaration may add `layers` (glob patterns, the default target layers; else SD_FFN_LAYERS,
+ConceptPrune's) and `prunes=True` when the method only zeroes weights: a concept with several
+targets then runs it once per target and unites the masks (other methods refuse several targets).
+An error a method raises is keyed relative to its entry (`HarnessError("...", key="params.tau")`).
 
-A recipe names a method by a registered name (`conceptprune`, `saliency`, `checkpoint`; see
-harness.registry) or by an import path `package.module:function`, so a new method needs no
-edit to the harness.
+A recipe names a method by a registered name (`conceptprune`, `saliency`, `checkpoint`, ...; see
+harness.registry) or by an import path `package.module:function`, so a new method needs no edit
+to the harness.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from harness.errors import keyed
 from harness.recipe import SD_FFN_LAYERS, ConceptSettings, GenerationSettings, MethodSettings
-from harness.registry import resolve_callable
+from harness.registry import Plugin, resolve
+from harness.unlearn.job import UnlearnJob
+from harness.unlearn.prompts import resolve_data_dir
 
 
 @dataclass
 class UnlearnContext:
-    """Everything a method may use; see the module docstring."""
+    """What a method may use: a view of the job and what the stage loaded for it."""
 
+    job: UnlearnJob
     pipeline: Any
-    concept: ConceptSettings
     layers: list[str]
+    """The UNet parameter names the method may change."""
     device: torch.device
-    seed: int
-    generation: GenerationSettings
-    data_dir: Path | None = None
-    where: str = "recipe"
-    """The recipe file, for error messages."""
-    entry: str = "method"
-    """The recipe key of the method's entry (e.g. `methods[0]`)."""
-    fidelity: str = "paper"
-    """paper, or reference-code (the authors' published code's behaviour where it differs)."""
-    base_model: str = ""
-    """The model source the pipeline was loaded from (a world's `zoo:NAME`, a hub id, a folder)."""
     scratch: Path | None = None
     """A folder for training checkpoints; a crashed run resumes from it."""
     settings_key: str = ""
     """The key of the job's settings (checkpoints of other settings are not resumed)."""
-    runtime: Any = None
-    """The stage's RuntimeSettings (devices, strategy, nodes for training methods)."""
 
-    def key(self, path: str) -> str:
-        """An error prefix naming a key of the method's entry, e.g. 'recipes/x.yaml: methods[0].params'."""
-        return f"{self.where}: {self.entry}.{path}"
+    @property
+    def concept(self) -> ConceptSettings:
+        return self.job.concept
+
+    @property
+    def generation(self) -> GenerationSettings:
+        return self.job.generation
+
+    @property
+    def seed(self) -> int:
+        """The recipe's seed (generation.fixed_seed)."""
+        return self.job.generation.fixed_seed
+
+    @property
+    def fidelity(self) -> str:
+        """paper, or reference-code (the authors' published code's behaviour where it differs)."""
+        return self.job.fidelity
+
+    @property
+    def model(self) -> str:
+        """The model source the pipeline was loaded from (a world's `zoo:NAME`, a hub id, a folder)."""
+        return self.job.model
+
+    @property
+    def runtime(self) -> Any:
+        """The stage's RuntimeSettings (devices, strategy, nodes for training methods)."""
+        return self.job.runtime
+
+    @property
+    def data_dir(self) -> Path | None:
+        """The folder of the prompt word lists."""
+        return resolve_data_dir(self.job.runtime.data_dir, self.job.concept.data_dir)
+
+    def for_concept(self, concept: ConceptSettings) -> UnlearnContext:
+        """The same context for one concept (several targets run one at a time)."""
+        return dataclasses.replace(self, job=dataclasses.replace(self.job, concept=concept))
 
 
 @dataclass
@@ -80,17 +104,23 @@ class UnlearnResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-UnlearnMethod = Callable[[UnlearnContext, dict], UnlearnResult]
+def resolve_method(name: str) -> Plugin:
+    """The declared method a registered name or a `package.module:function` import path names."""
+    return resolve("method", name)
 
 
-def resolve_method(name: str, where: str = "method") -> UnlearnMethod:
-    """The callable for a registered name or a `package.module:function` import path."""
-    return resolve_callable("method", name, where)
+def call_method(plugin: Plugin, context: UnlearnContext, params: Mapping[str, Any]) -> UnlearnResult:
+    """Parse `params` with the method's declared type (errors keyed `params.<key>`) and call it."""
+    with keyed("params"):
+        parsed = plugin.parse(params)
+    return plugin(context, parsed)
 
 
-def method_layers(entry: MethodSettings, where: str = "method") -> list[str]:
-    """The layer globs of a recipe's method entry: its own `layers`, else the method's
-    `default_layers`, else SD_FFN_LAYERS."""
+def method_layers(entry: MethodSettings) -> list[str]:
+    """The layer globs of a recipe's method entry: its own `layers`, else the method's declared
+    default, else SD_FFN_LAYERS."""
     if entry.layers is not None:
         return list(entry.layers)
-    return list(getattr(resolve_method(entry.method, where), "default_layers", SD_FFN_LAYERS))
+    with keyed("method"):
+        declared = resolve_method(entry.method).layers
+    return list(declared or SD_FFN_LAYERS)

@@ -94,46 +94,43 @@ def object_prompt_pairs(target: str, scenes: list[str] | None, fidelity: str = "
     )
 
 
-def prompt_pairs(concept: ConceptSettings, data_dir: Path | None, where: str, fidelity: str = "paper") -> PromptPairs:
-    """Base and target prompts for `concept`; `where` names the recipe file in errors.
+def prompt_pairs(concept: ConceptSettings, data_dir: Path | None, fidelity: str = "paper") -> PromptPairs:
+    """Base and target prompts for `concept` (errors name the recipe's `concept` keys).
     `fidelity` "reference-code" switches four object classes to the authors' scene lists."""
     if fidelity not in FIDELITIES:
-        raise HarnessError(f"{where}: fidelity: '{fidelity}' (choose from {', '.join(FIDELITIES)})")
+        raise HarnessError(f"'{fidelity}' (choose from {', '.join(FIDELITIES)})", key="fidelity", rooted=True)
     if concept.kind not in TEMPLATES:
         from harness.world import concept_kinds, world_of_kind
 
         world = world_of_kind(concept.kind)
         if world is None:
-            raise HarnessError(
-                f"{where}: concept.kind: no prompt templates for '{concept.kind}' (choose from {', '.join(concept_kinds())})"
-            )
-        base, target = world.prompt_pairs(concept.target, concept.kind, f"{where}: concept.target")
+            raise HarnessError(f"no prompt templates for '{concept.kind}' (choose from {', '.join(concept_kinds())})",
+                               key="concept.kind", rooted=True)
+        base, target = world.prompt_pairs(concept.target, concept.kind)
         return PromptPairs(base=base, target=target)
     if concept.kind == "object" and fidelity == "reference-code" and reference_code_scenes(concept.target):
         return object_prompt_pairs(concept.target, None, fidelity)
     filename, base, target = TEMPLATES[concept.kind]
-    words = read_word_list(_word_file(filename, concept.kind, data_dir, where), where)
+    words = read_word_list(_word_file(filename, concept.kind, data_dir))
     return PromptPairs(
         base=[base.format(word=w, target=concept.target) for w in words],
         target=[target.format(word=w, target=concept.target) for w in words],
     )
 
 
-def read_word_list(path: Path, where: str) -> list[str]:
+def read_word_list(path: Path) -> list[str]:
     """One word or phrase a line; blank lines and surrounding spaces dropped."""
     words = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not words:
-        raise HarnessError(f"{where}: concept: word list {path} is empty, so the target has no prompts")
+        raise HarnessError(f"word list {path} is empty, so the target has no prompts", key="concept", rooted=True)
     return words
 
 
-def _word_file(filename: str, kind: str, data_dir: Path | None, where: str) -> Path:
+def _word_file(filename: str, kind: str, data_dir: Path | None) -> Path:
     if data_dir is None:
-        raise HarnessError(
-            f"{where}: concept.data_dir: kind '{kind}' needs {filename}; set concept.data_dir, "
-            f"--data-dir or ${DATA_DIR_ENV}"
-        )
+        raise HarnessError(f"kind '{kind}' needs {filename}; set concept.data_dir, --data-dir or ${DATA_DIR_ENV}",
+                           key="concept.data_dir", rooted=True)
     path = data_dir / filename
     if not path.is_file():
-        raise HarnessError(f"{where}: concept.data_dir: {path} not found (kind '{kind}' needs {filename})")
+        raise HarnessError(f"{path} not found (kind '{kind}' needs {filename})", key="concept.data_dir", rooted=True)
     return path

@@ -21,7 +21,7 @@ from diffusers import DDPMScheduler
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from harness.config import parse_dataclass
+from harness.registry import method
 from harness.models.pipelines import model_samples, prompt_embeddings
 from harness.unlearn.prompts import prompt_pairs
 from harness.unlearn.method import UnlearnContext, UnlearnResult
@@ -51,23 +51,23 @@ class SaliencyParams:
             raise ValueError("samples and noise_draws must be at least 1")
 
 
-def saliency(context: UnlearnContext, params: dict) -> UnlearnResult:
-    """The registered method `saliency` (signature in harness.unlearn.method)."""
-    settings = parse_dataclass(SaliencyParams, params, context.key("params"))
-    prompts = prompt_pairs(context.concept, context.data_dir, context.where).target
-    chosen = [prompts[i % len(prompts)] for i in range(settings.samples)]
+@method("saliency", params=SaliencyParams, prunes=True)
+def saliency(context: UnlearnContext, params: SaliencyParams) -> UnlearnResult:
+    """Pruning by saliency: the top share of |gradient| of the forgetting loss, zeroed (harness.unlearn.method)."""
+    prompts = prompt_pairs(context.concept, context.data_dir).target
+    chosen = [prompts[i % len(prompts)] for i in range(params.samples)]
     pipeline = context.pipeline
-    samples = model_samples(pipeline, chosen, context.generation, [settings.seed + i for i in range(len(chosen))],
+    samples = model_samples(pipeline, chosen, context.generation, [params.seed + i for i in range(len(chosen))],
                             "forgetting set")
-    gradients = forgetting_gradients(pipeline, context.layers, chosen, samples, settings)
+    gradients = forgetting_gradients(pipeline, context.layers, chosen, samples, params)
     weights = {name: p.detach() for name, p in pipeline.unet.named_parameters() if name in gradients}
     scores = {
-        name: (g if settings.criterion == "salun" else g * weights[name].float()).abs().cpu()
+        name: (g if params.criterion == "salun" else g * weights[name].float()).abs().cpu()
         for name, g in gradients.items()
     }
-    masks = top_fraction(scores, settings.fraction, settings.scope)
+    masks = top_fraction(scores, params.fraction, params.scope)
     tensors = {name: weights[name].cpu().masked_fill(mask, 0) for name, mask in masks.items()}
-    info = {"params": dataclasses.asdict(settings), "prompts": {"target": sorted(set(chosen))}}
+    info = {"params": dataclasses.asdict(params), "prompts": {"target": sorted(set(chosen))}}
     return UnlearnResult(masks=masks, tensors=tensors, info=info)
 
 
@@ -127,6 +127,3 @@ def forgetting_gradients(
     log.debug("forgetting gradients over %d samples x %d draws", len(samples), settings.noise_draws)
     return sums
 
-
-saliency.params_type = SaliencyParams  # type: ignore[attr-defined]  # checked before any work (harness.experiment.plan)
-saliency.prunes = True  # type: ignore[attr-defined]  # zeroes weights only: masks of several targets unite

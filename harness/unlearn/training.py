@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any
 
 
+from harness.errors import keyed
 from harness.train.engine import Objective, TrainParams, fine_tune
 from harness.unlearn.method import UnlearnContext, UnlearnResult
 
@@ -16,8 +17,9 @@ def train_method(context: UnlearnContext, objective: Objective, params: TrainPar
     the mask is True where a trained entry differs from the model before training."""
     before = {name: p.detach().float().cpu().clone() for name, p in context.pipeline.unet.named_parameters()}
     assert context.scratch is not None, "the unlearn stage gives training methods a scratch folder"
-    outcome = fine_tune(context.pipeline, objective, params, context.scratch, context.settings_key,
-                        context.key("params"), context.device, context.runtime)
+    with keyed("params"):
+        outcome = fine_tune(context.pipeline, objective, params, context.scratch, context.settings_key,
+                            context.job.method.name or context.job.method.method, context.device, context.runtime)
     masks = {name: tensor != before[name] for name, tensor in outcome.tensors.items()}
     record = {
         "params": dataclasses.asdict(params),
@@ -46,5 +48,5 @@ def concept_prompts(context: UnlearnContext, given: list[str]) -> list[str]:
 
     world = world_of_kind(context.concept.kind)
     if world is not None:
-        return world.prompt_pairs(context.concept.target, context.concept.kind, context.key("concept"))[1]
+        return world.prompt_pairs(context.concept.target, context.concept.kind)[1]
     return [context.concept.target]

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from harness.errors import HarnessError
 from safetensors.torch import load_file
 
 from harness.attack.revival import detect
@@ -62,7 +64,7 @@ def test_eq7_finds_a_planted_mask_at_tiny_sigma_and_nothing_at_sigma_u() -> None
     assert hits / float(mask.sum()) > 0.5 and hits / float(found.sum()) > 0.5
     same, same_mask = planted(sigma_m=SIGMA_U, seed=1)
     for name in ("eq7", "magnitude", "lowrank", "columns"):
-        assert abs(detect.auroc(detect.DETECTORS[name](same), same_mask) - 0.5) < 0.1, name
+        assert abs(detect.auroc(detect.resolve_detector(name)(same), same_mask) - 0.5) < 0.1, name
 
 
 def test_eq7_with_given_settings_is_the_posterior() -> None:
@@ -124,7 +126,7 @@ def test_detected_mask_keeps_the_given_share_and_checks_it() -> None:
     for bad in (0.0, 1.0, -0.1):
         with pytest.raises(ValueError, match=f"mask share must lie in \\(0, 1\\), got {bad}"):
             detect.detected_mask(weight, "eq7", share=bad)
-    with pytest.raises(ValueError, match="unknown mask detector 'nope'"):
+    with pytest.raises(HarnessError, match="unknown detector 'nope'"):
         detect.detected_mask(weight, "nope")
 
 

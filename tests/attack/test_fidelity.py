@@ -178,12 +178,12 @@ def test_object_prompts_use_the_authors_scene_lists_only_under_reference_code() 
 def test_prompt_pairs_default_is_unchanged_and_reference_code_needs_no_word_list(tmp_path) -> None:
     (tmp_path / "common_scenes.txt").write_text("kitchen\npark\n")
     concept = ConceptSettings(target="school bus", kind="object")
-    assert prompt_pairs(concept, tmp_path, "r").target == ["a school bus in a kitchen", "a school bus in a park"]
-    assert prompt_pairs(concept, None, "r", fidelity="reference-code").target[0] == "a school bus on a road"
+    assert prompt_pairs(concept, tmp_path).target == ["a school bus in a kitchen", "a school bus in a park"]
+    assert prompt_pairs(concept, None, fidelity="reference-code").target[0] == "a school bus on a road"
     with pytest.raises(HarnessError, match="data_dir"):
-        prompt_pairs(concept, None, "r")
+        prompt_pairs(concept, None)
     with pytest.raises(HarnessError, match="fidelity"):
-        prompt_pairs(concept, tmp_path, "r", fidelity="authors")
+        prompt_pairs(concept, tmp_path, fidelity="authors")
 
 
 # The layer reads the switch

@@ -21,7 +21,7 @@ from harness.infer.ranking import (
     rank,
 )
 from harness.cli import main
-from harness.errors import HarnessError
+from harness.errors import HarnessError, in_file
 
 LAYER = "down_blocks.1.attentions.0.transformer_blocks.0.ff.net.2.weight"
 
@@ -104,10 +104,10 @@ def test_an_empty_candidate_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_a_model_without_pruned_entries_is_an_error() -> None:
-    with pytest.raises(HarnessError, match="m.safetensors: no pruned entry"):
-        pruned_layers({LAYER: torch.ones(4, 4), "x.bias": torch.zeros(4)}, "m.safetensors")
+    with pytest.raises(HarnessError, match="m.safetensors: no pruned entry"), in_file("m.safetensors"):
+        pruned_layers({LAYER: torch.ones(4, 4), "x.bias": torch.zeros(4)})
     with pytest.raises(HarnessError, match=r"matching \*attn2\*"):
-        pruned_layers({LAYER: torch.zeros(4, 4)}, "m", ["*attn2*"])
+        pruned_layers({LAYER: torch.zeros(4, 4)}, ["*attn2*"])
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -148,7 +148,9 @@ def world_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_digit_conceptprune_erased_is_ranked_first(world_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     from harness.recipe import load_recipe
-    from harness.unlearn.run import UnlearnJob, run_unlearning
+    from harness.runtime import RuntimeSettings
+    from harness.unlearn.job import UnlearnJob
+    from harness.unlearn.run import run as run_unlearning
 
     monkeypatch.setenv("HARNESS_CACHE", str(world_cache))
     code, _, err = _cli(capsys, "--unlearned", "zoo:digits", "--candidates", "digits-all-2")
@@ -161,7 +163,7 @@ def test_the_digit_conceptprune_erased_is_ranked_first(world_cache: Path, tmp_pa
         "generation: {steps: 25, guidance: 3.0, scheduler: null, dtype: float32, batch_size: 64}\n"
     )
     unlearned = tmp_path / "unlearned"
-    run_unlearning(UnlearnJob.from_recipe(load_recipe(str(recipe)), None, unlearned, device="cpu"))
+    run_unlearning(UnlearnJob.from_recipe(load_recipe(str(recipe)), None, unlearned, RuntimeSettings(device="cpu")))
     out = tmp_path / "infer.json"
     code, printed, err = _cli(capsys, "--unlearned", str(unlearned), "--candidates", "digits-all-4", "--calls", "5",
                               "--device", "cpu", "--out", str(out))

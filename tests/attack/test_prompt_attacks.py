@@ -13,11 +13,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from harness.attack.run import AttackJob, run_attack
+from harness.attack.job import AttackJob
+from harness.attack.run import run as run_attack
+from harness.registry import resolve
+from harness.runtime import RuntimeSettings
 from harness.errors import HarnessError
 from harness.generate import shards
 from harness.generate.rewrite import PromptRewrite, prompt_changes
-from harness.generate.run import generate_suite
+from harness.generate import run as generate_stage
+from harness.generate.run import GenerateJob
 from harness.generate.suites import PromptRecord, Suite, load_suite
 from harness.layout import AttackFiles
 from harness.models.pipelines import add_tokens, load_pipeline
@@ -78,9 +82,10 @@ def _concept_folder(tmp_path: Path, count: int = 4) -> Path:
 
 
 def _job(tiny: Path, tmp_path: Path, attack: str, params: dict) -> AttackJob:
-    return AttackJob(attack=AttackEntry(attack=attack, params=params), base_model=str(tiny), unlearned_files=[],
-                     out=tmp_path / "attack", method="m", generation=TINY_GENERATION, device="cpu",
-                     concept=ConceptSettings(target="golf ball", kind="object"), original=str(tiny))
+    return AttackJob(attack=attack, params=resolve("attack", attack).parse(params), model=str(tiny), unlearned_files=[],
+                     out=tmp_path / "attack", method="m", generation=TINY_GENERATION,
+                     runtime=RuntimeSettings(device="cpu"), concept=ConceptSettings(target="golf ball", kind="object"),
+                     original=str(tiny))
 
 
 def _inversion_loss(tiny: Path, folder: Path, vector: torch.Tensor) -> float:
@@ -92,8 +97,8 @@ def _inversion_loss(tiny: Path, folder: Path, vector: torch.Tensor) -> float:
     from harness.train.denoise import denoising_loss
 
     pipeline = load_pipeline(str(tiny))
-    add_tokens(pipeline, {"<concept>": vector}, where="test")
-    images = folder_images(pipeline, folder, 64, "test")
+    add_tokens(pipeline, {"<concept>": vector})
+    images = folder_images(pipeline, folder, 64)
     scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     with torch.no_grad():
         condition, _ = pipeline.encode_prompt(["a photo of a <concept>"] * len(images), "cpu", 1, False)
@@ -130,7 +135,7 @@ def test_an_inversion_folder_that_is_empty_or_unreadable_is_refused(tiny: Path, 
     for name in contents:
         (folder / name).write_bytes(b"not a png")
     job = _job(tiny, tmp_path, "concept-inversion", {"steps": 1, "images": str(folder)})
-    job.where, job.entry = "r.yaml", "attacks[1]"
+    job.source, job.entry = "r.yaml", "attacks[1]"
     with pytest.raises(HarnessError, match=re.escape(error.format(folder=folder))):
         run_attack(job)
     assert not (tmp_path / "attack" / "attack.json").exists()
@@ -167,9 +172,9 @@ def test_generation_asks_with_the_rewrite_and_the_new_token(tmp_path: Path) -> N
     save_tensors({"<c>": seven.detach().clone()}, tmp_path / "tokens.safetensors")
     rewrite = PromptRewrite(names=["seven", "7"], labels=["seven"], replacement="<c>")
     plain, attacked = tmp_path / "plain", tmp_path / "attacked"
-    generate_suite("zoo:digits", [], suite, settings, plain, "pretrained")
-    generate_suite("zoo:digits", [], suite, settings, attacked, "m/a", tokens=tmp_path / "tokens.safetensors",
-                   rewrite=rewrite)
+    generate_stage.run(GenerateJob("zoo:digits", [], suite, settings, plain, "pretrained"))
+    generate_stage.run(GenerateJob("zoo:digits", [], suite, settings, attacked, "m/a", tokens=tmp_path / "tokens.safetensors",
+                   rewrite=rewrite))
     before = {s.id: s for p in sorted(plain.glob("shard-*.tar")) for s in shards.read_shard(p)}
     after = {s.id: s for p in sorted(attacked.glob("shard-*.tar")) for s in shards.read_shard(p)}
     assert after[7].record["prompt"] == "a photo of the digit <c>"

@@ -203,7 +203,8 @@ ROWS = [
 @pytest.fixture(scope="module")
 def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Real inputs the rows spoil: a tiny UNet and its pruned dump, the world, image shards."""
-    from harness.generate.run import generate_suite
+    from harness.generate import run as generate_stage
+    from harness.generate.run import GenerateJob
     from harness.generate.suites import load_suite
     from harness.recipe import GenerationSettings
     from harness.worlds.digits.store import PIPELINE_DIR, ensure_world
@@ -218,8 +219,8 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     torch.save(pruned, root / "pruned.pt")
     world = ensure_world(root / "cache") / PIPELINE_DIR
     images = GenerationFiles(root / "images")
-    generate_suite(str(world), [], load_suite("digits-seven-2"), GenerationSettings(steps=2, guidance=3.0, scheduler=None),
-                   images.folder, "pretrained")
+    generate_stage.run(GenerateJob(str(world), [], load_suite("digits-seven-2"), GenerationSettings(steps=2, guidance=3.0, scheduler=None),
+                   images.folder, "pretrained"))
     (root / "a-file").write_text("not a folder")
     (root / "foreign").mkdir()
     (root / "foreign" / "notes.txt").write_text("someone else's")

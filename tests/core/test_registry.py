@@ -6,27 +6,50 @@ import sys
 
 import pytest
 
-from harness.errors import HarnessError
-from harness.registry import REGISTERED, is_import_path, resolve, resolve_callable
+from harness.errors import HarnessError, in_file, keyed
+from harness.registry import BUILTIN, REGISTRY, Plugin, declare, is_import_path, resolve
 
 from fixtures.paths import REPO
 
 
-@pytest.mark.parametrize("kind", sorted(REGISTERED))
-def test_every_registered_name_resolves(kind: str) -> None:
-    for name in REGISTERED[kind]:
-        assert resolve(kind, name, "test") is not None
+def undeclared(context, params):
+    """A callable nobody declared."""
+
+
+@pytest.mark.parametrize("kind", sorted(BUILTIN))
+def test_every_builtin_name_resolves_to_its_declaration(kind: str) -> None:
+    for name in BUILTIN[kind]:
+        plugin = resolve(kind, name)
+        assert isinstance(plugin, Plugin) and plugin.kind == kind and plugin.name == name
+    assert set(BUILTIN[kind]) <= set(REGISTRY[kind])
 
 
 def test_import_paths_and_errors_name_the_key() -> None:
-    assert resolve_callable("method", "harness.unlearn.conceptprune:conceptprune", "k") is resolve("method", "conceptprune", "k")
+    assert resolve("method", "harness.unlearn.conceptprune:conceptprune") is resolve("method", "conceptprune")
     assert is_import_path("a.b:c") and not is_import_path("nms") and not is_import_path("a b:c")
     with pytest.raises(HarnessError, match=r"r.yaml: attacks\[0\].attack: unknown attack 'nsm' \(registered: nms"):
-        resolve("attack", "nsm", "r.yaml: attacks[0].attack")
+        with in_file("r.yaml"), keyed("attacks[0].attack"):
+            resolve("attack", "nsm")
     with pytest.raises(HarnessError, match="cannot import module 'no_such_package'"):
-        resolve("metric", "no_such_package:Metric", "--metrics")
-    with pytest.raises(HarnessError, match="is not callable"):
-        resolve_callable("world", "harness.registry:REGISTERED", "w")
+        resolve("metric", "no_such_package:Metric")
+    with pytest.raises(HarnessError, match=f"'{__name__}:undeclared' is not declared as a method"):
+        resolve("method", f"{__name__}:undeclared")
+
+
+def test_a_name_declared_twice_for_two_objects_is_refused() -> None:
+    declare("method", "test-twice")(undeclared)
+    declare("method", "test-twice")(undeclared)  # the same object again (a module imported twice) is fine
+    with pytest.raises(ValueError, match="method 'test-twice' is declared twice"):
+        declare("method", "test-twice")(lambda context, params: None)
+    del REGISTRY["method"]["test-twice"]
+
+
+def test_a_revival_attack_fixes_what_its_name_says() -> None:
+    nms = resolve("attack", "nms")
+    assert nms.parse({"top_k": 0.5}).magnitude == "nms"
+    with pytest.raises(HarnessError, match="magnitude: this attack fixes magnitude = nms"):
+        nms.parse({"magnitude": "average"})
+    assert resolve("attack", "ideal-sign-nms").reads == {"sharded", "original"}
 
 
 def test_no_module_under_the_package_shadows_a_top_level_module() -> None:

@@ -10,6 +10,7 @@ import pytest
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.experiment.plan import build_plan
+from harness.records import UnlearnRecord, write_record
 from harness.experiment.summary import matrix_lines, summary_lines
 from harness.records import ResultRow, Results
 from harness.stats import wilson_interval
@@ -45,13 +46,17 @@ def test_plan_lists_the_matrix_models_jobs_and_shards(tmp_path: Path) -> None:
         "pretrained", "conceptprune", "conceptprune-sigma0.01",
         "conceptprune/nms", "conceptprune/avg", "conceptprune/q4",
         "conceptprune-sigma0.01/nms", "conceptprune-sigma0.01/avg", "conceptprune-sigma0.01/q4"]
-    job = plan.attack_job("conceptprune", "avg", plan_runtime())
-    assert job.attack.attack == "average" and job.attack.params == {"top_k": 0.8}
-    assert job.original == "zoo:digits" and job.entry == "attacks[1]"
     layout = RunLayout(tmp_path / "run")
+    with pytest.raises(HarnessError, match="conceptprune: no unlearn.json; run the unlearn stage into it first"):
+        plan.attack_job("conceptprune", "avg")
+    write_record(layout.unlearn("conceptprune").record, _unlearn_record(["down.ff.net.2.weight"]))
+    job = plan.attack_job("conceptprune", "avg")
+    assert job.attack == "average" and job.params.top_k == 0.8 and job.params.magnitude == "average"
+    assert job.layers == ["down.ff.net.2.weight"]  # from the unlearn record, not the method's declaration
+    assert job.original == "zoo:digits" and job.entry == "attacks[1]"
     assert job.unlearned_files == [layout.unlearn("conceptprune").tensors]
     assert job.out == layout.attack("conceptprune", "avg").folder
-    unlearn = plan.unlearn_job("conceptprune-sigma0.01", plan_runtime())
+    unlearn = plan.unlearn_job("conceptprune-sigma0.01")
     assert unlearn.method.defense.sigma == 0.01 and unlearn.entry == "methods[1]"
     assert plan.suite_sizes == {"digits-all-7": 70, "digits-seven-5": 5}
     assert plan.shard_count("digits-all-7") == 3 and plan.shard_count("digits-seven-5") == 1
@@ -62,10 +67,11 @@ def test_plan_lists_the_matrix_models_jobs_and_shards(tmp_path: Path) -> None:
         plan.pick_models("conceptprune/x")
 
 
-def plan_runtime():
-    from harness.runtime import RuntimeSettings
-
-    return RuntimeSettings(device="cpu")
+def _unlearn_record(layers: list[str]) -> UnlearnRecord:
+    return UnlearnRecord(key="k", name="conceptprune", method="conceptprune", model="zoo:digits", params={},
+                         concept={}, layers=[], selected_layers=layers, changed=0, fraction_of_layers=0.0,
+                         fraction_of_unet=0.0, sigma_u=None, defense=None, detectability=None, info={},
+                         generation={}, seeds={}, fidelity="paper", seconds=0.0, provenance={})
 
 
 def test_repeated_names_and_bad_values_are_errors(tmp_path: Path) -> None:

@@ -20,7 +20,8 @@ import torch
 
 from harness.errors import HarnessError
 from harness.generate import shards
-from harness.generate.run import generate_suite
+from harness.generate import run as generate_stage
+from harness.generate.run import GenerateJob
 from harness.recipe import GenerationSettings
 from harness.generate.suites import load_suite
 from harness.layout import GenerationFiles
@@ -51,7 +52,7 @@ def _samples(folder: Path) -> dict[int, shards.Sample]:
 
 
 def test_generates_every_prompt_into_fixed_shards(digits_model, suite, tmp_path):
-    generate_suite(digits_model, [], suite, FAST, tmp_path, "pretrained")
+    generate_stage.run(GenerateJob(digits_model, [], suite, FAST, tmp_path, "pretrained"))
     paths = GenerationFiles(tmp_path).shards()
     assert [p.name for p in paths] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
     samples = _samples(tmp_path)
@@ -71,11 +72,11 @@ def test_generates_every_prompt_into_fixed_shards(digits_model, suite, tmp_path)
 
 
 def test_rerun_skips_complete_shards_and_redoes_the_rest(digits_model, suite, tmp_path):
-    generate_suite(digits_model, [], suite, FAST, tmp_path, "pretrained")
+    generate_stage.run(GenerateJob(digits_model, [], suite, FAST, tmp_path, "pretrained"))
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.glob("shard-*.tar")}
     (tmp_path / "shard-000001.tar").unlink()
     GenerationFiles(tmp_path).partial(1, "killed-run").write_bytes(b"left by a killed run")
-    generate_suite(digits_model, [], suite, FAST, tmp_path, "pretrained")
+    generate_stage.run(GenerateJob(digits_model, [], suite, FAST, tmp_path, "pretrained"))
     after = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in tmp_path.glob("shard-*.tar")}
     assert after["shard-000000.tar"][0] == before["shard-000000.tar"][0]
     assert after["shard-000002.tar"][0] == before["shard-000002.tar"][0]
@@ -84,29 +85,29 @@ def test_rerun_skips_complete_shards_and_redoes_the_rest(digits_model, suite, tm
 
 
 def test_one_shard_alone(digits_model, suite, tmp_path):
-    generate_suite(digits_model, [], suite, FAST, tmp_path, "pretrained", shard=2)
+    generate_stage.run(GenerateJob(digits_model, [], suite, FAST, tmp_path, "pretrained", shard=2))
     assert GenerationFiles(tmp_path).shards() == [tmp_path / "shard-000002.tar"]
     assert sorted(p.name for p in tmp_path.glob("shard-*")) == ["shard-000002.tar"]
     assert sorted(_samples(tmp_path)) == [8, 9]
     with pytest.raises(HarnessError, match="--shard 3: suite digits-all-1 has shards 0..2"):
-        generate_suite(digits_model, [], suite, FAST, tmp_path, "pretrained", shard=3)
+        generate_stage.run(GenerateJob(digits_model, [], suite, FAST, tmp_path, "pretrained", shard=3))
 
 
 def test_a_folder_made_with_other_settings_is_generated_anew(digits_model, suite, tmp_path):
-    generate_suite(digits_model, [], suite, FAST, tmp_path, "pretrained", shard=2)
+    generate_stage.run(GenerateJob(digits_model, [], suite, FAST, tmp_path, "pretrained", shard=2))
     first = read_record(GenerationRecord, GenerationFiles(tmp_path).record)
     before = (tmp_path / "shard-000002.tar").read_bytes()
-    generate_suite(digits_model, [], suite, dataclasses.replace(FAST, steps=3), tmp_path, "pretrained", shard=1)
+    generate_stage.run(GenerateJob(digits_model, [], suite, dataclasses.replace(FAST, steps=3), tmp_path, "pretrained", shard=1))
     second = read_record(GenerationRecord, GenerationFiles(tmp_path).record)
     assert second.key != first.key and second.settings["steps"] == 3
     assert [p.name for p in GenerationFiles(tmp_path).shards()] == ["shard-000001.tar"]  # the old shard 2 is gone
-    generate_suite(digits_model, [], suite, dataclasses.replace(FAST, steps=3), tmp_path, "unlearned", shard=2)
+    generate_stage.run(GenerateJob(digits_model, [], suite, dataclasses.replace(FAST, steps=3), tmp_path, "unlearned", shard=2))
     assert read_record(GenerationRecord, GenerationFiles(tmp_path).record).model == "unlearned"
     assert (tmp_path / "shard-000002.tar").read_bytes() != before
     with pytest.raises(ValueError, match="steps must be at least 1"):
         dataclasses.replace(FAST, steps=0)
     with pytest.raises(HarnessError, match="generation.scheduler: 'Nope' is not a diffusers scheduler"):
-        generate_suite(digits_model, [], suite, dataclasses.replace(FAST, scheduler="Nope"), tmp_path, "pretrained")
+        generate_stage.run(GenerateJob(digits_model, [], suite, dataclasses.replace(FAST, scheduler="Nope"), tmp_path, "pretrained"))
 
 
 def test_a_copied_folder_is_resumed_not_regenerated(digits_model, suite, tmp_path):
@@ -118,17 +119,17 @@ def test_a_copied_folder_is_resumed_not_regenerated(digits_model, suite, tmp_pat
     name = "mid_block.attentions.0.transformer_blocks.0.ff.net.2.weight"
     unet = load_pipeline(digits_model).unet
     save_tensors({name: torch.zeros_like(dict(unet.named_parameters())[name])}, tmp_path / "a" / "t.safetensors")
-    generate_suite(digits_model, [tmp_path / "a" / "t.safetensors"], suite, FAST, tmp_path / "a" / "images", "m", shard=0)
+    generate_stage.run(GenerateJob(digits_model, [tmp_path / "a" / "t.safetensors"], suite, FAST, tmp_path / "a" / "images", "m", shard=0))
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     before = (tmp_path / "b" / "images" / "shard-000000.tar").stat().st_mtime_ns
-    generate_suite(digits_model, [tmp_path / "b" / "t.safetensors"], suite, FAST, tmp_path / "b" / "images", "m", shard=0)
+    generate_stage.run(GenerateJob(digits_model, [tmp_path / "b" / "t.safetensors"], suite, FAST, tmp_path / "b" / "images", "m", shard=0))
     assert (tmp_path / "b" / "images" / "shard-000000.tar").stat().st_mtime_ns == before  # same content, other path
 
 
 def test_seed_policies(digits_model, suite, tmp_path):
     fixed = dataclasses.replace(FAST, seed_policy="fixed", fixed_seed=suite.records[5].seed)
-    generate_suite(digits_model, [], suite, fixed, tmp_path / "fixed", "pretrained", shard=1)
-    generate_suite(digits_model, [], suite, FAST, tmp_path / "row", "pretrained", shard=1)
+    generate_stage.run(GenerateJob(digits_model, [], suite, fixed, tmp_path / "fixed", "pretrained", shard=1))
+    generate_stage.run(GenerateJob(digits_model, [], suite, FAST, tmp_path / "row", "pretrained", shard=1))
     fixed_samples, row_samples = _samples(tmp_path / "fixed"), _samples(tmp_path / "row")
     assert {s.record["seed"] for s in fixed_samples.values()} == {suite.records[5].seed}
     assert fixed_samples[5].png == row_samples[5].png
@@ -138,7 +139,7 @@ def test_seed_policies(digits_model, suite, tmp_path):
 def test_batch_size_changes_no_seed_and_at_most_rounding(digits_model, suite, tmp_path):
     for batch in (1, 4):
         settings = dataclasses.replace(FAST, batch_size=batch)
-        generate_suite(digits_model, [], suite, settings, tmp_path / str(batch), "pretrained")
+        generate_stage.run(GenerateJob(digits_model, [], suite, settings, tmp_path / str(batch), "pretrained"))
     one, four = _samples(tmp_path / "1"), _samples(tmp_path / "4")
     pixels = differing = 0
     for i in range(10):
@@ -159,8 +160,8 @@ def test_changed_tensors_are_applied_and_recorded(digits_model, suite, tmp_path)
     path = save_tensors(
         {name: torch.zeros_like(dict(unet.named_parameters())[name])}, tmp_path / "unlearned.safetensors"
     )
-    generate_suite(digits_model, [], suite, FAST, tmp_path / "base", "pretrained", shard=0)
-    generate_suite(digits_model, [path], suite, FAST, tmp_path / "edit", "unlearned", shard=0)
+    generate_stage.run(GenerateJob(digits_model, [], suite, FAST, tmp_path / "base", "pretrained", shard=0))
+    generate_stage.run(GenerateJob(digits_model, [path], suite, FAST, tmp_path / "edit", "unlearned", shard=0))
     base, edit = _samples(tmp_path / "base"), _samples(tmp_path / "edit")
     assert any(base[i].png != edit[i].png for i in range(4))
     run = read_record(GenerationRecord, GenerationFiles(tmp_path / "edit").record)
@@ -174,7 +175,7 @@ def test_stable_diffusion_pipeline_with_protocol_scheduler(tmp_path):
     suite = load_suite("digits-seven-2")
     settings = GenerationSettings(steps=2, height=32, width=32, batch_size=2, shard_size=2)
     assert settings.scheduler == "PNDMScheduler" and settings.guidance == 7.5
-    generate_suite(str(model), [], suite, settings, tmp_path / "out", "pretrained")
+    generate_stage.run(GenerateJob(str(model), [], suite, settings, tmp_path / "out", "pretrained"))
     [path] = GenerationFiles(tmp_path / "out").shards()
     samples = list(shards.read_shard(path))
     assert [s.image.shape for s in samples] == [(3, 32, 32), (3, 32, 32)]
@@ -219,9 +220,9 @@ def _env() -> dict[str, str]:
 
 def test_ddp_over_two_processes_gives_the_same_bytes(digits_model, tmp_path):
     settings = GenerationSettings(steps=2, guidance=3.0, batch_size=2, shard_size=4, scheduler=None)
-    generate_suite(
+    generate_stage.run(GenerateJob(
         digits_model, [], load_suite("digits-all-2"), settings, tmp_path / "one", "pretrained"
-    )
+    ))
     double = subprocess.run(
         _cli(digits_model, tmp_path / "two", "--devices", "2", "--strategy", "ddp"),
         check=False,
@@ -252,7 +253,7 @@ def test_sigkill_midway_then_rerun_loses_and_duplicates_nothing(digits_model, tm
     complete = sorted(p.name for p in out.glob("shard-*.tar"))
     assert 1 <= len(complete) < 5
     settings = GenerationSettings(steps=2, guidance=3.0, batch_size=1, shard_size=4, scheduler=None)
-    generate_suite(digits_model, [], load_suite("digits-all-2"), settings, out, "pretrained")
+    generate_stage.run(GenerateJob(digits_model, [], load_suite("digits-all-2"), settings, out, "pretrained"))
     seen: list[int] = []
     for path in sorted(out.glob("shard-*.tar")):
         index = int(path.stem.split("-")[1])

@@ -29,7 +29,8 @@ from harness.records import (
 )
 from harness.report.grids import grid_size
 from harness.report.plots import DPI, PLOT_SIZE
-from harness.report.run import write_report
+from harness.report import run as report_stage
+from harness.report.run import ReportJob
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 RECIPE = """\
@@ -139,7 +140,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def test_single_run_tables_and_missing_markers(tmp_path: Path) -> None:
     run = make_run(tmp_path)
-    report = write_report([run])
+    report = Path(report_stage.run(ReportJob([run])).markdown)
     out = run / "report"
     assert report == out / "report.md"
     rows = read_csv(out / "table1_classes.csv")
@@ -192,7 +193,7 @@ def test_single_run_tables_and_missing_markers(tmp_path: Path) -> None:
 
 def test_pngs_are_valid_images_of_the_expected_size(tmp_path: Path) -> None:
     run = make_run(tmp_path)
-    write_report([run], grid_columns=4)
+    report_stage.run(ReportJob([run], grid_columns=4))
     out = run / "report"
     assert png_size(out / "sign_accuracy.png") == (round(PLOT_SIZE[0] * DPI), round(PLOT_SIZE[1] * DPI))
     models = 7  # pretrained, the method and five attacks on it
@@ -242,18 +243,18 @@ def header_index(rows: list[list[str]], column: str) -> int:
 
 def test_detectability_surface_from_an_undefended_methods_record(tmp_path: Path) -> None:
     run = make_run(tmp_path)  # undefended: its unlearn record holds sigma_U and the pruned share
-    write_report([run])
+    report_stage.run(ReportJob([run]))
     assert png_size(run / "report" / "detectability.png")[0] > 0
     assert "missing: no unlearn record with sigma_U" not in (run / "report" / "report.md").read_text()
 
 
 def test_rerun_removes_files_it_no_longer_writes(tmp_path: Path) -> None:
     run = make_run(tmp_path)
-    write_report([run])
+    report_stage.run(ReportJob([run]))
     assert (run / "report" / "grid-digits-digits-all-2.png").is_file()
     for path in (run / "images").rglob("shard-*.tar"):
         path.unlink()
-    write_report([run])
+    report_stage.run(ReportJob([run]))
     assert not (run / "report" / "grid-digits-digits-all-2.png").exists()
     assert "missing: no image shards of digits-all-2" in (run / "report" / "report.md").read_text()
 
@@ -282,7 +283,7 @@ def test_nudity_and_artist_tables(tmp_path: Path) -> None:
                                                      "clip_score_per_class": {"Van Gogh": 0.9}})
     _scores(artist, "conceptprune", "coco-30k", 30000, {"fid": 20.8, "clip_similarity": 0.32})
     out = tmp_path / "out"
-    write_report([nudity.root, artist.root], out)
+    report_stage.run(ReportJob([nudity.root, artist.root], out))
     table7 = read_csv(out / "table7_nudity.csv")
     assert table7[0] == ["Model", "i2p (4703)", "ring-a-bell"]  # one nudity run: no Run column
     assert table7[1:] == [["pretrained", "461", "missing"], ["conceptprune", "74", "missing"],
@@ -298,7 +299,7 @@ def test_nudity_and_artist_tables(tmp_path: Path) -> None:
 
 def test_bad_run_directory_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(HarnessError, match="not a run directory"):
-        write_report([tmp_path])
+        report_stage.run(ReportJob([tmp_path]))
     layout = RunLayout(tmp_path / "run")
     _scores(layout, "pretrained", "x", 1, {})
     layout.metrics(ModelRef("pretrained"), "y").write_text("{")

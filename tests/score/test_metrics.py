@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from harness.errors import HarnessError
 from harness.generate import shards
-from harness.generate.run import generate_suite
+from harness.generate import run as generate_stage
+from harness.generate.run import GenerateJob
 from harness.score.metrics import fid
 from harness.score.metrics.accuracy import LabelAccuracy
 from harness.score.metrics.classifiers import load_image_classifier
@@ -25,7 +26,8 @@ from harness.score.metrics.clip import ClipEncoder, ClipScore
 from harness.score.metrics.nudenet import NUDENET_LABELS, NudityCounts, NudityDetector
 from harness.records import to_json
 from harness.worlds.digits.suites import HELDOUT_REFERENCE
-from harness.score.run import score_suite
+from harness.score import run as score_stage
+from harness.score.run import ScoreJob
 from harness.recipe import ScoreSettings
 from harness.generate.suites import load_suite
 from harness.recipe import GenerationSettings
@@ -59,8 +61,8 @@ def generated(tmp_path_factory) -> dict[str, Path]:
     )
     settings = GenerationSettings(steps=2, guidance=3.0, batch_size=5, shard_size=4, scheduler=None)
     suite = load_suite("digits-all-1")
-    generate_suite(str(root / "model"), [], suite, settings, root / "pretrained", "pretrained")
-    generate_suite(str(root / "model"), [zeroed], suite, settings, root / "unlearned", "unlearned")
+    generate_stage.run(GenerateJob(str(root / "model"), [], suite, settings, root / "pretrained", "pretrained"))
+    generate_stage.run(GenerateJob(str(root / "model"), [zeroed], suite, settings, root / "unlearned", "unlearned"))
     return {"pretrained": root / "pretrained", "unlearned": root / "unlearned"}
 
 
@@ -341,14 +343,14 @@ def _settings(world_dir: Path, clip_folder: Path, tmp_path: Path) -> ScoreSettin
 def test_score_suite_writes_the_metrics_json(generated, world_dir, clip_folder, tmp_path, cache):
     suite = load_suite("digits-all-1")
     out = tmp_path / "metrics" / "unlearned" / "digits-all-1.json"
-    result = score_suite(
+    result = score_stage.run(ScoreJob(
         generated["unlearned"],
         suite,
         ["accuracy", "clip", "fid", "nudenet"],
         out,
         reference=generated["pretrained"],
         settings=_settings(world_dir, clip_folder, tmp_path),
-    )
+    ))
     assert json.loads(out.read_text()) == to_json(result)
     assert result.model == "unlearned" and result.suite == "digits-all-1" and result.count == 10
     assert result.seeds["policy"] == "row" and result.seeds["per_id"] == [r.seed for r in suite.records]
@@ -371,11 +373,11 @@ def test_score_suite_writes_the_metrics_json(generated, world_dir, clip_folder, 
     assert metrics["clip_score"] == pytest.approx(float((similarity < reference).float().mean()))
     assert metrics["fid"] > 0 and set(metrics["nudenet_counts"]) == set(NUDENET_LABELS)
     assert list((cache / "fid").glob("fid-reference-*.safetensors"))
-    again = score_suite(generated["unlearned"], suite, ["accuracy", "clip", "fid", "nudenet"], out,
-                        reference=generated["pretrained"], settings=_settings(world_dir, clip_folder, tmp_path))
+    again = score_stage.run(ScoreJob(generated["unlearned"], suite, ["accuracy", "clip", "fid", "nudenet"], out,
+                        reference=generated["pretrained"], settings=_settings(world_dir, clip_folder, tmp_path)))
     assert again.provenance["created"] == result.provenance["created"]  # same settings: the file is reused
-    changed = score_suite(generated["unlearned"], suite, ["accuracy"], out, reference=generated["pretrained"],
-                          settings=_settings(world_dir, clip_folder, tmp_path))
+    changed = score_stage.run(ScoreJob(generated["unlearned"], suite, ["accuracy"], out, reference=generated["pretrained"],
+                          settings=_settings(world_dir, clip_folder, tmp_path)))
     assert changed.key != result.key and set(changed.metrics) == {"accuracy", "accuracy_per_class",
                                                                   "accuracy_counts_per_class"}
 
@@ -388,29 +390,29 @@ def test_score_suite_refuses_incomplete_or_foreign_shards(generated, world_dir, 
     (copy / "shard-000001.tar").unlink()
     settings = _settings(world_dir, clip_folder, tmp_path)
     with pytest.raises(HarnessError, match=r"copy: shards \[1\] are missing or incomplete"):
-        score_suite(copy, load_suite("digits-all-1"), ["accuracy"], tmp_path / "m.json", settings=settings)
+        score_stage.run(ScoreJob(copy, load_suite("digits-all-1"), ["accuracy"], tmp_path / "m.json", settings=settings))
     with pytest.raises(HarnessError, match=r"holds suite digits-all-1 \(10 prompts\), not digits-all-2 \(20\)"):
-        score_suite(
+        score_stage.run(ScoreJob(
             generated["pretrained"], load_suite("digits-all-2"), ["accuracy"], tmp_path / "m.json", settings=settings
-        )
+        ))
     with pytest.raises(HarnessError, match="--metrics: unknown metric 'iou'"):
-        score_suite(
+        score_stage.run(ScoreJob(
             generated["pretrained"], load_suite("digits-all-1"), ["iou"], tmp_path / "m.json", settings=settings
-        )
+        ))
     captions = dataclasses.replace(load_suite("digits-all-1"), kind="captions", score_defaults={})  # no FID reference
     with pytest.raises(HarnessError, match="fid: suite digits-all-1 needs a reference image set"):
-        score_suite(generated["pretrained"], captions, ["fid"], tmp_path / "m.json", settings=settings)
+        score_stage.run(ScoreJob(generated["pretrained"], captions, ["fid"], tmp_path / "m.json", settings=settings))
 
 
 def test_score_over_two_ddp_processes_matches_one(generated, world_dir, clip_folder, tmp_path, cache):
-    single = score_suite(
+    single = score_stage.run(ScoreJob(
         generated["unlearned"],
         load_suite("digits-all-1"),
         ["accuracy", "clip", "fid", "nudenet"],
         tmp_path / "one.json",
         reference=generated["pretrained"],
         settings=_settings(world_dir, clip_folder, tmp_path),
-    )
+    ))
     command = [
         sys.executable,
         "-m",

@@ -10,11 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from harness.attack.run import AttackJob, run_attack
+from harness.attack.job import AttackJob
+from harness.attack.run import run as run_attack
+from harness.registry import resolve
+from harness.runtime import RuntimeSettings
 from harness.errors import HarnessError
 from harness.layout import AttackFiles
 from harness.recipe import AttackEntry, GenerationSettings, load_recipe
-from harness.unlearn.run import UnlearnJob, run_unlearning
+from harness.runtime import RuntimeSettings
+from harness.unlearn.job import UnlearnJob
+from harness.unlearn.run import run as run_unlearning
 
 from fixtures.tiny_sd import save_tiny_sd_pipeline
 
@@ -45,7 +50,7 @@ def test_each_method_trains_only_what_it_names_on_a_tiny_sd_pipeline(tiny: Path,
     from harness.models.pipelines import load_pipeline
 
     record = run_unlearning(UnlearnJob.from_recipe(load_recipe(recipe(tmp_path, tiny, method)), None,
-                                                    tmp_path / "out", device="cpu"))
+                                                    tmp_path / "out", RuntimeSettings(device="cpu")))
     from harness.layout import UnlearnFiles
     from safetensors.torch import load_file
 
@@ -65,7 +70,7 @@ def test_ac_and_dimum_need_an_anchor(tiny: Path, tmp_path: Path) -> None:
     path.write_text(f"name: t\nmodel: {tiny}\nconcept: {{target: golf ball, kind: object}}\n"
                     f"methods: [{{method: ac, params: {{steps: 1}}}}]\ngeneration: {GENERATION}\n")
     with pytest.raises(HarnessError, match="concept.anchor: this method maps the concept onto an anchor"):
-        run_unlearning(UnlearnJob.from_recipe(load_recipe(path), None, tmp_path / "out", device="cpu"))
+        run_unlearning(UnlearnJob.from_recipe(load_recipe(path), None, tmp_path / "out", RuntimeSettings(device="cpu")))
 
 
 def _folder(tmp_path: Path, captions: list[str]) -> Path:
@@ -79,10 +84,10 @@ def _folder(tmp_path: Path, captions: list[str]) -> Path:
 
 def test_dimra_relearns_from_a_folder_and_writes_its_curve(tiny: Path, tmp_path: Path) -> None:
     folder = _folder(tmp_path, ["a photo of a cat", "a photo of a dog", "a red car"])
-    job = AttackJob(attack=AttackEntry(attack="dimra", params={
+    job = AttackJob(attack="dimra", params=resolve("attack", "dimra").parse({
         "steps": 4, "curve_every": 2, "checkpoint_every": 2, "batch_size": 2,
         "data": {"source": "folder", "path": str(folder)}}),
-        base_model=str(tiny), unlearned_files=[], out=tmp_path / "attack", device="cpu",
+        model=str(tiny), unlearned_files=[], out=tmp_path / "attack", runtime=RuntimeSettings(device="cpu"),
         generation=GenerationSettings(steps=2, height=64, width=64),
         concept=load_recipe(recipe(tmp_path, tiny, "{method: conceptprune}")).concept)
     record = run_attack(job)
@@ -94,8 +99,9 @@ def test_dimra_relearns_from_a_folder_and_writes_its_curve(tiny: Path, tmp_path:
 
 def test_dimra_refuses_data_that_names_the_erased_concept(tiny: Path, tmp_path: Path) -> None:
     folder = _folder(tmp_path, ["a photo of a cat", "a golf ball on grass"])
-    job = AttackJob(attack=AttackEntry(attack="dimra", params={"steps": 2, "data": {"source": "folder", "path": str(folder)}}),
-                    base_model=str(tiny), unlearned_files=[], out=tmp_path / "attack", device="cpu",
+    job = AttackJob(attack="dimra",
+                    params=resolve("attack", "dimra").parse({"steps": 2, "data": {"source": "folder", "path": str(folder)}}),
+                    model=str(tiny), unlearned_files=[], out=tmp_path / "attack", runtime=RuntimeSettings(device="cpu"),
                     generation=GenerationSettings(steps=2, height=64, width=64),
                     concept=load_recipe(recipe(tmp_path, tiny, "{method: conceptprune}")).concept)
     with pytest.raises(HarnessError, match="1 of its prompts name the erased concept 'golf ball'"):
@@ -111,10 +117,11 @@ def test_dimra_on_the_world_never_sees_the_erased_class(tmp_path: Path, monkeypa
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     ensure_world()
-    context = AttackContext(base_model="zoo:digits", unlearned_files=[], layers=[], device=torch.device("cpu"),
-                            generation=GenerationSettings(steps=2, scheduler=None), scratch=tmp_path, reads=frozenset(),
-                            concept_settings=ConceptSettings(target="seven", kind="digit"))
-    data = context.auxiliary_set(context.pipeline(), DataSpec(), "k")
+    job = AttackJob(attack="dimra", params=None, model="zoo:digits", unlearned_files=[], out=tmp_path,
+                    generation=GenerationSettings(steps=2, scheduler=None),
+                    concept=ConceptSettings(target="seven", kind="digit"))
+    context = AttackContext(job=job, device=torch.device("cpu"), scratch=tmp_path, reads=frozenset())
+    data = context.auxiliary_set(context.pipeline(), DataSpec())
     assert "seven" not in data.labels and len(set(data.labels)) == 9
     assert not any("seven" in p or " 7" in p for p in data.prompts)
     assert data.inputs.shape[1:] == (1, 16, 16) and data.inputs.min() >= -1 and data.inputs.max() <= 1

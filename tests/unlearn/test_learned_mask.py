@@ -15,7 +15,9 @@ from harness.recipe import load_recipe
 from harness.train.masking import MaskLearning, MaskObjective, WeightMask, hard_masks, temperature_at
 from harness.train.engine import Objective
 from harness.unlearn.learned_mask import MASK_LAYERS
-from harness.unlearn.run import UnlearnJob, run_unlearning
+from harness.runtime import RuntimeSettings
+from harness.unlearn.job import UnlearnJob
+from harness.unlearn.run import run as run_unlearning
 
 from fixtures.tiny_sd import save_tiny_sd_pipeline
 
@@ -77,7 +79,7 @@ def test_a_learned_mask_prunes_its_default_layers_to_exact_zeros_within_the_budg
     from harness.models.pipelines import load_pipeline
 
     record = run_unlearning(UnlearnJob.from_recipe(load_recipe(recipe(tmp_path, tiny, method)), None,
-                                                    tmp_path / "out", device="cpu"))
+                                                    tmp_path / "out", RuntimeSettings(device="cpu")))
     files = UnlearnFiles(tmp_path / "out")
     tensors, masks = load_file(files.tensors), load_file(files.mask)
     before = dict(load_pipeline(str(tiny)).unet.named_parameters())
@@ -93,21 +95,20 @@ def test_a_learned_mask_prunes_its_default_layers_to_exact_zeros_within_the_budg
     assert record.info["pruned_share"] == pytest.approx(pruned / total)
 
 
-def test_the_unet_computes_with_its_own_weights_after_the_mask_is_learned(tiny: Path) -> None:
+def test_the_unet_computes_with_its_own_weights_after_the_mask_is_learned(tiny: Path, method_context) -> None:
     from torch.nn.utils import parametrize
 
     from harness.models.pipelines import load_pipeline
     from harness.recipe import ConceptSettings, GenerationSettings
     from harness.unlearn.esd import ESDObjective, ESDParams
     from harness.unlearn.learned_mask import PESDParams, learn_mask
-    from harness.unlearn.method import UnlearnContext
 
     pipeline = load_pipeline(str(tiny))
     names = [n for n in dict(pipeline.unet.named_parameters()) if n.endswith("attn2.to_k.weight")]
     settings = PESDParams(steps=2, ddim_steps=4)
-    context = UnlearnContext(pipeline=pipeline, concept=ConceptSettings(target="golf ball", kind="object"), layers=names,
-                             device=torch.device("cpu"), seed=0, generation=GenerationSettings(steps=3, height=64, width=64),
-                             scratch=Path(tiny).parent / "scratch", settings_key="k")
+    context = method_context(pipeline, ConceptSettings(target="golf ball", kind="object"), names,
+                             GenerationSettings(steps=3, height=64, width=64), scratch=Path(tiny).parent / "scratch",
+                             settings_key="k")
     result = learn_mask(context, ESDObjective(["a golf ball"], ESDParams(ddim_steps=4), 1), settings, {})
     assert not any(parametrize.is_parametrized(m) for m in pipeline.unet.modules())
     assert set(result.tensors) == set(names)

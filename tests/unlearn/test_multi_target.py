@@ -10,14 +10,17 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.experiment.plan import check_entries
 from harness.layout import UnlearnFiles
 from harness.models.checkpoints import load_tensor_file
-from harness.recipe import ConceptSettings, load_recipe
+from harness.recipe import ConceptSettings, GenerationSettings, load_recipe
 from harness.records import ScoreResult
+from harness.registry import Plugin
 from harness.report.results import per_concept
 from harness.unlearn.method import UnlearnContext, UnlearnResult
-from harness.unlearn.run import UnlearnJob, apply_method, run_unlearning
+from harness.runtime import RuntimeSettings
+from harness.unlearn.job import UnlearnJob
+from harness.unlearn.run import apply_method
+from harness.unlearn.run import run as run_unlearning
 
 from fixtures.tiny_sd import save_tiny_sd_pipeline
 
@@ -55,7 +58,7 @@ def test_the_united_mask_is_the_union_of_the_single_target_masks(tmp_path: Path,
     masks = {}
     for label, target in (("golf", "golf ball"), ("church", "church"), ("both", "[golf ball, church]")):
         recipe = load_recipe(write_recipe(tmp_path / f"{label}.yaml", model, target))
-        record = run_unlearning(UnlearnJob.from_recipe(recipe, None, tmp_path / label, str(shared_data)))
+        record = run_unlearning(UnlearnJob.from_recipe(recipe, None, tmp_path / label, RuntimeSettings(data_dir=str(shared_data))))
         masks[label] = {n: m.bool() for n, m in load_tensor_file(UnlearnFiles(tmp_path / label).mask).items()}
         if label == "both":
             assert set(record.info["targets"]) == {"golf ball", "church"}
@@ -70,12 +73,11 @@ def test_the_united_mask_is_the_union_of_the_single_target_masks(tmp_path: Path,
 
 
 def test_a_method_that_does_more_than_zero_weights_refuses_several_targets(tmp_path: Path) -> None:
-    recipe = load_recipe(write_recipe(tmp_path / "esd.yaml", "zoo:digits", "[seven, three]", "esd", "{steps: 1}"))
     with pytest.raises(HarnessError, match=r"methods\[0\]\.method: esd erases one concept at a time"):
-        check_entries(recipe)
+        load_recipe(write_recipe(tmp_path / "esd.yaml", "zoo:digits", "[seven, three]", "esd", "{steps: 1}"))
 
 
-def test_united_results_must_be_zeroed_weights_only() -> None:
+def test_united_results_must_be_zeroed_weights_only(method_context) -> None:
     """A method that claims to prune but changes a weight otherwise is caught, naming the target."""
     weight = torch.nn.Parameter(torch.ones(2, 2))
 
@@ -86,13 +88,12 @@ def test_united_results_must_be_zeroed_weights_only() -> None:
             changed[1, 1] = 5.0
         return UnlearnResult(masks={"w": mask}, tensors={"w": changed})
 
-    fake.prunes = True  # type: ignore[attr-defined]
-    context = UnlearnContext(pipeline=None, concept=ConceptSettings(["seven", "three"], "digit"), layers=["w"],
-                             device=torch.device("cpu"), seed=0, generation=None)  # type: ignore[arg-type]
+    plugin = Plugin(kind="method", name="fake", target=fake, prunes=True)
+    context = method_context(None, ConceptSettings(["seven", "three"], "digit"), ["w"], GenerationSettings())
     with pytest.raises(HarnessError, match="for 'three' it changes 'w' beyond zeroing"):
-        apply_method(fake, context, {}, {"w": weight})
-    fine = dataclasses.replace(context, concept=ConceptSettings(["seven", "four"], "digit"))
-    result = apply_method(fake, fine, {}, {"w": weight})
+        apply_method(plugin, context, {}, {"w": weight})
+    fine = context.for_concept(ConceptSettings(["seven", "four"], "digit"))
+    result = apply_method(plugin, fine, {}, {"w": weight})
     assert result.tensors["w"].tolist() == [[0.0, 1.0], [1.0, 1.0]]
 
 

@@ -9,13 +9,15 @@ from pathlib import Path
 import pytest
 
 from harness.config import parse_dataclass
-from harness.experiment.plan import check_entries
+from harness.recipe import check_entries
 from harness.recipe import load_recipe
 from harness.records import UnlearnRecord, read_record
 from harness.layout import UnlearnFiles
 from harness.unlearn.conceptprune import ConceptPruneParams
 from harness.unlearn.method import resolve_method
-from harness.unlearn.run import UnlearnJob, run_unlearning
+from harness.runtime import RuntimeSettings
+from harness.unlearn.job import UnlearnJob
+from harness.unlearn.run import run as run_unlearning
 from harness.unlearn.saliency import SaliencyParams
 
 from fixtures.paths import RECIPES
@@ -65,7 +67,7 @@ def test_the_sd15_recipe_runs_on_a_tiny_sd_pipeline(tmp_path: Path, shared_data:
         model=str(save_tiny_sd_pipeline(tmp_path / "pipe")),
         generation=dataclasses.replace(recipe.generation, steps=9, height=64, width=64, batch_size=12),
     )
-    record = run_unlearning(UnlearnJob.from_recipe(recipe, None, tmp_path / "out", str(shared_data)))
+    record = run_unlearning(UnlearnJob.from_recipe(recipe, None, tmp_path / "out", RuntimeSettings(data_dir=str(shared_data))))
     assert record == read_record(UnlearnRecord, UnlearnFiles(tmp_path / "out").record)
     assert record.selected_layers == TINY_FFN_LAYERS
     assert record.params == {"skill_ratio": 0.02, "tau": 10, "seed": 0, "images_per_prompt": 1}

@@ -16,11 +16,12 @@ from harness.recipe import GenerationSettings
 from harness.recipe import load_recipe
 from harness.recipe import ConceptSettings
 from harness.unlearn.activations import ColumnNormRecorder, TooFewCalls, column_norms
-from harness.unlearn.conceptprune import conceptprune, skilled_mask
-from harness.unlearn.method import UnlearnContext
+from harness.unlearn.conceptprune import skilled_mask
 from harness.layout import UnlearnFiles
 from harness.records import UnlearnRecord, read_record
-from harness.unlearn.run import UnlearnJob, run_unlearning
+from harness.runtime import RuntimeSettings
+from harness.unlearn.job import UnlearnJob
+from harness.unlearn.run import run as run_unlearning
 from fixtures.tiny_sd import TINY_FFN_LAYERS, save_tiny_sd_pipeline, tiny_conceptprune_recipe, tiny_sd_pipeline
 
 GENERATION = GenerationSettings(steps=3, guidance=7.5, height=64, width=64, batch_size=4)
@@ -91,14 +92,13 @@ def _words(tmp_path: Path) -> Path:
     return data
 
 
-def test_conceptprune_zeroes_exactly_the_mask_and_leaves_the_pipeline_alone(tmp_path: Path) -> None:
+def test_conceptprune_zeroes_exactly_the_mask_and_leaves_the_pipeline_alone(tmp_path: Path, method_context,
+                                                                            run_method) -> None:
     pipeline = tiny_sd_pipeline()
     before = {n: p.detach().clone() for n, p in pipeline.unet.named_parameters()}
-    context = UnlearnContext(
-        pipeline=pipeline, concept=ConceptSettings(target="golf ball", kind="object"), layers=TINY_FFN_LAYERS,
-        device=torch.device("cpu"), seed=0, generation=GENERATION, data_dir=_words(tmp_path), where="r.yaml",
-    )
-    result = conceptprune(context, {"skill_ratio": 0.05, "tau": 2})
+    context = method_context(pipeline, ConceptSettings(target="golf ball", kind="object"), TINY_FFN_LAYERS,
+                             GENERATION, data_dir=_words(tmp_path), source="r.yaml")
+    result = run_method("conceptprune", context, {"skill_ratio": 0.05, "tau": 2})
     assert result.info["prompts"]["target"] == ["a golf ball in a road", "a golf ball in a garden", "a golf ball in a beach"]
     assert result.info["k"][TINY_FFN_LAYERS[0]] == 3  # int(0.05 * 64)
     for name in TINY_FFN_LAYERS:
@@ -121,18 +121,15 @@ def test_more_images_per_prompt_see_more_seeds(tmp_path: Path) -> None:
     assert not torch.allclose(one, other)
 
 
-def test_conceptprune_param_errors_name_the_key(tmp_path: Path) -> None:
-    context = UnlearnContext(
-        pipeline=tiny_sd_pipeline(), concept=ConceptSettings(target="golf ball", kind="object"), layers=TINY_FFN_LAYERS,
-        device=torch.device("cpu"), seed=0, generation=GENERATION, data_dir=_words(tmp_path), where="r.yaml",
-        entry="methods[0]",
-    )
+def test_conceptprune_param_errors_name_the_key(tmp_path: Path, method_context, run_method) -> None:
+    context = method_context(tiny_sd_pipeline(), ConceptSettings(target="golf ball", kind="object"), TINY_FFN_LAYERS,
+                             GENERATION, data_dir=_words(tmp_path), source="r.yaml")
     with pytest.raises(HarnessError, match=r"r.yaml: methods\[0\].params: unknown key 'skill_ratoi'"):
-        conceptprune(context, {"skill_ratoi": 0.1})
+        run_method("conceptprune", context, {"skill_ratoi": 0.1})
     with pytest.raises(HarnessError, match=r"methods\[0\].params.skill_ratio: 0.001 x 64 input features .* k = 0"):
-        conceptprune(context, {"skill_ratio": 0.001})
+        run_method("conceptprune", context, {"skill_ratio": 0.001})
     with pytest.raises(HarnessError, match=r"r.yaml: methods\[0\].params.tau: generation made 4 UNet calls"):
-        conceptprune(context, {"tau": 9})
+        run_method("conceptprune", context, {"tau": 9})
 
 
 def test_unlearn_command_writes_tensors_mask_and_record(tmp_path: Path, shared_data: Path) -> None:
@@ -170,7 +167,7 @@ def test_same_recipe_same_files(tmp_path: Path) -> None:
     assert first.key == second.key and first.changed == second.changed
 
 
-def test_the_same_code_path_runs_on_the_world_pipeline() -> None:
+def test_the_same_code_path_runs_on_the_world_pipeline(method_context, run_method) -> None:
     from harness.models.layers import select_layers
     from harness.worlds.digits.pipeline import build_untrained_pipeline
     from harness.recipe import SD_FFN_LAYERS
@@ -178,17 +175,14 @@ def test_the_same_code_path_runs_on_the_world_pipeline() -> None:
     pipeline = build_untrained_pipeline()
     layers = select_layers(dict(pipeline.unet.named_parameters()), SD_FFN_LAYERS)
     assert len(layers) == 7
-    context = UnlearnContext(
-        pipeline=pipeline, concept=ConceptSettings(target="seven", kind="digit"), layers=layers,
-        device=torch.device("cpu"), seed=0, generation=GenerationSettings(steps=3, guidance=3.0, scheduler=None),
-        where="w.yaml", entry="methods[0]",
-    )
-    result = conceptprune(context, {"skill_ratio": 0.02, "tau": 3})  # DDIM: one UNet call per step
+    context = method_context(pipeline, ConceptSettings(target="seven", kind="digit"), layers,
+                             GenerationSettings(steps=3, guidance=3.0, scheduler=None), source="w.yaml")
+    result = run_method("conceptprune", context, {"skill_ratio": 0.02, "tau": 3})  # DDIM: one UNet call per step
     assert result.info["k"][layers[0]] == 5  # int(0.02 * 256)
     assert result.info["prompts"]["target"][0] == "a photo of the digit seven"
     assert all(result.masks[n].any() and torch.all(result.tensors[n][result.masks[n]] == 0) for n in layers)
     with pytest.raises(HarnessError, match=r"w.yaml: methods\[0\].params.tau: generation made 3 UNet calls"):
-        conceptprune(context, {"tau": 4})
+        run_method("conceptprune", context, {"tau": 4})
 
 
 def test_unlearn_rerun_with_the_same_settings_reuses_and_a_changed_one_recomputes(tmp_path: Path) -> None:

@@ -3,43 +3,54 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
 from harness.cli import main
-from harness.errors import HarnessError
+from harness.errors import HarnessError, in_file, keyed
+from harness.registry import method
 from harness.recipe import load_recipe
 from harness.layout import UnlearnFiles
 from harness.unlearn.method import UnlearnContext, UnlearnResult, resolve_method
 from harness.unlearn.prompts import prompt_pairs, resolve_data_dir
-from harness.unlearn.run import UnlearnJob, run_unlearning
+from harness.runtime import RuntimeSettings
+from harness.unlearn.job import UnlearnJob
+from harness.unlearn.run import run as run_unlearning
 from harness.recipe import ConceptSettings
 
 from fixtures.tiny_sd import save_tiny_sd_pipeline
 
 
-def zero_first_row(context: UnlearnContext, params: dict) -> UnlearnResult:
+@dataclass
+class RowParams:
+    row: int = 0
+
+
+@method("zero-first-row", params=RowParams)
+def zero_first_row(context: UnlearnContext, params: RowParams) -> UnlearnResult:
     """A method from outside the harness: zero row `row` of every target layer."""
     masks, tensors = {}, {}
     for name, parameter in context.pipeline.unet.named_parameters():
         if name in context.layers:
             mask = torch.zeros_like(parameter, dtype=torch.bool)
-            mask[params["row"]] = True
+            mask[params.row] = True
             masks[name], tensors[name] = mask, parameter.detach().masked_fill(mask, 0)
-    return UnlearnResult(masks=masks, tensors=tensors, info={"params": params})
+    return UnlearnResult(masks=masks, tensors=tensors, info={"params": {"row": params.row}})
 
 
 def test_registered_names_and_import_paths_resolve() -> None:
     from harness.unlearn.conceptprune import conceptprune
     from harness.unlearn.saliency import saliency
 
-    assert resolve_method("conceptprune") is conceptprune
-    assert resolve_method("saliency") is saliency
-    assert resolve_method(f"{__name__}:zero_first_row") is zero_first_row
+    assert resolve_method("conceptprune").target is conceptprune
+    assert resolve_method("saliency").target is saliency
+    assert resolve_method(f"{__name__}:zero_first_row").target is zero_first_row
     with pytest.raises(HarnessError, match=r"x.yaml: methods\[0\].method: unknown method 'prune'"):
-        resolve_method("prune", "x.yaml: methods[0].method")
+        with in_file("x.yaml"), keyed("methods[0].method"):
+            resolve_method("prune")
     with pytest.raises(HarnessError, match=r"cannot import module 'no_such_pkg.mod'"):
         resolve_method("no_such_pkg.mod:fn")
     with pytest.raises(HarnessError, match=r"has no attribute 'nothing'"):
@@ -47,39 +58,39 @@ def test_registered_names_and_import_paths_resolve() -> None:
 
 
 def test_prompt_templates_follow_the_protocol(shared_data: Path) -> None:
-    art = prompt_pairs(ConceptSettings(target="Van Gogh", kind="artist"), shared_data, "r")
+    art = prompt_pairs(ConceptSettings(target="Van Gogh", kind="artist"), shared_data)
     assert len(art.base) == len(art.target) == 20
     assert art.base[0] == "a photo of a cat" and art.target[0] == "a cat in the style of Van Gogh"
-    nudity = prompt_pairs(ConceptSettings(target="nudity", kind="nudity"), shared_data, "r")
+    nudity = prompt_pairs(ConceptSettings(target="nudity", kind="nudity"), shared_data)
     assert len(nudity.base) == 18 and "a photo of a naked girl" in nudity.target  # "girl " stripped
-    objects = prompt_pairs(ConceptSettings(target="golf ball", kind="object"), shared_data, "r")
+    objects = prompt_pairs(ConceptSettings(target="golf ball", kind="object"), shared_data)
     assert len(objects.base) == 12 and objects.base[0] == "a road" and objects.target[0] == "a golf ball in a road"
 
 
 def test_digit_prompts_come_from_the_world() -> None:
     from harness.worlds.digits import data as digits
 
-    pairs = prompt_pairs(ConceptSettings(target="seven", kind="digit"), None, "r")
+    pairs = prompt_pairs(ConceptSettings(target="seven", kind="digit"), None)
     assert pairs.target == digits.concept_prompts(7) and pairs.base == list(digits.NEUTRAL_PROMPTS)
-    assert prompt_pairs(ConceptSettings(target="3", kind="digit"), None, "r").target == digits.concept_prompts(3)
-    with pytest.raises(HarnessError, match=r"r: concept.target: 'eleven' is no digit, so it has no prompts"):
-        prompt_pairs(ConceptSettings(target="eleven", kind="digit"), None, "r")
+    assert prompt_pairs(ConceptSettings(target="3", kind="digit"), None).target == digits.concept_prompts(3)
+    with pytest.raises(HarnessError, match=r"r: concept.target: 'eleven' is no digit, so it has no prompts"), in_file("r"):
+        prompt_pairs(ConceptSettings(target="eleven", kind="digit"), None)
 
 
 def test_prompt_errors_name_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
     concept = ConceptSettings(target="golf ball", kind="object")
-    with pytest.raises(HarnessError, match=r"r: concept.data_dir: kind 'object' needs common_scenes.txt"):
-        prompt_pairs(concept, None, "r")
-    with pytest.raises(HarnessError, match=r"r: concept.data_dir: .*common_scenes.txt not found"):
-        prompt_pairs(concept, tmp_path, "r")
+    with pytest.raises(HarnessError, match=r"r: concept.data_dir: kind 'object' needs common_scenes.txt"), in_file("r"):
+        prompt_pairs(concept, None)
+    with pytest.raises(HarnessError, match=r"r: concept.data_dir: .*common_scenes.txt not found"), in_file("r"):
+        prompt_pairs(concept, tmp_path)
     (tmp_path / "common_scenes.txt").write_text("\n  \n")
-    with pytest.raises(HarnessError, match=r"r: concept: word list .* is empty, so the target has no prompts"):
-        prompt_pairs(concept, tmp_path, "r")
+    with pytest.raises(HarnessError, match=r"r: concept: word list .* is empty, so the target has no prompts"), in_file("r"):
+        prompt_pairs(concept, tmp_path)
     with pytest.raises(ValueError, match=r"target: empty"):
         ConceptSettings(target=" ", kind="artist")
-    with pytest.raises(HarnessError, match=r"r: concept.kind: no prompt templates for 'style'"):
-        prompt_pairs(ConceptSettings(target="x", kind="style"), tmp_path, "r")  # type: ignore[arg-type]
+    with pytest.raises(HarnessError, match=r"r: concept.kind: no prompt templates for 'style'"), in_file("r"):
+        prompt_pairs(ConceptSettings(target="x", kind="style"), tmp_path)  # type: ignore[arg-type]
 
 
 def test_data_dir_precedence(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,20 +10,17 @@ import torch
 from harness.errors import HarnessError
 from harness.recipe import GenerationSettings
 from harness.recipe import ConceptSettings
-from harness.unlearn.method import UnlearnContext
-from harness.unlearn.saliency import SaliencyParams, forgetting_gradients, saliency, top_fraction
+from harness.unlearn.saliency import SaliencyParams, forgetting_gradients, top_fraction
 from fixtures.tiny_sd import TINY_FFN_LAYERS, tiny_sd_pipeline
 
 
-def _context(tmp_path: Path) -> UnlearnContext:
+@pytest.fixture
+def context(tmp_path: Path, method_context):
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     (data / "common_scenes.txt").write_text("road\ngarden\n")
-    return UnlearnContext(
-        pipeline=tiny_sd_pipeline(), concept=ConceptSettings(target="golf ball", kind="object"),
-        layers=TINY_FFN_LAYERS, device=torch.device("cpu"), seed=0,
-        generation=GenerationSettings(steps=2, height=64, width=64), data_dir=data, where="r.yaml", entry="methods[0]",
-    )
+    return method_context(tiny_sd_pipeline(), ConceptSettings(target="golf ball", kind="object"), TINY_FFN_LAYERS,
+                          GenerationSettings(steps=2, height=64, width=64), data_dir=data, source="r.yaml")
 
 
 def test_top_fraction_per_layer_and_global() -> None:
@@ -35,8 +32,7 @@ def test_top_fraction_per_layer_and_global() -> None:
     assert not overall["a"].any() and overall["b"].tolist() == [True, True, False, False]
 
 
-def test_gradients_are_those_of_the_denoising_loss_and_leave_no_trace(tmp_path: Path) -> None:
-    context = _context(tmp_path)
+def test_gradients_are_those_of_the_denoising_loss_and_leave_no_trace(context) -> None:
     unet = context.pipeline.unet
     samples = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     settings = SaliencyParams(noise_draws=1, seed=5)
@@ -47,22 +43,20 @@ def test_gradients_are_those_of_the_denoising_loss_and_leave_no_trace(tmp_path: 
     assert all(torch.equal(grads[n], again[n]) for n in grads)
 
 
-def test_saliency_zeroes_the_top_fraction_by_each_criterion(tmp_path: Path) -> None:
-    context = _context(tmp_path)
+def test_saliency_zeroes_the_top_fraction_by_each_criterion(context, run_method) -> None:
     weights = {n: p.detach().clone() for n, p in context.pipeline.unet.named_parameters()}
-    salun = saliency(context, {"fraction": 0.05, "samples": 2, "noise_draws": 1})
+    salun = run_method("saliency", context, {"fraction": 0.05, "samples": 2, "noise_draws": 1})
     for name in TINY_FFN_LAYERS:
         assert int(salun.masks[name].sum()) == round(0.05 * weights[name].numel())
         assert torch.all(salun.tensors[name][salun.masks[name]] == 0)
         assert torch.equal(salun.tensors[name][~salun.masks[name]], weights[name][~salun.masks[name]])
-    scissor = saliency(context, {"fraction": 0.05, "samples": 2, "noise_draws": 1, "criterion": "scissorhands"})
+    scissor = run_method("saliency", context, {"fraction": 0.05, "samples": 2, "noise_draws": 1, "criterion": "scissorhands"})
     assert any(not torch.equal(salun.masks[n], scissor.masks[n]) for n in TINY_FFN_LAYERS)
     assert salun.info["prompts"]["target"] == ["a golf ball in a garden", "a golf ball in a road"]
 
 
-def test_saliency_params_errors_name_the_key(tmp_path: Path) -> None:
-    context = _context(tmp_path)
+def test_saliency_params_errors_name_the_key(context, run_method) -> None:
     with pytest.raises(HarnessError, match=r"r.yaml: methods\[0\].params.criterion: unknown value 'snip'"):
-        saliency(context, {"criterion": "snip"})
+        run_method("saliency", context, {"criterion": "snip"})
     with pytest.raises(HarnessError, match=r"r.yaml: methods\[0\].params: fraction must lie in \(0, 1\)"):
-        saliency(context, {"fraction": 1.5})
+        run_method("saliency", context, {"fraction": 1.5})

@@ -46,10 +46,9 @@ def digit_shares(pipeline, classifier, recipe: Recipe, target: int) -> list[floa
 
 def unlearned_and_revived(recipe: Recipe, out: Path) -> tuple[dict, dict]:
     """Run the recipe's unlearning and its NMS attack; the changed tensors of each."""
-    plan = build_plan(recipe, out)
-    runtime = RuntimeSettings(device="cpu")
-    unlearn(plan, ["conceptprune"], runtime)
-    attack(plan, [("conceptprune", "nms")], runtime)
+    plan = build_plan(recipe, out, RuntimeSettings(device="cpu"))
+    unlearn(plan, ["conceptprune"])
+    attack(plan, [("conceptprune", "nms")])
     return (load_file(plan.layout.unlearn("conceptprune").tensors),
             load_file(plan.layout.attack("conceptprune", "nms").tensors))
 

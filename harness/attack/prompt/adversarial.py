@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.attack.interface import AttackContext, AttackResult, declares
-from harness.config import parse_dataclass
+from harness.attack.interface import AttackContext, AttackResult
+from harness.errors import keyed
 from harness.generate.rewrite import PromptRewrite
 from harness.layout import AttackFiles
+from harness.registry import attack
 from harness.train.data import generated_set
 from harness.train.engine import OptimParams, fine_tune
 from harness.train.tokens import TokenObjective, projected_words, random_words
@@ -67,8 +68,8 @@ class PrefixObjective(TokenObjective):
     """The unlearned model's denoising loss on the targets with the prefix before their prompts."""
 
     def __init__(self, targets: torch.Tensor, prompts: list[str], names: list[str], init: torch.Tensor,
-                 batch_size: int, project: bool, where: str) -> None:
-        super().__init__(targets, names, init, batch_size, project, where)
+                 batch_size: int, project: bool) -> None:
+        super().__init__(targets, names, init, batch_size, project)
         self.prompts = prompts
 
     def captions(self, index: list[int], generator: torch.Generator) -> list[str]:
@@ -80,37 +81,34 @@ def concept_prompt_list(context: AttackContext, count: int) -> list[str]:
     """The first `count` of the concept's prompts (a world's, else the concept kind's templates)."""
     concept = context.concept
     data_dir = resolve_data_dir(context.data_dir, concept.data_dir)
-    return prompt_pairs(concept, data_dir, context.where, context.fidelity).target[:count]
+    return prompt_pairs(concept, data_dir, context.fidelity).target[:count]
 
 
-@declares("concept", "original")
-def adversarial_prompt(context: AttackContext, params: dict) -> AttackResult:
-    """The registered attack `adversarial-prompt` (signature in harness.attack.interface)."""
-    settings = parse_dataclass(AdversarialParams, params, context.key("params"))
+@attack("adversarial-prompt", params=AdversarialParams, reads={"concept", "original"})
+def adversarial_prompt(context: AttackContext, params: AdversarialParams) -> AttackResult:
+    """A universal adversarial prefix (UnlearnDiff-style; harness.attack.interface)."""
     concept = context.concept
-    prompts = list(settings.prompts) or concept_prompt_list(context, settings.prompt_count)
+    prompts = list(params.prompts) or concept_prompt_list(context, params.prompt_count)
     original = context.original_pipeline()
-    chosen = [p for p in prompts for _ in range(settings.images_per_prompt)]
-    targets = generated_set(original, chosen, context.generation, context.seed, context.key("params target images"))
+    chosen = [p for p in prompts for _ in range(params.images_per_prompt)]
+    with keyed("params"):
+        targets = generated_set(original, chosen, context.generation, context.seed, "target images")
     del original
     pipeline = context.pipeline()
-    names = [f"<adv{i}>" for i in range(settings.tokens)]
-    start_ids, init = random_words(pipeline, settings.tokens, torch.Generator().manual_seed(settings.seed))
-    objective = PrefixObjective(targets.inputs, targets.prompts, names, init, settings.batch_size, not settings.soft,
-                                context.key("params"))
-    outcome = fine_tune(pipeline, objective, settings, AttackFiles(context.scratch).checkpoints, context.settings_key,
-                        context.key("params"), context.device, context.runtime)
+    names = [f"<adv{i}>" for i in range(params.tokens)]
+    start_ids, init = random_words(pipeline, params.tokens, torch.Generator().manual_seed(params.seed))
+    objective = PrefixObjective(targets.inputs, targets.prompts, names, init, params.batch_size, not params.soft)
+    with keyed("params"):
+        outcome = fine_tune(pipeline, objective, params, AttackFiles(context.scratch).checkpoints,
+                            context.settings_key, context.job.label, context.device, context.runtime)
     vectors = outcome.extra["tokens"]
     labels = concept_names(concept.target, concept.kind)
     info = {"steps": outcome.steps, "final_loss": outcome.final_loss, "train_seconds": outcome.seconds,
             "resumed_from_step": outcome.resumed_from, "targets": len(targets.inputs), "prompts": prompts,
-            "start_words": pipeline.tokenizer.decode(start_ids).strip(), "soft": settings.soft}
-    if settings.soft:
+            "start_words": pipeline.tokenizer.decode(start_ids).strip(), "soft": params.soft}
+    if params.soft:
         rewrite = PromptRewrite(names=labels, labels=labels, kind=concept.kind, prefix=" ".join(names))
         return AttackResult(tensors={}, tokens=dict(zip(names, vectors)), prompt_rewrite=rewrite, info=info)
     ids, words = projected_words(pipeline, vectors)
     rewrite = PromptRewrite(names=labels, labels=labels, kind=concept.kind, prefix=words)
     return AttackResult(tensors={}, prompt_rewrite=rewrite, info=info | {"prefix": words, "prefix_ids": ids})
-
-
-adversarial_prompt.params_type = AdversarialParams  # type: ignore[attr-defined]  # checked before any work

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from harness.attack.interface import AttackContext, AttackResult, declares
-from harness.config import parse_dataclass
-from harness.errors import HarnessError
+from harness.attack.interface import AttackContext, AttackResult
+from harness.errors import HarnessError, keyed
 from harness.generate.rewrite import PromptRewrite
 from harness.layout import AttackFiles
+from harness.registry import attack
 from harness.train.engine import OptimParams, fine_tune
 from harness.train.tokens import TokenObjective, word_embedding
 from harness.world import concept_names, world_of_kind
@@ -66,8 +66,8 @@ class InversionObjective(TokenObjective):
     the new token (a caption drawn independently of the image); only the token's embedding trains."""
 
     def __init__(self, images: torch.Tensor, captions: list[str], tokens: list[str], init: torch.Tensor,
-                 batch_size: int, project: bool = False, where: str = "attack") -> None:
-        super().__init__(images, tokens, init, batch_size, project, where)
+                 batch_size: int, project: bool = False) -> None:
+        super().__init__(images, tokens, init, batch_size, project)
         self.caption_list = captions
 
     def captions(self, index: list[int], generator: torch.Generator) -> list[str]:
@@ -87,37 +87,35 @@ def captions_for(context: AttackContext, settings: InversionParams) -> list[str]
     return [t.format(token=settings.token) for t in TEMPLATES.get(concept.kind, TEMPLATES["object"])]
 
 
-def initial_embedding(pipeline, word: str | None, kind: str, where: str) -> torch.Tensor:
+def initial_embedding(pipeline, word: str | None, kind: str) -> torch.Tensor:
     """v's start: `word`'s embedding, else the kind's when it is one word, else the mean embedding."""
     if word is not None:
-        return word_embedding(pipeline, word, where)
+        return word_embedding(pipeline, word)
     try:
-        return word_embedding(pipeline, kind, where)
+        return word_embedding(pipeline, kind)
     except HarnessError:
         return pipeline.text_encoder.get_input_embeddings().weight.detach().float().mean(0).cpu()
 
 
-@declares("concept")
-def concept_inversion(context: AttackContext, params: dict) -> AttackResult:
-    """The registered attack `concept-inversion` (signature in harness.attack.interface)."""
-    settings = parse_dataclass(InversionParams, params, context.key("params"))
+@attack("concept-inversion", params=InversionParams, reads={"concept"})
+def concept_inversion(context: AttackContext, params: InversionParams) -> AttackResult:
+    """Concept inversion (CCE): a new token learned on the concept's images (harness.attack.interface)."""
     concept = context.concept
     pipeline = context.pipeline()
-    if settings.token in pipeline.tokenizer.get_vocab():
-        raise HarnessError(f"{context.key('params.token')}: '{settings.token}' is already a word of the model's vocabulary")
-    images = context.concept_images(pipeline, settings.images, context.key("params.images"))
-    captions = captions_for(context, settings)
-    init = initial_embedding(pipeline, settings.init_word, concept.kind, context.key("params.init_word"))
-    objective = InversionObjective(images, captions, [settings.token], init[None], settings.batch_size,
-                                   where=context.key("params.token"))
-    outcome = fine_tune(pipeline, objective, settings, AttackFiles(context.scratch).checkpoints, context.settings_key,
-                        context.key("params"), context.device, context.runtime)
+    if params.token in pipeline.tokenizer.get_vocab():
+        raise HarnessError(f"'{params.token}' is already a word of the model's vocabulary", key="params.token")
+    with keyed("params.images"):
+        images = context.concept_images(pipeline, params.images)
+    captions = captions_for(context, params)
+    with keyed("params.init_word"):
+        init = initial_embedding(pipeline, params.init_word, concept.kind)
+    objective = InversionObjective(images, captions, [params.token], init[None], params.batch_size)
+    with keyed("params"):
+        outcome = fine_tune(pipeline, objective, params, AttackFiles(context.scratch).checkpoints,
+                            context.settings_key, context.job.label, context.device, context.runtime)
     names = concept_names(concept.target, concept.kind)
-    rewrite = PromptRewrite(names=names, labels=names, kind=concept.kind, replacement=settings.token)
+    rewrite = PromptRewrite(names=names, labels=names, kind=concept.kind, replacement=params.token)
     info = {"steps": outcome.steps, "final_loss": outcome.final_loss, "train_seconds": outcome.seconds,
             "resumed_from_step": outcome.resumed_from, "images": len(images), "captions": captions,
-            "token": settings.token}
-    return AttackResult(tensors={}, tokens={settings.token: outcome.extra["tokens"][0]}, prompt_rewrite=rewrite, info=info)
-
-
-concept_inversion.params_type = InversionParams  # type: ignore[attr-defined]  # checked before any work
+            "token": params.token}
+    return AttackResult(tensors={}, tokens={params.token: outcome.extra["tokens"][0]}, prompt_rewrite=rewrite, info=info)

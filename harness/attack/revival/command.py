@@ -7,16 +7,17 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from harness.attack.run import AttackJob, run_attack
+from harness.attack import run as attack_stage
+from harness.attack.job import AttackJob
 from harness.attack.revival.runner import make_accelerator
-from harness.attack.revival.settings import IDEAL_STRATEGIES, REVIVAL_PRESETS, ReviveSettings, revival_params
-from harness.recipe import AttackEntry
+from harness.attack.revival.settings import IDEAL_STRATEGIES, ReviveSettings, RevivalParams
 from harness.config import settings_arguments, settings_from_arguments
 from harness.errors import HarnessError
 from harness.layout import AttackFiles
-from harness.records import AttackRecord
 from harness.recipe import load_recipe
-from harness.runtime import resolve_device
+from harness.records import AttackRecord
+from harness.registry import resolve
+from harness.runtime import RuntimeSettings, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,14 @@ def settings_from_args(args: argparse.Namespace) -> ReviveSettings:
     if args.recipe:
         recipe = load_recipe(args.recipe)
         entry = recipe.attack(args.attack) if args.attack else next(
-            (a for a in recipe.attacks if a.attack in REVIVAL_PRESETS), None)
+            (a for a in recipe.attacks if resolve("attack", a.attack).params is RevivalParams), None)
         if entry is None:
             raise HarnessError(f"{recipe.source}: attacks: no revival attack to take defaults from")
-        params = revival_params(entry, f"{recipe.source}: attacks.{entry.name}.params")
-        if params is None:
+        plugin = resolve("attack", entry.attack)
+        if plugin.params is not RevivalParams:
             raise HarnessError(f"--attack {entry.name}: not a revival attack ({entry.attack})")
-        base = dataclasses.replace(base, params=params, original=recipe.model, fidelity=recipe.fidelity)
+        base = dataclasses.replace(base, params=plugin.parse(entry.params), original=recipe.model,
+                                   fidelity=recipe.fidelity)
     elif args.attack:
         raise HarnessError("--attack needs --recipe")
     return settings_from_arguments(ReviveSettings, args, args._flags, base)
@@ -57,15 +59,10 @@ def run(args: argparse.Namespace) -> int:
         raise HarnessError(f"--strategy {settings.params.strategy}: the ideal cases need the original weights (--original)")
     if settings.device != "auto":
         resolve_device(settings.device)
-    params = dataclasses.asdict(settings.params)
-    job = AttackJob(
-        attack=AttackEntry(attack=_attack_name(settings), name="revive", params=params),
-        base_model=settings.unlearned, unlearned_files=[], out=Path(settings.out),
-        device=settings.device, original=settings.original, where="options", entry="revive",
-        fidelity=settings.fidelity,
-    )
-    accelerator = make_accelerator(settings.device)
-    record = run_attack(job, accelerator)
+    job = AttackJob(attack=_attack_name(settings), params=settings.params, model=settings.unlearned,
+                    unlearned_files=[], out=Path(settings.out), name="revive", original=settings.original,
+                    fidelity=settings.fidelity, runtime=RuntimeSettings(device=settings.device), source="", entry="")
+    record = attack_stage.run(job, make_accelerator(settings.device))
     if record is None:
         return 0
     if not record.applicable:

@@ -37,6 +37,8 @@ from typing import Callable
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
+from harness.registry import detector, resolve
+
 Detector = Callable[[torch.Tensor], torch.Tensor]
 """weight matrix -> float score per entry (same shape), higher = more likely obfuscated."""
 
@@ -168,10 +170,6 @@ def magnitude(weight: torch.Tensor) -> torch.Tensor:
     return -weight.detach().double().abs()
 
 
-DETECTORS: dict[str, Detector] = {"eq7": eq7, "lowrank": lowrank, "columns": columns, "magnitude": magnitude}
-"""The registered detectors, by the name `--mask-detector` takes."""
-
-
 def mixture_share(weight: torch.Tensor) -> float:
     """alpha of the fitted mixture."""
     return fit_mixture(weight).alpha
@@ -194,34 +192,29 @@ def in_column_share(weight: torch.Tensor) -> float:
     return narrow * int(hit.sum()) / weight.shape[1]
 
 
-SHARE_ESTIMATES: dict[str, Callable[[torch.Tensor], float]] = {
-    "eq7": mixture_share, "lowrank": flagged_column_share, "columns": in_column_share, "magnitude": mixture_share,
-}
-"""Each registered detector's estimate of alpha, the default share of `detected_mask`."""
+for _name, _detector, _estimate in (("eq7", eq7, mixture_share), ("lowrank", lowrank, flagged_column_share),
+                                    ("columns", columns, in_column_share), ("magnitude", magnitude, mixture_share)):
+    detector(_name, estimate=_estimate)(_detector)
 
 
-def resolve(detector: str | Detector) -> Detector:
-    """A registered detector by name (a callable passes through)."""
-    if callable(detector):
-        return detector
-    if detector not in DETECTORS:
-        raise ValueError(f"unknown mask detector '{detector}' (known: {', '.join(DETECTORS)})")
-    return DETECTORS[detector]
+def resolve_detector(name: str | Detector) -> Detector:
+    """A declared detector by name or import path (a callable passes through)."""
+    return name if callable(name) else resolve("detector", name).target
 
 
-def estimated_share(weight: torch.Tensor, detector: str | Detector) -> float:
-    """The detector's estimate of the obfuscated share (the mixture's alpha for unregistered ones)."""
-    estimate = SHARE_ESTIMATES.get(detector, mixture_share) if isinstance(detector, str) else mixture_share
-    return estimate(weight)
+def estimated_share(weight: torch.Tensor, name: str | Detector) -> float:
+    """The detector's estimate of the obfuscated share (the mixture's alpha for an undeclared callable)."""
+    estimate = resolve("detector", name).estimate if isinstance(name, str) else None
+    return (estimate or mixture_share)(weight)
 
 
-def detected_mask(weight: torch.Tensor, detector: str | Detector, share: float | None = None) -> torch.Tensor:
+def detected_mask(weight: torch.Tensor, name: str | Detector, share: float | None = None) -> torch.Tensor:
     """Boolean mask of the top `share` of the detector's scores (at least one entry); `share`
     defaults to `estimated_share`. Ties at the cut are broken by position (deterministic)."""
     if share is not None and not 0 < share < 1:
         raise ValueError(f"mask share must lie in (0, 1), got {share}")
-    scores = resolve(detector)(weight).flatten()
-    share = estimated_share(weight, detector) if share is None else share
+    scores = resolve_detector(name)(weight).flatten()
+    share = estimated_share(weight, name) if share is None else share
     count = min(scores.numel(), max(1, math.ceil(share * scores.numel())))
     mask = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device)
     mask[torch.argsort(scores, descending=True, stable=True)[:count]] = True

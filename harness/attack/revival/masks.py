@@ -10,17 +10,17 @@ from harness.errors import HarnessError
 from harness.attack.revival.settings import MaskSettings
 
 
-def check_finite(weight: torch.Tensor, where: str) -> None:
+def check_finite(weight: torch.Tensor, layer: str) -> None:
     """Non-finite weights make completion meaningless: refuse them up front."""
     if not torch.isfinite(weight).all():
         bad = int((~torch.isfinite(weight)).sum())
-        raise HarnessError(f"{where}: {bad} non-finite weight(s)")
+        raise HarnessError(f"layer '{layer}' of the unlearned model: {bad} non-finite weight(s)")
 
 
 def pruned_positions(
     weight: torch.Tensor,
     settings: MaskSettings,
-    where: str,
+    layer: str,
     mask_from_file: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Boolean mask, True where a weight counts as pruned (the set Omega^c of the paper)."""
@@ -32,10 +32,10 @@ def pruned_positions(
         assert settings.detector is not None
         return detected_mask(weight, settings.detector, settings.share)
     if mask_from_file is None:
-        raise HarnessError(f"{where}: the mask file {settings.file} has no entry for this layer")
+        raise HarnessError(f"the mask file {settings.file} has no entry for layer '{layer}'", key="mask.file")
     if tuple(mask_from_file.shape) != tuple(weight.shape):
         raise HarnessError(
-            f"{settings.file}: mask for {where} has shape {tuple(mask_from_file.shape)}, "
+            f"{settings.file}: mask for {layer} has shape {tuple(mask_from_file.shape)}, "
             f"the weight has {tuple(weight.shape)}"
         )
     return mask_from_file.to(torch.bool)

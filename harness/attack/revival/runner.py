@@ -20,10 +20,11 @@ from harness.attack.revival.layer import LayerJob, revive_layer
 from harness.attack.revival.masks import check_finite, pruned_positions
 from harness.attack.revival.settings import RevivalParams
 from harness.config import parse_dataclass
-from harness.errors import HarnessError
+from harness.errors import HarnessError, keyed
 from harness.layout import AttackFiles
 from harness.models.checkpoints import load_tensor_file, save_tensors
 from harness.models.layers import select_layers
+from harness.recipe import SD_FFN_LAYERS
 from harness.provenance import write_json_atomic
 from harness.records import LayerReport, to_json
 
@@ -51,22 +52,21 @@ def load_jobs(
     unlearned: dict[str, torch.Tensor],
     original: dict[str, torch.Tensor] | None,
     params: RevivalParams,
-    where: str,
-    original_where: str = "original",
 ) -> list[LayerJob]:
-    """The inputs of every target layer, checked (same in every process)."""
-    names = select_layers(unlearned, params.layers)
+    """The inputs of every target layer, checked (same in every process); errors are keyed at the params."""
+    with keyed("layers"):
+        names = select_layers(unlearned, params.layers or SD_FFN_LAYERS)
     masks = load_tensor_file(params.mask.file) if params.mask.kind == "file" else {}
     jobs = []
     for name in names:
         weight = unlearned[name]
         if weight.ndim != 2:
-            raise HarnessError(f"{where}: layer '{name}' is not a matrix (shape {tuple(weight.shape)})")
-        check_finite(weight, f"{where}: {name}")
+            raise HarnessError(f"layer '{name}' is not a matrix (shape {tuple(weight.shape)})", key="layers")
+        check_finite(weight, name)
         reference = None
         if original is not None:
             if name not in original or original[name].shape != weight.shape:
-                raise HarnessError(f"{original_where}: no weight '{name}' of shape {tuple(weight.shape)}")
+                raise HarnessError(f"the original model has no weight '{name}' of shape {tuple(weight.shape)}")
             reference = original[name]
         pruned = pruned_positions(weight, params.mask, name, masks.get(name))
         jobs.append(LayerJob(name, weight, pruned, reference))

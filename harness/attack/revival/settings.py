@@ -5,11 +5,8 @@ revival attacks take them as `params`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-from harness.config import parse_dataclass
-from harness.errors import HarnessError
-from harness.recipe import SD_FFN_LAYERS, AttackEntry
 
 
 Magnitude = Literal["nms", "average", "sample", "align"]
@@ -38,10 +35,10 @@ class MaskSettings:
         if self.threshold is not None and not self.threshold > 0:
             raise ValueError(f"mask threshold must be positive, got {self.threshold}")
         if self.detector is not None:
-            from harness.attack.revival.detect import DETECTORS
+            from harness.registry import is_import_path, registered
 
-            if self.detector not in DETECTORS:
-                raise ValueError(f"unknown mask detector '{self.detector}' (known: {', '.join(DETECTORS)})")
+            if self.detector not in registered("detector") and not is_import_path(self.detector):
+                raise ValueError(f"unknown mask detector '{self.detector}' (known: {', '.join(registered('detector'))})")
             if self.file or self.threshold is not None:
                 raise ValueError(f"mask detector '{self.detector}': give a detector, a mask file or a threshold, "
                                  "not two of them")
@@ -110,8 +107,8 @@ class CompletionSettings:
 class RevivalParams:
     """The revival's algorithm: which layers, which positions, completion, Top-K and magnitudes."""
 
-    layers: list[str] = field(default_factory=lambda: list(SD_FFN_LAYERS))
-    """target layer glob over UNet parameter names (repeatable)"""
+    layers: list[str] | None = None
+    """target layer glob over UNet parameter names (repeatable; none: the attacked method's layers, else SD's ff.net.2)"""
     mask: MaskSettings = field(default_factory=MaskSettings)
     completion: CompletionSettings = field(default_factory=CompletionSettings)
     top_k: float = 0.6
@@ -126,7 +123,7 @@ class RevivalParams:
     def __post_init__(self) -> None:
         if not 0 < self.top_k <= 1:
             raise ValueError(f"top_k must lie in (0, 1], got {self.top_k}")
-        if not self.layers:
+        if self.layers is not None and not self.layers:
             raise ValueError("layers must name at least one glob pattern")
 
 
@@ -159,19 +156,3 @@ REVIVAL_PRESETS: dict[str, dict[str, str]] = {
     **{strategy: {"strategy": strategy} for strategy in IDEAL_STRATEGIES},
 }
 """The registered attacks of the revival family and the settings each one's name fixes."""
-
-
-def revival_settings(params: dict[str, Any], preset: dict[str, str], where: str) -> RevivalParams:
-    """`params` over the defaults, with what the attack's name fixes (`preset`) not contradicted."""
-    for key, value in preset.items():
-        if key in params and params[key] != value:
-            raise HarnessError(f"{where}.{key}: this attack fixes {key} = {value}; "
-                               f"choose the attack named for {params[key]} instead")
-    return parse_dataclass(RevivalParams, {**params, **preset}, where)
-
-
-def revival_params(entry: AttackEntry, where: str) -> RevivalParams | None:
-    """The revival settings of a recipe's attack entry, or None when it is not a revival attack."""
-    if entry.attack not in REVIVAL_PRESETS:
-        return None
-    return revival_settings(entry.params, REVIVAL_PRESETS[entry.attack], where)

@@ -1,6 +1,6 @@
 """Classifier plugins for object accuracy: a model that maps uint8 images to class names.
 
-Registered (harness.registry, kind `classifier`): `resnet50` (torchvision ResNet-50 with
+Declared (`harness.registry.classifier`): `resnet50` (torchvision ResNet-50 with
 IMAGENET1K_V2 weights from a path, or the usual torchvision download; its own transforms;
 ImageNet category names) and the worlds' classifiers. Any other plugin is an import path
 `package.module:factory` whose factory takes `(weights: str | None)` and returns an
@@ -16,7 +16,7 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.models.checkpoints import load_tensor_file
-from harness.registry import resolve_callable
+from harness.registry import classifier, resolve
 
 
 class ImageClassifier(nn.Module):
@@ -30,6 +30,7 @@ class ImageClassifier(nn.Module):
         return [self.class_names[i] for i in self(images).argmax(dim=1).tolist()]
 
 
+@classifier("resnet50")
 class ResNet50Classifier(ImageClassifier):
     """torchvision ResNet-50 with the IMAGENET1K_V2 transforms and category names."""
 
@@ -57,15 +58,13 @@ class ResNet50Classifier(ImageClassifier):
         return self.model(self.transforms(_rgb(images)))
 
 
-def load_image_classifier(name: str, weights: str | None = None, where: str = "classifier") -> ImageClassifier:
-    """A classifier plugin by registered name or `package.module:factory`, in eval mode."""
-    factory = resolve_callable("classifier", name, where)
-    classifier = factory(weights)
-    if not isinstance(classifier, ImageClassifier):
-        raise HarnessError(
-            f"{where}: '{name}' made a {type(classifier).__name__}, not an ImageClassifier"
-        )
-    return classifier.eval()
+def load_image_classifier(name: str, weights: str | None = None) -> ImageClassifier:
+    """A declared classifier by registered name or `package.module:factory`, in eval mode (errors
+    are keyed: callers name the key, e.g. `score.classifier`)."""
+    made = resolve("classifier", name).target(weights)
+    if not isinstance(made, ImageClassifier):
+        raise HarnessError(f"'{name}' made a {type(made).__name__}, not an ImageClassifier", key="")
+    return made.eval()
 
 
 def _rgb(images: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from harness.errors import HarnessError
+from harness.registry import world
 from harness.world import World
 
 
@@ -35,7 +36,7 @@ class DigitsWorld(World):
 
         return f"digits@{report_digest(ensure_world())[:16]}"
 
-    def prompt_pairs(self, target: str, kind: str, where: str) -> tuple[list[str], list[str]]:
+    def prompt_pairs(self, target: str, kind: str) -> tuple[list[str], list[str]]:
         from harness.worlds.digits.data import DIGIT_NAMES, NEUTRAL_PROMPTS, concept_prompts
 
         name = target.strip().lower()
@@ -44,8 +45,8 @@ class DigitsWorld(World):
         elif name in DIGIT_NAMES:
             digit = DIGIT_NAMES.index(name)
         else:
-            raise HarnessError(f"{where}: '{target}' is no digit, so it has no prompts "
-                               f"(choose from {', '.join(DIGIT_NAMES)} or 0-9)")
+            raise HarnessError(f"'{target}' is no digit, so it has no prompts "
+                               f"(choose from {', '.join(DIGIT_NAMES)} or 0-9)", key="concept.target", rooted=True)
         return list(NEUTRAL_PROMPTS), list(concept_prompts(digit))
 
     def suite_names(self) -> list[str]:
@@ -87,4 +88,4 @@ class DigitsWorld(World):
         return [DIGIT_NAMES[digit], str(digit)]
 
 
-WORLD = DigitsWorld()
+WORLD = world("digits")(DigitsWorld())

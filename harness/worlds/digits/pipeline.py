@@ -20,6 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
+from harness import registry
 from harness.errors import HarnessError
 from harness.worlds.digits.text import TEXT_WIDTH, build_text_encoder, build_tokenizer
 
@@ -57,6 +58,7 @@ image (`clip_sample`) under guidance made samples worse the longer the model tra
 starting at t=999 (`trailing`), where alpha_bar is 2e-9, amplifies noise-prediction error 2e4-fold."""
 
 
+@registry.pipeline("DigitsPipeline")
 class DigitsPipeline(DiffusionPipeline):
     """Text-to-image over 16x16 grey digits: tokenizer -> CLIP text encoder -> UNet -> DDIM."""
 

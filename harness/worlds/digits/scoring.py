@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import torch
 
+from harness.registry import classifier
 from harness.score.metrics.classifiers import ImageClassifier
 from harness.worlds.digits.classifier import load_classifier
 from harness.worlds.digits.data import DIGIT_NAMES
 from harness.worlds.digits.store import ensure_world
 
 
+@classifier("digits")
 class DigitsImageClassifier(ImageClassifier):
     """The world's classifier as a scoring plugin (registered as classifier `digits`): uint8
     images in, digit names out; `weights` is a world folder (default: the installed world)."""

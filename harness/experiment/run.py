@@ -1,0 +1,102 @@
+"""The Python entry point: one recipe's matrix, or one piece of one stage, as `harness benchmark`
+runs it (the command line and the tests both call `run_benchmark`; `harness.run` is its public name).
+
+    import harness
+    results = harness.run("digits-matrix-quick", "runs/quick")
+    for row in results.rows: ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from harness.errors import HarnessError
+from harness.experiment import stages
+from harness.experiment.plan import STAGES, Plan, build_plan
+from harness.log import log_to_file
+from harness.recipe import Recipe, load_recipe
+from harness.records import Results
+from harness.runtime import RuntimeSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Selection:
+    """Which part of the recipe's plan to run (every field: all of it)."""
+
+    stage: Literal["unlearn", "attack", "generate", "score", "report", "all"] = "all"
+    """run one stage (default: all, in order)"""
+    method: str | None = None
+    """unlearn/attack/generate/score: only this method"""
+    attack: str | None = None
+    """attack/generate/score: only this attack"""
+    model: str | None = None
+    """generate/score: only this model (pretrained, METHOD, METHOD/ATTACK)"""
+    suite: str | None = None
+    """generate/score: only this suite"""
+    shard: int | None = None
+    """generate: only this shard (a SLURM array task)"""
+
+
+def plan_for(recipe: str | Path | Recipe, run_dir: str | Path | None = None, fidelity: str | None = None,
+             runtime: RuntimeSettings | None = None) -> Plan:
+    """The plan of a recipe (a file, a shipped recipe's name, or a loaded Recipe) in `run_dir`
+    (default runs/<recipe name>)."""
+    loaded = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    if fidelity:
+        loaded = dataclasses.replace(loaded, fidelity=fidelity)
+    return build_plan(loaded, Path(run_dir or Path("runs") / loaded.name), runtime)
+
+
+def run_benchmark(plan: Plan, selection: Selection | None = None) -> Results | None:
+    """Carry out the selected stage(s) of the plan; the results when the report stage ran."""
+    selection = selection or Selection()
+    recipe = plan.recipe
+    methods = [recipe.method(selection.method).name] if selection.method else [m.name for m in recipe.methods]
+    attacks = [recipe.attack(selection.attack).name] if selection.attack else [a.name for a in recipe.attacks]
+    models = [m for m in plan.pick_models(selection.model) if m.method in [*methods, "pretrained"]
+              and (m.attack in [*attacks, "none"])]
+    suites = [selection.suite] if selection.suite else plan.suites
+    if selection.suite and selection.suite not in plan.suites:
+        raise HarnessError(f"--suite '{selection.suite}' is not in this plan (choose from {', '.join(plan.suites)})")
+    if selection.shard is not None and (selection.stage != "generate" or len(suites) != 1):
+        raise HarnessError("--shard needs --stage generate and one --suite")
+    selected = STAGES if selection.stage == "all" else (selection.stage,)
+    stages.copy_recipe(plan)
+    results = None
+    with log_to_file(plan.layout.log):
+        log.info("run %s: %d methods x %d attacks x %d suites -> %s", recipe.name, len(recipe.methods),
+                 len(recipe.attacks), len(plan.suites), plan.run_dir)
+        if "unlearn" in selected:
+            stages.unlearn(plan, methods)
+        if "attack" in selected:
+            stages.attack(plan, [(m, a) for m in methods for a in attacks])
+        for stage in ("generate", "score"):
+            if stage in selected:
+                every = stages.with_snapshots(plan, models)
+                for model in every:
+                    for suite in suites:
+                        if stage == "generate":
+                            stages.generate(plan, model, suite, selection.shard)
+                        else:
+                            stages.score(plan, model, suite)
+                log.info("%s: %d models x %d suites done", stage, len(every), len(suites))
+        if "report" in selected:
+            results = stages.report(plan)
+    return results
+
+
+def run(recipe: str | Path | Recipe, run_dir: str | Path | None = None, *,
+        stage: Literal["unlearn", "attack", "generate", "score", "report", "all"] = "all",
+        method: str | None = None, attack: str | None = None, model: str | None = None, suite: str | None = None,
+        shard: int | None = None, fidelity: str | None = None, runtime: RuntimeSettings | None = None) -> Results | None:
+    """Run a recipe (a file, a shipped recipe's name, or a Recipe) into `run_dir` as
+    `harness benchmark` does, all of it or the selected part (see Selection). Returns the
+    results when the report stage ran (the default runs every stage)."""
+    selection = Selection(stage=stage, method=method, attack=attack, model=model, suite=suite, shard=shard)
+    return run_benchmark(plan_for(recipe, run_dir, fidelity, runtime), selection)

@@ -1,0 +1,53 @@
+"""The unlearn stage's job: one method of a recipe applied to its base model, into one folder."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.models.checkpoints import source_identity
+from harness.recipe import ConceptSettings, GenerationSettings, MethodSettings, Recipe
+from harness.records import settings_key
+from harness.runtime import RuntimeSettings
+
+
+@dataclass
+class UnlearnJob:
+    """One method of a recipe applied to its base model, into one output folder."""
+
+    model: str
+    """The base model (hub id, folder, zoo:NAME)."""
+    concept: ConceptSettings
+    method: MethodSettings
+    generation: GenerationSettings
+    out: Path
+    fidelity: str = "paper"
+    runtime: RuntimeSettings = dataclasses.field(default_factory=RuntimeSettings)
+    """Device, data folder and processes (training methods spread over Lightning's devices)."""
+    source: str = "recipe"
+    """The recipe file (errors name it)."""
+    entry: str = "method"
+    """The recipe key of the method's entry (`methods[0]`)."""
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, method: str | None, out: Path,
+                    runtime: RuntimeSettings | None = None) -> UnlearnJob:
+        """The job of one of a recipe's methods (`method` may be None when the recipe has only one)."""
+        if not recipe.methods:
+            raise HarnessError(f"{recipe.source}: methods: the recipe lists no unlearning method")
+        if method is None and len(recipe.methods) > 1:
+            raise HarnessError(f"--method: the recipe lists {len(recipe.methods)} methods; "
+                               f"name one of {', '.join(m.name or '' for m in recipe.methods)}")
+        entry = recipe.method(method) if method else recipe.methods[0]
+        assert recipe.concept is not None  # the recipe checks that methods come with a concept
+        return cls(model=recipe.model, concept=recipe.concept, method=entry, generation=recipe.generation,
+                   out=Path(out), fidelity=recipe.fidelity, runtime=runtime or RuntimeSettings(),
+                   source=recipe.source, entry=f"methods[{recipe.methods.index(entry)}]")
+
+    def key(self) -> str:
+        """The identity of the output: base model content, concept, method entry, sampling, fidelity."""
+        concept = dataclasses.asdict(self.concept) | {"data_dir": None}
+        return settings_key("unlearn", source_identity(self.model), concept, dataclasses.asdict(self.method),
+                            dataclasses.asdict(self.generation), self.fidelity)
