@@ -50,7 +50,7 @@ def method_recipe(method: str, target: str, pesd_steps: int | None) -> Recipe:
     """The method's world recipe with only its entry, erasing `target`."""
     recipe_name, entry_name = METHODS[method]
     recipe = load_recipe(recipe_name)
-    entry = recipe.method(entry_name)
+    _, entry = recipe.method(entry_name)
     if method == "p-esd" and pesd_steps is not None:
         entry = dataclasses.replace(entry, params={**entry.params, "steps": pesd_steps})
     assert recipe.concept is not None
@@ -105,7 +105,7 @@ def main() -> None:
             unlearn_seconds = time.perf_counter() - start
             if pipeline is None:
                 pipeline = load_pipeline(recipe.model, "cpu", dtype=torch.float32)
-                set_scheduler(pipeline, recipe.generation.scheduler, recipe.source)
+                set_scheduler(pipeline, recipe.generation.scheduler)
             tensors = load_tensor_file(UnlearnFiles(folder).tensors)
             params = dict(pipeline.unet.named_parameters())
             original = {n: params[n].detach().clone() for n in tensors}

@@ -283,19 +283,26 @@ class Recipe:
         return [PRETRAINED_MODEL, *(ModelRef(m.name) for m in self.methods),
                 *(ModelRef(m.name, a.name) for m in self.methods for a in self.attacks)]
 
-    def method(self, name: str) -> MethodSettings:
-        """The method labelled `name`."""
-        for method in self.methods:
-            if method.name == name:
-                return method
-        raise HarnessError(f"{self.source}: methods: no method named '{name}' (have: {', '.join(m.name for m in self.methods)})")
+    def method(self, name: str | None) -> tuple[int, MethodSettings]:
+        """The index and entry of the method labelled `name` (None: the recipe's only method)."""
+        return self._pick(self.methods, "method", name)
 
-    def attack(self, name: str) -> AttackEntry:
-        """The attack labelled `name`."""
-        for attack in self.attacks:
-            if attack.name == name:
-                return attack
-        raise HarnessError(f"{self.source}: attacks: no attack named '{name}' (have: {', '.join(a.name for a in self.attacks)})")
+    def attack(self, name: str | None) -> tuple[int, AttackEntry]:
+        """The index and entry of the attack labelled `name` (None: the recipe's only attack)."""
+        return self._pick(self.attacks, "attack", name)
+
+    def _pick(self, entries: list[Any], kind: str, name: str | None) -> tuple[int, Any]:
+        if not entries:
+            raise HarnessError(f"{self.source}: {kind}s: the recipe lists no {kind}")
+        if name is None:
+            if len(entries) > 1:
+                raise HarnessError(f"--{kind}: the recipe lists {len(entries)} {kind}s; "
+                                   f"name one of {', '.join(e.name for e in entries)}")
+            return 0, entries[0]
+        for index, entry in enumerate(entries):
+            if entry.name == name:
+                return index, entry
+        raise HarnessError(f"{self.source}: {kind}s: no {kind} named '{name}' (have: {', '.join(e.name for e in entries)})")
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -51,13 +51,7 @@ class AttackJob:
                     runtime: RuntimeSettings | None = None) -> AttackJob:
         """The job of one of a recipe's attacks (`attack` may be None when the recipe has only one)
         against the unlearn stage's output folder `unlearned`: the layers come from its record."""
-        if not recipe.attacks:
-            raise HarnessError(f"{recipe.source}: attacks: the recipe lists no attack")
-        if attack is None and len(recipe.attacks) > 1:
-            raise HarnessError(f"--attack: the recipe lists {len(recipe.attacks)} attacks; "
-                               f"name one of {', '.join(a.name or '' for a in recipe.attacks)}")
-        entry = recipe.attack(attack) if attack else recipe.attacks[0]
-        index = recipe.attacks.index(entry)
+        index, entry = recipe.attack(attack)
         files = UnlearnFiles(Path(unlearned))
         if not files.record.is_file():
             raise HarnessError(f"{files.folder}: no {files.record.name}; run the unlearn stage into it first")

@@ -57,8 +57,8 @@ def run_benchmark(plan: Plan, selection: Selection | None = None) -> Results | N
     """Carry out the selected stage(s) of the plan; the results when the report stage ran."""
     selection = selection or Selection()
     recipe = plan.recipe
-    methods = [recipe.method(selection.method).name] if selection.method else [m.name for m in recipe.methods]
-    attacks = [recipe.attack(selection.attack).name] if selection.attack else [a.name for a in recipe.attacks]
+    methods = [recipe.method(selection.method)[1].name] if selection.method else [m.name for m in recipe.methods]
+    attacks = [recipe.attack(selection.attack)[1].name] if selection.attack else [a.name for a in recipe.attacks]
     models = [m for m in plan.pick_models(selection.model) if m.method in [*methods, "pretrained"]
               and (m.attack in [*attacks, "none"])]
     suites = [selection.suite] if selection.suite else plan.suites

@@ -140,9 +140,10 @@ def run(args: argparse.Namespace) -> int:
     generation = generation_of(options, unlearned)
     device = resolve_device(options.device)
     pipeline = load_pipeline(unlearned.base, device, dtype=resolve_dtype(generation.dtype, device))
-    set_scheduler(pipeline, generation.scheduler, "options")
+    set_scheduler(pipeline, generation.scheduler)
     unet_names = set(dict(pipeline.unet.named_parameters()))
-    apply_tensors(pipeline, {n: t for n, t in unlearned.tensors.items() if n in unet_names}, f"--unlearned {options.unlearned}")
+    with keyed(f"--unlearned {options.unlearned}"):
+        apply_tensors(pipeline, {n: t for n, t in unlearned.tensors.items() if n in unet_names})
     missing = [layer.name for layer in layers if layer.name not in unet_names]
     if missing:
         raise HarnessError(f"--unlearned {options.unlearned}: '{missing[0]}' is not a parameter of {unlearned.base}'s UNet")

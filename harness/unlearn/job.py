@@ -6,7 +6,6 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import HarnessError
 from harness.models.checkpoints import source_identity
 from harness.recipe import ConceptSettings, GenerationSettings, MethodSettings, Recipe
 from harness.records import settings_key
@@ -35,16 +34,11 @@ class UnlearnJob:
     def from_recipe(cls, recipe: Recipe, method: str | None, out: Path,
                     runtime: RuntimeSettings | None = None) -> UnlearnJob:
         """The job of one of a recipe's methods (`method` may be None when the recipe has only one)."""
-        if not recipe.methods:
-            raise HarnessError(f"{recipe.source}: methods: the recipe lists no unlearning method")
-        if method is None and len(recipe.methods) > 1:
-            raise HarnessError(f"--method: the recipe lists {len(recipe.methods)} methods; "
-                               f"name one of {', '.join(m.name or '' for m in recipe.methods)}")
-        entry = recipe.method(method) if method else recipe.methods[0]
+        index, entry = recipe.method(method)
         assert recipe.concept is not None  # the recipe checks that methods come with a concept
         return cls(model=recipe.model, concept=recipe.concept, method=entry, generation=recipe.generation,
                    out=Path(out), fidelity=recipe.fidelity, runtime=runtime or RuntimeSettings(),
-                   source=recipe.source, entry=f"methods[{recipe.methods.index(entry)}]")
+                   source=recipe.source, entry=f"methods[{index}]")
 
     def key(self) -> str:
         """The identity of the output: base model content, concept, method entry, sampling, fidelity."""

@@ -17,7 +17,7 @@ from harness.attack.job import AttackJob
 from harness.attack.run import run as run_attack
 from harness.registry import resolve
 from harness.runtime import RuntimeSettings
-from harness.errors import HarnessError
+from harness.errors import HarnessError, in_file
 from harness.generate import shards
 from harness.generate.rewrite import PromptRewrite, prompt_changes
 from harness.generate import run as generate_stage
@@ -63,14 +63,14 @@ def test_unlabelled_prompts_are_the_concepts_when_they_name_it_or_the_suite_is_o
 def test_new_tokens_join_the_vocabulary_with_their_embedding(tiny: Path) -> None:
     pipeline = load_pipeline(str(tiny))
     vector = torch.linspace(-1, 1, 16)
-    add_tokens(pipeline, {"<c>": vector}, where="tokens.safetensors")
+    add_tokens(pipeline, {"<c>": vector})
     ids = pipeline.tokenizer("a <c>", add_special_tokens=False).input_ids
     new = pipeline.tokenizer.convert_tokens_to_ids("<c>")
     assert ids[-1] == new and torch.equal(pipeline.text_encoder.get_input_embeddings().weight[new].detach(), vector)
-    with pytest.raises(HarnessError, match="tokens.safetensors: token '<c>' is already a word"):
-        add_tokens(pipeline, {"<c>": vector}, where="tokens.safetensors")
+    with pytest.raises(HarnessError, match="tokens.safetensors: token '<c>' is already a word"), in_file("tokens.safetensors"):
+        add_tokens(pipeline, {"<c>": vector})
     with pytest.raises(HarnessError, match=r"token '<d>' has an embedding of shape \(3,\), the model's is \(16,\)"):
-        add_tokens(pipeline, {"<d>": torch.zeros(3)}, where="tokens.safetensors")
+        add_tokens(pipeline, {"<d>": torch.zeros(3)})
 
 
 def _concept_folder(tmp_path: Path, count: int = 4) -> Path:

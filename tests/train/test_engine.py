@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, keyed
 from harness.layout import UnlearnFiles
 from harness.train.trainable import trainable_names
 
@@ -32,16 +32,16 @@ generation: {steps: 5, guidance: 3.0, scheduler: null, dtype: float32}
 
 def test_presets_choose_cross_attention_or_the_rest() -> None:
     names = [n for n, _ in tiny_sd_pipeline().unet.named_parameters()]
-    cross = trainable_names(names, "esd-x", "k")
-    rest = trainable_names(names, "esd-u", "k")
+    cross = trainable_names(names, "esd-x")
+    rest = trainable_names(names, "esd-u")
     assert cross and all(".attn2." in n for n in cross)
     assert rest and not any(".attn2." in n for n in rest) and set(cross) | set(rest) == set(names)
-    assert trainable_names(names, "full", "k") == names
-    assert trainable_names(names, ["*attn2.to_k.*"], "k") == [n for n in names if "attn2.to_k." in n]
-    with pytest.raises(HarnessError, match=r"k: pattern '\*nothing\*' matches no UNet parameter"):
-        trainable_names(names, ["*nothing*"], "k")
-    with pytest.raises(HarnessError, match="k: unknown preset 'esd-z'"):
-        trainable_names(names, "esd-z", "k")
+    assert trainable_names(names, "full") == names
+    assert trainable_names(names, ["*attn2.to_k.*"]) == [n for n in names if "attn2.to_k." in n]
+    with pytest.raises(HarnessError, match=r"k: pattern '\*nothing\*' matches no UNet parameter"), keyed("k"):
+        trainable_names(names, ["*nothing*"])
+    with pytest.raises(HarnessError, match="k: unknown preset 'esd-z'"), keyed("k"):
+        trainable_names(names, "esd-z")
 
 
 def _unlearn(recipe: Path, out: Path, cache: Path, **kwargs: object) -> subprocess.Popen:

@@ -34,7 +34,7 @@ def settings_from_args(args: argparse.Namespace) -> ReviveSettings:
     base = ReviveSettings()
     if args.recipe:
         recipe = load_recipe(args.recipe)
-        entry = recipe.attack(args.attack) if args.attack else next(
+        entry = recipe.attack(args.attack)[1] if args.attack else next(
             (a for a in recipe.attacks if resolve("attack", a.attack).params is RevivalParams), None)
         if entry is None:
             raise HarnessError(f"{recipe.source}: attacks: no revival attack to take defaults from")
