@@ -5,7 +5,8 @@ Builds weight-like matrices of the shapes ConceptPrune prunes (5 of 320x1280, 5 
 would), and completes each layer three ways, in one run:
 
 - harness: `soft_impute` (accelerated SoftImpute, Gram-matrix threshold, sparse updates),
-- previous: `soft_impute_plain` (the harness's previous algorithm: plain iterations),
+- previous: `soft_impute_plain` (the harness's previous algorithm: plain iterations; kept beside
+  this script in plain_soft_impute.py),
 - reference: numpy float64, full SVD and soft threshold every iteration at the fixed final
   lambda from a zero start (fancyimpute's SoftImpute algorithm with max_rank unset).
 
@@ -39,13 +40,13 @@ from collections import defaultdict
 
 import numpy as np
 import torch
+from plain_soft_impute import soft_impute_plain  # beside this script (sys.path[0])
 from threadpoolctl import threadpool_limits
 
 from harness.attack.revival.completion import (
     fixed_point_residual,
     soft_impute,
     soft_impute_batch,
-    soft_impute_plain,
     top_singular_value,
 )
 from harness.attack.revival.settings import CompletionSettings

@@ -9,17 +9,19 @@ Z95 = 1.959963984540054
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
-    """The Wilson score interval of `successes` out of `n`; None for n = 0. It always holds the
-    share itself (at 0 and n the closed form misses it by a rounding error)."""
+    """The Wilson score interval of `successes` out of `n` (scipy's), z standard errors wide;
+    None for n = 0. It always holds the share itself (at 0 and n the closed form can miss it by a
+    rounding error)."""
     if n <= 0:
         return None
     if not 0 <= successes <= n:
         raise ValueError(f"successes must lie in 0..{n}, got {successes}")
+    # imported here, not at the top: importing scipy.stats takes most of a second
+    from scipy.stats import binomtest
+
     p = successes / n
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    denominator = 1 + z * z / n
-    return min(p, max(0.0, (centre - spread) / denominator)), max(p, min(1.0, (centre + spread) / denominator))
+    interval = binomtest(successes, n).proportion_ci(confidence_level=math.erf(z / math.sqrt(2)), method="wilson")
+    return min(p, max(0.0, float(interval.low))), max(p, min(1.0, float(interval.high)))
 
 
 def format_share(value: float | None, n: int, interval: tuple[float, float] | list[float] | None, digits: int = 2) -> str:

@@ -3,10 +3,13 @@ stay exact, batching, the fixed-point residual and the float32 stall."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import logging
 
 import pytest
 import torch
+from fixtures.paths import REPO
 
 from harness.attack.revival import completion
 from harness.attack.revival.completion import (
@@ -15,10 +18,20 @@ from harness.attack.revival.completion import (
     fixed_point_residual,
     soft_impute,
     soft_impute_batch,
-    soft_impute_plain,
     soft_threshold,
 )
 from harness.attack.revival.settings import CompletionSettings
+
+
+def _load_plain_solver():
+    """The previous (plain) SoftImpute, the reference: one copy, in benchmarks/, loaded by path."""
+    spec = importlib.util.spec_from_file_location("plain_soft_impute", REPO / "benchmarks" / "plain_soft_impute.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.soft_impute_plain
+
+
+soft_impute_plain = _load_plain_solver()
 
 
 def noisy_low_rank(rows: int, cols: int, seed: int, missing: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +97,7 @@ def test_default_float32_result_is_within_1e6_of_the_tight_objective() -> None:
 
 def test_incremental_gram_update_matches_the_exact_gram() -> None:
     known, observed = noisy_low_rank(20, 70, seed=3, missing=0.05)
-    layer = completion._Layer(known, observed, CompletionSettings(dtype="float64"), torch.float64, None, "none")
+    layer = completion._Layer(known, observed, CompletionSettings(dtype="float64", stage_tol=None, acceleration="none"))
     gen = torch.Generator().manual_seed(0)
     for _ in range(30):
         layer.move_to(torch.randn(layer.y.shape, generator=gen, dtype=torch.float64), gram_refresh=10**6)
@@ -98,7 +111,7 @@ def test_incremental_gram_update_matches_the_exact_gram() -> None:
 
 def test_incremental_gram_update_in_the_tall_orientation() -> None:
     known, observed = noisy_low_rank(70, 20, seed=5, missing=0.05)
-    layer = completion._Layer(known, observed, CompletionSettings(dtype="float64"), torch.float64, None, "none")
+    layer = completion._Layer(known, observed, CompletionSettings(dtype="float64", stage_tol=None, acceleration="none"))
     for step in range(5):
         layer.move_to(layer.y + 0.5 * (step + 1), gram_refresh=10**6)
     z = torch.where(observed, known, torch.zeros((), dtype=torch.float64)).T.clone()  # the wide side
@@ -195,10 +208,19 @@ def test_unknown_acceleration_is_refused() -> None:
         soft_impute(known, observed, CompletionSettings(), acceleration="momentum")
 
 
-def test_completion_options_come_from_settings_fields_where_present() -> None:
+def test_solver_options_come_from_settings_fields_and_keywords_override_them() -> None:
+    """One place for the options' defaults: CompletionSettings; soft_impute's keywords replace fields."""
     settings = CompletionSettings()
-    assert completion.completion_options(settings) == completion.SOLVER_OPTIONS
-    settings.acceleration = "nesterov"  # type: ignore[attr-defined]  # before the recipe has the field
-    settings.stage_tol = None  # type: ignore[attr-defined]
-    options = completion.completion_options(settings)
-    assert options["acceleration"] == "nesterov" and options["stage_tol"] is None and options["gram_refresh"] == 20
+    assert {name: getattr(settings, name) for name in completion.SOLVER_OPTIONS} == {
+        "acceleration": "anderson", "gram_refresh": 20, "stall_patience": 10, "on_stall": "float64",
+        "stage_tol": 3e-2, "residual": True}
+    known, observed = noisy_low_rank(20, 40, seed=11)
+    chosen = dataclasses.replace(settings, acceleration="nesterov", stage_tol=None)
+    by_settings = soft_impute(known, observed, chosen)
+    by_keywords = soft_impute(known, observed, settings, acceleration="nesterov", stage_tol=None)
+    assert by_settings.algorithm == by_keywords.algorithm == "nesterov" and chosen.gram_refresh == 20
+    assert by_settings.iterations == by_keywords.iterations
+    torch.testing.assert_close(by_keywords.matrix, by_settings.matrix, rtol=0, atol=0)
+    assert soft_impute(known, observed, dataclasses.replace(settings, residual=False)).residual is None
+    with pytest.raises(TypeError, match="unknown solver options"):
+        soft_impute(known, observed, settings, tol=1e-6)

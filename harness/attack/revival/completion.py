@@ -45,7 +45,10 @@ float32 layer then continues in float64 from where it stands (logged as a warnin
 `dtype_used` and `notes`); a float64 layer, or any layer with on_stall="stop", stops the stage
 unconverged with a warning and a note, so no tolerance silently burns iterations to max_iters.
 
-`soft_impute_plain` is the previous algorithm (plain iterations, three products each) and
+The solver's state per matrix is a `_Layer` (with its stage's `_Stage` and the accelerations'
+`_Memory`); its options are CompletionSettings fields. The previous algorithm (plain iterations,
+three products each), the benchmark's and the tests' reference, is benchmarks/plain_soft_impute.py.
+
 `reference_code_impute` behaves like the authors' published code (PROTOCOL.md 2.2): float64
 full SVD, missing entries started at their column's mean, threshold = the current smallest
 singular value, convergence against the iterate from two steps back.
@@ -56,8 +59,9 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -180,17 +184,109 @@ converge to a fixed point of T, i.e. to P_Omega^c of a solution. The bounds are 
 in practice they never bind; they make the convergence theorem apply."""
 
 
-class _Layer:
-    """One matrix's state, held in the wide orientation Z (m x n, m <= n) as zt = Z^T (n x m)."""
+@dataclass(eq=False)
+class _Memory:
+    """What the accelerated steps remember; a fresh one at every stage's start and dtype change."""
 
-    def __init__(self, x: torch.Tensor, observed: torch.Tensor, settings: CompletionSettings,
-                 dtype: torch.dtype, stage_tol: float | None, acceleration: str) -> None:
-        self.settings = settings
-        self.acceleration = acceleration
-        self.stage_tol = stage_tol
-        self.source = x
-        self.observed = observed.to(device=x.device, dtype=torch.bool)
-        self.transposed = x.shape[0] > x.shape[1]
+    previous: torch.Tensor | None = None
+    """Nesterov: T of the kept point before the last one."""
+    momentum: float = 1.0
+    """Nesterov: FISTA's momentum t_k (1 after a restart)."""
+    history: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    """Anderson: (y_i, T(y_i) - y_i) of the last kept points."""
+    candidate: bool = False
+    """The current y is an accelerated point, not yet kept."""
+    kept: tuple[torch.Tensor, float] | None = None
+    """T(y) and the residual ||T(y) - y|| of the last kept point."""
+
+
+@dataclass(eq=False)
+class _Stage:
+    """One lambda stage's progress."""
+
+    index: int = 0
+    """Position on the lambda path."""
+    lam: float = math.nan
+    """This stage's lambda (nan before the path is known)."""
+    mode: str = ""
+    """The acceleration in use: the settings' until Anderson gives way to Nesterov."""
+    iterations: int = 0
+    """Iterations of this stage."""
+    progress_reference: float = math.inf
+    """The last change that fell by 10% below the one before it (the stall test)."""
+    progress_at: int = 0
+    """The stage iteration of `progress_reference`."""
+    first_residual: float = math.nan
+    """r0 of the safeguard: the residual of the stage's first kept point."""
+    accelerated_steps: int = 0
+    """Accelerated steps taken in this stage (the safeguard's n)."""
+    rejections: int = 0
+    """Anderson points dropped in this stage."""
+
+
+@dataclass(eq=False)
+class _Layer:
+    """One matrix's completion, held in the wide orientation Z (m x n, m <= n) as zt = Z^T (n x m)."""
+
+    source: torch.Tensor
+    """The matrix as given; its entries at `observed` are X."""
+    observed: torch.Tensor
+    """Where X is known (the source's shape; made bool, on the source's device)."""
+    settings: CompletionSettings
+    """Path, tolerances, dtype and the solver's options."""
+    index: int = 0
+    """The layer's position in soft_impute_batch's `xs` (what the trace reports)."""
+    # the missing pattern in Z's orientation, fixed
+    transposed: bool = field(init=False)
+    """The source is tall: Z is its transpose."""
+    m: int = field(init=False)
+    """Rows of Z (the short side)."""
+    n: int = field(init=False)
+    """Columns of Z."""
+    flat: torch.Tensor = field(init=False)
+    """The missing entries' indices into zt.view(-1), in row-major order of Z (the order of y)."""
+    crow: torch.Tensor = field(init=False)
+    """CSR row pointers of the missing pattern."""
+    col: torch.Tensor = field(init=False)
+    """CSR column indices of the missing pattern."""
+    # the current point, in `dtype`
+    dtype: torch.dtype = field(init=False)
+    """The dtype of the iterations (float32 may switch to float64 on a stall)."""
+    x: torch.Tensor = field(init=False)
+    """The source in `dtype`."""
+    zt: torch.Tensor = field(init=False)
+    """Z^T: X on the observed entries, y on the missing ones."""
+    y: torch.Tensor = field(init=False)
+    """The missing entries' current values."""
+    pattern: torch.Tensor = field(init=False)
+    """The missing pattern as a CSR matrix of ones (for the sampled products)."""
+    gram: torch.Tensor = field(init=False)
+    """Z Z^T, exact or updated since the last refresh."""
+    since_refresh: int = field(init=False)
+    """Iterations since `gram` was last computed exactly."""
+    # progress
+    lambdas: list[float] = field(default_factory=list, init=False)
+    """The lambda path; empty until the first eigendecomposition (s1 of the zero fill)."""
+    stage: _Stage = field(default_factory=_Stage, init=False)
+    memory: _Memory = field(default_factory=_Memory, init=False)
+    iterations: int = field(default=0, init=False)
+    """Iterations so far, all stages."""
+    restarts: int = field(default=0, init=False)
+    """Momentum restarts and rejected Anderson points, all stages."""
+    converged: bool = field(default=False, init=False)
+    """The stage last ended below its tolerance."""
+    change: float = field(default=math.inf, init=False)
+    """The last relative change ||T(y) - y|| / ||y||."""
+    per_stage: list[int] = field(default_factory=list, init=False)
+    """Iterations of each stage started."""
+    notes: list[str] = field(default_factory=list, init=False)
+    """Stalls and what was done about them."""
+    result: CompletionResult | None = field(default=None, init=False)
+    """Set when the layer is done."""
+
+    def __post_init__(self) -> None:
+        self.observed = self.observed.to(device=self.source.device, dtype=torch.bool)
+        self.transposed = self.source.shape[0] > self.source.shape[1]
         missing = ~(self.observed.T if self.transposed else self.observed)
         rows, cols = missing.nonzero(as_tuple=True)  # row-major order of Z: the order of y
         self.m, self.n = missing.shape
@@ -198,20 +294,11 @@ class _Layer:
         counts = torch.bincount(rows, minlength=self.m)
         self.crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         self.col = cols
-        self.iterations = 0
-        self.restarts = 0
-        self.notes: list[str] = []
-        self.done = False
-        self.converged = False
-        self.change = math.inf
-        self.result: CompletionResult | None = None
-        self.per_stage: list[int] = []
-        self.lambdas: list[float] = []  # set from the first eigendecomposition (s1 of the zero fill)
-        self.stage = 0
-        self.lam = math.nan
-        self._set_dtype(dtype, torch.zeros(self.flat.numel(), dtype=dtype, device=x.device))
+        dtype = DTYPES[self.settings.dtype]
+        self.switch_dtype(dtype, torch.zeros(self.flat.numel(), dtype=dtype, device=self.source.device))
 
-    def _set_dtype(self, dtype: torch.dtype, y: torch.Tensor) -> None:
+    def switch_dtype(self, dtype: torch.dtype, y: torch.Tensor) -> None:
+        """Work in `dtype` from the point y (Z, Gram matrix exact; the memory cleared)."""
         self.dtype = dtype
         x = self.source.to(dtype)
         filled = torch.where(self.observed, x, torch.zeros((), dtype=dtype, device=x.device))
@@ -221,7 +308,7 @@ class _Layer:
         self.zt.view(-1)[self.flat] = self.y
         self.pattern = self.sparse(torch.ones_like(self.y))
         self.refresh()
-        self.reset_acceleration()
+        self.memory = _Memory()
 
     def sparse(self, values: torch.Tensor) -> torch.Tensor:
         """An m x n CSR matrix on the missing pattern with these values (in the order of y)."""
@@ -234,39 +321,34 @@ class _Layer:
         self.gram = self.zt.T @ self.zt
         self.since_refresh = 0
 
-    def start(self, s1: float) -> None:
-        self.lambdas = lambda_path(s1, self.settings.lambda_ratio, self.settings.path_steps)
-        self.stage = 0
-        self.start_stage()
-
-    def start_stage(self) -> None:
-        self.lam = self.lambdas[self.stage]
-        self.stage_iterations = 0
-        self.per_stage.append(0)
-        self.progress_reference = math.inf
-        self.progress_at = 0
-        self.reset_acceleration()
-        self.first_residual = math.nan
-        self.accelerated_steps = 0
-        self.rejections = 0
-        self.mode = self.acceleration
-
-    def reset_acceleration(self) -> None:
-        self.previous: torch.Tensor | None = None  # Nesterov: T of the last kept point before
-        self.momentum = 1.0
-        self.history: list[tuple[torch.Tensor, torch.Tensor]] = []  # Anderson: (y_i, T(y_i) - y_i) kept
-        self.candidate = False  # the current y is an accelerated point, not yet kept
-        self.kept: tuple[torch.Tensor, float] | None = None  # T(y) and residual of the last kept point
+    @property
+    def done(self) -> bool:
+        return self.result is not None
 
     @property
     def last_stage(self) -> bool:
-        return self.stage == len(self.lambdas) - 1
+        return self.stage.index == len(self.lambdas) - 1
 
     @property
     def tol(self) -> float:
-        if self.last_stage or self.stage_tol is None:
+        """The current stage's tolerance: settings.tol, at least stage_tol before the last stage."""
+        if self.last_stage or self.settings.stage_tol is None:
             return self.settings.tol
-        return max(self.settings.tol, self.stage_tol)
+        return max(self.settings.tol, self.settings.stage_tol)
+
+    def start(self, s1: float) -> None:
+        """The lambda path from s1 (the zero fill's largest singular value); its first stage."""
+        self.lambdas = lambda_path(s1, self.settings.lambda_ratio, self.settings.path_steps)
+        self.start_stage(0)
+
+    def start_stage(self, index: int) -> None:
+        self.stage = _Stage(index=index, lam=self.lambdas[index], mode=self.settings.acceleration)
+        self.memory = _Memory()
+        self.per_stage.append(0)
+
+    def next_stage(self, t: torch.Tensor, gram_refresh: int) -> None:
+        self.start_stage(self.stage.index + 1)
+        self.move_to(t, gram_refresh)
 
     def move_to(self, y_next: torch.Tensor, gram_refresh: int) -> None:
         """Z's missing entries <- y_next, and the Gram matrix with them (updated or refreshed)."""
@@ -284,214 +366,177 @@ class _Layer:
             flat[self.flat] = y_next
         self.y = y_next
 
-    def next_stage(self, t: torch.Tensor, gram_refresh: int) -> None:
-        self.stage += 1
-        self.start_stage()
-        self.move_to(t, gram_refresh)
+    def sampled_product(self, operator: torch.Tensor) -> torch.Tensor:
+        """(A Z) at the missing entries, in the order of y."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            return torch.sparse.sampled_addmm(self.pattern, operator, self.zt.T, beta=0.0).values()
+
+    def iterate(self, operator: torch.Tensor, kept: torch.Tensor) -> None:
+        """Evaluate T at y (A given), test for convergence and stall, choose the next y."""
+        settings, stage, y = self.settings, self.stage, self.y
+        if self.flat.numel() == 0:  # nothing missing: S_lambda(X) is the answer
+            self.iterations, self.converged, self.change = 1, True, 0.0
+            self.stage = _Stage(index=len(self.lambdas) - 1, lam=self.lambdas[-1], mode=settings.acceleration)
+            self.finish(*threshold_operator(self.gram, self.stage.lam, settings.max_rank))
+            return
+        t = self.sampled_product(operator)
+        self.iterations += 1
+        stage.iterations += 1
+        self.per_stage[-1] += 1
+        step = t - y
+        residual = float(step.norm())
+        change = residual / max(float(y.norm()), 1e-30)
+        self.change = change
+        if change < self.tol:
+            self.converged = True
+            self.end_stage(t, operator, kept, settings.gram_refresh)
+            return
+        if change < 0.9 * stage.progress_reference:
+            stage.progress_reference, stage.progress_at = change, stage.iterations
+        if (stage.iterations - stage.progress_at >= settings.stall_patience
+                and stage.progress_reference < STALL_FLOOR * torch.finfo(self.dtype).eps):
+            self.stall(t, operator, kept)
+            return
+        if stage.iterations >= settings.max_iters:
+            self.converged = False
+            self.end_stage(t, operator, kept, settings.gram_refresh)
+            return
+        self.move_to(self.next_point(y, t, step, residual), settings.gram_refresh)
+
+    def end_stage(self, t: torch.Tensor, operator: torch.Tensor, kept: torch.Tensor, gram_refresh: int) -> None:
+        """The last stage finishes the layer; any other continues with the next from T(y)."""
+        if self.last_stage:
+            self.finish(operator, kept)
+        else:
+            self.next_stage(t, gram_refresh)
+
+    def next_point(self, y: torch.Tensor, t: torch.Tensor, step: torch.Tensor, residual: float) -> torch.Tensor:
+        """The next point to evaluate, after evaluating y (T(y) = t, residual ||t - y||).
+
+        An evaluated accelerated point is kept, except an Anderson point whose residual exceeds the
+        last kept point's: it is dropped (history cleared) and T(last kept point) evaluated next.
+        From a kept point: the accelerated step where the safeguard allows it, else T(y)."""
+        stage, memory = self.stage, self.memory
+        if stage.mode == "none":
+            return t
+        if memory.candidate and stage.mode == "anderson" and memory.kept is not None and residual > memory.kept[1]:
+            self.restarts += 1
+            stage.rejections += 1
+            memory.history = []
+            memory.candidate = False
+            if stage.rejections >= ANDERSON_REJECTIONS:
+                stage.mode = "nesterov"
+                memory.previous, memory.momentum = None, 1.0
+            return memory.kept[0]
+        memory.candidate = False
+        memory.kept = (t, residual)
+        if math.isnan(stage.first_residual):
+            stage.first_residual = residual
+        bound = SAFEGUARD_D * stage.first_residual * (stage.accelerated_steps + 1) ** -(1.0 + SAFEGUARD_EPSILON)
+        proposal = self.anderson(y, t, step) if stage.mode == "anderson" else self.nesterov(t, step)
+        if proposal is None or residual > bound or float((proposal - y).norm()) > SAFEGUARD_STEP * residual:
+            return t
+        memory.candidate = True
+        stage.accelerated_steps += 1
+        return proposal
+
+    def nesterov(self, t: torch.Tensor, step: torch.Tensor) -> torch.Tensor | None:
+        """FISTA momentum on h with O'Donoghue and Candes' gradient restart (step = -grad h(y))."""
+        memory = self.memory
+        previous, memory.previous = memory.previous, t
+        if previous is None:
+            return None
+        if float(torch.dot(step, t - previous)) < 0:
+            memory.momentum = 1.0
+            self.restarts += 1
+            return None
+        momentum = (1.0 + math.sqrt(1.0 + 4.0 * memory.momentum**2)) / 2.0
+        proposal = t + (memory.momentum - 1.0) / momentum * (t - previous)
+        memory.momentum = momentum
+        return proposal
+
+    def anderson(self, y: torch.Tensor, t: torch.Tensor, step: torch.Tensor) -> torch.Tensor | None:
+        """Type-II Anderson mixing of the kept points: y + g - (dY + dG) gamma with gamma the least
+        squares fit of g by the residual differences dG (in float64)."""
+        memory = self.memory
+        memory.history.append((y, step))
+        del memory.history[: -(ANDERSON_MEMORY + 1)]
+        if len(memory.history) < 2:
+            return None
+        ys = torch.stack([h[0] for h in memory.history], dim=1).double()
+        gs = torch.stack([h[1] for h in memory.history], dim=1).double()
+        dy, dg = ys.diff(dim=1), gs.diff(dim=1)
+        # the k x k normal equations, solved on the CPU by SVD with a cut at 1e-13 (any device)
+        normal, rhs = (dg.T @ dg).cpu(), (dg.T @ step.double()).cpu().unsqueeze(1)
+        gamma = torch.linalg.lstsq(normal, rhs, rcond=1e-13, driver="gelsd").solution.squeeze(1).to(dg.device)
+        if not bool(torch.isfinite(gamma).all()):
+            memory.history = [memory.history[-1]]
+            return None
+        return (y.double() + step.double() - (dy + dg) @ gamma).to(y.dtype)
+
+    def stall(self, t: torch.Tensor, operator: torch.Tensor, kept: torch.Tensor) -> None:
+        """A stalled stage: float32 continues in float64 (on_stall="float64"), else the stage stops."""
+        stage = self.stage
+        where = (f"stage {stage.index + 1}/{len(self.lambdas)}: the change of the imputed entries stalled at "
+                 f"{stage.progress_reference:.2e} (tol {self.tol:g}) for {stage.iterations - stage.progress_at} "
+                 f"iterations in {DTYPE_NAMES[self.dtype]}")
+        if self.dtype == torch.float32 and self.settings.on_stall == "float64":
+            message = f"{where}: float32 cannot reach the tolerance; continued in float64"
+            log.warning("completion %d x %d: %s", self.m, self.n, message)
+            self.notes.append(message)
+            self.switch_dtype(torch.float64, t)
+            stage.progress_reference, stage.progress_at = math.inf, stage.iterations
+            return
+        message = f"{where}: stopped unconverged (the tolerance is below what {DTYPE_NAMES[self.dtype]} reaches here)"
+        log.warning("completion %d x %d: %s", self.m, self.n, message)
+        self.notes.append(message)
+        self.converged = False
+        self.end_stage(t, operator, kept, 1)
+
+    def finish(self, operator: torch.Tensor, kept: torch.Tensor) -> None:
+        """Form M = A Z in the input's orientation, its objective and fixed-point residual."""
+        matrix = (self.zt @ operator) if self.transposed else (operator @ self.zt.T)
+        lam, nuclear = self.stage.lam, float(kept.sum())
+        self.result = CompletionResult(
+            matrix=matrix,
+            iterations=self.iterations,
+            rank=int(kept.numel()),
+            lam=lam,
+            objective=objective(self.x, self.observed, matrix, lam, nuclear),
+            converged=self.converged,
+            dtype_used=DTYPE_NAMES[self.dtype],
+            algorithm=self.settings.acceleration,
+            restarts=self.restarts,
+            change=self.change,
+            stage_iterations=self.per_stage[-len(self.lambdas):],
+            notes=self.notes,
+        )
+        if self.settings.residual:
+            self.result.residual = fixed_point_residual(self.x, self.observed, matrix, lam, self.settings.max_rank)
 
 
-def _sampled_product(layer: _Layer, operator: torch.Tensor) -> torch.Tensor:
-    """(A Z) at the missing entries, in the order of layer.y."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        return torch.sparse.sampled_addmm(layer.pattern, operator, layer.zt.T, beta=0.0).values()
-
-
-def _finish(layer: _Layer, operator: torch.Tensor, kept: torch.Tensor, residual: bool, algorithm: str) -> None:
-    """Form M = A Z in the input's orientation, its objective and fixed-point residual."""
-    matrix = (layer.zt @ operator) if layer.transposed else (operator @ layer.zt.T)
-    nuclear = float(kept.sum())
-    result = CompletionResult(
-        matrix=matrix,
-        iterations=layer.iterations,
-        rank=int(kept.numel()),
-        lam=layer.lam,
-        objective=objective(layer.x, layer.observed, matrix, layer.lam, nuclear),
-        converged=layer.converged,
-        dtype_used=DTYPE_NAMES[layer.dtype],
-        algorithm=algorithm,
-        restarts=layer.restarts,
-        change=layer.change,
-        stage_iterations=layer.per_stage[-len(layer.lambdas):],
-        notes=layer.notes,
-    )
-    if residual:
-        result.residual = fixed_point_residual(layer.x, layer.observed, matrix, layer.lam, layer.settings.max_rank)
-    layer.result = result
-    layer.done = True
-
-
-@dataclass
-class _Options:
-    acceleration: str
-    gram_refresh: int
-    stall_patience: int
-    on_stall: str
-    residual: bool
-    trace: Callable[[int, dict], None] | None = None
-
-
-def _step(group: list[_Layer], options: _Options) -> None:
+def _step(group: list[_Layer], trace: Callable[[int, dict], None] | None) -> None:
     """One iteration of every layer in `group` (same shape, dtype and device): the
     eigendecompositions and A = U D U^T batched, the sparse products per layer."""
-    settings = group[0].settings
     grams = torch.stack([layer.gram for layer in group]) if len(group) > 1 else group[0].gram.unsqueeze(0)
     eigenvalues, vectors = torch.linalg.eigh(grams)
     for index, layer in enumerate(group):
         if not layer.lambdas:  # y = 0: this is the zero fill's Gram matrix
             layer.start(float(eigenvalues[index, -1].clamp(min=0).sqrt()))
-    lams = torch.tensor([layer.lam for layer in group], dtype=grams.dtype, device=grams.device)
-    operators, kept = _operator_from(eigenvalues, vectors, lams, settings.max_rank)
+    lams = torch.tensor([layer.stage.lam for layer in group], dtype=grams.dtype, device=grams.device)
+    operators, kept = _operator_from(eigenvalues, vectors, lams, group[0].settings.max_rank)
     for index, layer in enumerate(group):
-        _iterate(layer, operators[index], kept[index], options)
-        if options.trace is not None:
-            options.trace(layer.index, {"iteration": layer.iterations, "stage": layer.stage, "change": layer.change,
-                                        "mode": layer.mode, "candidate": layer.candidate, "dtype": DTYPE_NAMES[layer.dtype],
-                                        "restarts": layer.restarts})
+        layer.iterate(operators[index], kept[index])
+        if trace is not None:
+            trace(layer.index, {"iteration": layer.iterations, "stage": layer.stage.index, "change": layer.change,
+                                "mode": layer.stage.mode, "candidate": layer.memory.candidate,
+                                "dtype": DTYPE_NAMES[layer.dtype], "restarts": layer.restarts})
 
 
-def _iterate(layer: _Layer, operator: torch.Tensor, kept: torch.Tensor, options: _Options) -> None:
-    """Evaluate T at the layer's y (A given), test for convergence and stall, choose the next y."""
-    y = layer.y
-    if layer.flat.numel() == 0:  # nothing missing: S_lambda(X) is the answer
-        layer.iterations, layer.converged, layer.change = 1, True, 0.0
-        layer.stage = len(layer.lambdas) - 1
-        layer.lam = layer.lambdas[-1]
-        _finish(layer, *threshold_operator(layer.gram, layer.lam, layer.settings.max_rank),
-                options.residual, options.acceleration)
-        return
-    t = _sampled_product(layer, operator)
-    layer.iterations += 1
-    layer.stage_iterations += 1
-    layer.per_stage[-1] += 1
-    step = t - y
-    residual = float(step.norm())
-    change = residual / max(float(y.norm()), 1e-30)
-    layer.change = change
-    if change < layer.tol:
-        layer.converged = True
-        if layer.last_stage:
-            _finish(layer, operator, kept, options.residual, options.acceleration)
-        else:
-            layer.next_stage(t, options.gram_refresh)
-        return
-    if change < 0.9 * layer.progress_reference:
-        layer.progress_reference, layer.progress_at = change, layer.stage_iterations
-    if (layer.stage_iterations - layer.progress_at >= options.stall_patience
-            and layer.progress_reference < STALL_FLOOR * torch.finfo(layer.dtype).eps):
-        _stall(layer, t, operator, kept, options)
-        return
-    if layer.stage_iterations >= layer.settings.max_iters:
-        layer.converged = False
-        if layer.last_stage:
-            _finish(layer, operator, kept, options.residual, options.acceleration)
-        else:
-            layer.next_stage(t, options.gram_refresh)
-        return
-    layer.move_to(_next_point(layer, y, t, step, residual), options.gram_refresh)
-
-
-def _next_point(layer: _Layer, y: torch.Tensor, t: torch.Tensor, step: torch.Tensor, residual: float) -> torch.Tensor:
-    """The next point to evaluate, after evaluating y (T(y) = t, residual ||t - y||).
-
-    An evaluated accelerated point is kept, except an Anderson point whose residual exceeds the
-    last kept point's: it is dropped (history cleared) and T(last kept point) evaluated next.
-    From a kept point: the accelerated step where the safeguard allows it, else T(y)."""
-    if layer.mode == "none":
-        return t
-    if layer.candidate and layer.mode == "anderson" and layer.kept is not None and residual > layer.kept[1]:
-        layer.restarts += 1
-        layer.rejections += 1
-        layer.history = []
-        layer.candidate = False
-        if layer.rejections >= ANDERSON_REJECTIONS:
-            layer.mode = "nesterov"
-            layer.previous, layer.momentum = None, 1.0
-        return layer.kept[0]
-    layer.candidate = False
-    layer.kept = (t, residual)
-    if math.isnan(layer.first_residual):
-        layer.first_residual = residual
-    bound = SAFEGUARD_D * layer.first_residual * (layer.accelerated_steps + 1) ** -(1.0 + SAFEGUARD_EPSILON)
-    proposal = _anderson(layer, y, t, step) if layer.mode == "anderson" else _nesterov(layer, t, step)
-    if proposal is None or residual > bound or float((proposal - y).norm()) > SAFEGUARD_STEP * residual:
-        return t
-    layer.candidate = True
-    layer.accelerated_steps += 1
-    return proposal
-
-
-def _nesterov(layer: _Layer, t: torch.Tensor, step: torch.Tensor) -> torch.Tensor | None:
-    """FISTA momentum on h with O'Donoghue and Candes' gradient restart (step = -grad h(y))."""
-    previous, layer.previous = layer.previous, t
-    if previous is None:
-        return None
-    if float(torch.dot(step, t - previous)) < 0:
-        layer.momentum = 1.0
-        layer.restarts += 1
-        return None
-    momentum = (1.0 + math.sqrt(1.0 + 4.0 * layer.momentum**2)) / 2.0
-    proposal = t + (layer.momentum - 1.0) / momentum * (t - previous)
-    layer.momentum = momentum
-    return proposal
-
-
-def _anderson(layer: _Layer, y: torch.Tensor, t: torch.Tensor, step: torch.Tensor) -> torch.Tensor | None:
-    """Type-II Anderson mixing of the kept points: y + g - (dY + dG) gamma with gamma the least
-    squares fit of g by the residual differences dG (in float64)."""
-    layer.history.append((y, step))
-    del layer.history[: -(ANDERSON_MEMORY + 1)]
-    if len(layer.history) < 2:
-        return None
-    ys = torch.stack([h[0] for h in layer.history], dim=1).double()
-    gs = torch.stack([h[1] for h in layer.history], dim=1).double()
-    dy, dg = ys.diff(dim=1), gs.diff(dim=1)
-    # the k x k normal equations, solved on the CPU by SVD with a cut at 1e-13 (any device)
-    normal, rhs = (dg.T @ dg).cpu(), (dg.T @ step.double()).cpu().unsqueeze(1)
-    gamma = torch.linalg.lstsq(normal, rhs, rcond=1e-13, driver="gelsd").solution.squeeze(1).to(dg.device)
-    if not bool(torch.isfinite(gamma).all()):
-        layer.history = [layer.history[-1]]
-        return None
-    return (y.double() + step.double() - (dy + dg) @ gamma).to(y.dtype)
-
-
-def _stall(layer: _Layer, t: torch.Tensor, operator: torch.Tensor, kept: torch.Tensor, options: _Options) -> None:
-    """A stalled stage: float32 continues in float64 (on_stall="float64"), else the stage stops."""
-    where = (f"stage {layer.stage + 1}/{len(layer.lambdas)}: the change of the imputed entries stalled at "
-             f"{layer.progress_reference:.2e} (tol {layer.tol:g}) for {layer.stage_iterations - layer.progress_at} "
-             f"iterations in {DTYPE_NAMES[layer.dtype]}")
-    if layer.dtype == torch.float32 and options.on_stall == "float64":
-        message = f"{where}: float32 cannot reach the tolerance; continued in float64"
-        log.warning("completion %d x %d: %s", layer.m, layer.n, message)
-        layer.notes.append(message)
-        layer._set_dtype(torch.float64, t)
-        layer.progress_reference, layer.progress_at = math.inf, layer.stage_iterations
-        return
-    message = f"{where}: stopped unconverged (the tolerance is below what {DTYPE_NAMES[layer.dtype]} reaches here)"
-    log.warning("completion %d x %d: %s", layer.m, layer.n, message)
-    layer.notes.append(message)
-    layer.converged = False
-    if layer.last_stage:
-        _finish(layer, operator, kept, options.residual, options.acceleration)
-    else:
-        layer.next_stage(t, 1)
-
-
-SOLVER_OPTIONS: dict = {
-    "acceleration": "anderson",
-    "gram_refresh": 20,
-    "stall_patience": 10,
-    "on_stall": "float64",
-    "stage_tol": 3e-2,
-    "residual": True,
-}
-"""The solver's knobs and their defaults; `completion_options` reads them from CompletionSettings
-fields of the same names where the recipe has them."""
-
-
-def completion_options(settings: CompletionSettings) -> dict:
-    """Keyword options for soft_impute / soft_impute_batch from the settings (defaults where absent)."""
-    return {name: getattr(settings, name, default) for name, default in SOLVER_OPTIONS.items()}
+SOLVER_OPTIONS = ("acceleration", "gram_refresh", "stall_patience", "on_stall", "stage_tol", "residual")
+"""The CompletionSettings fields that choose how (not what) the solver solves; soft_impute and
+soft_impute_batch take them as keyword overrides of the settings."""
 
 
 def soft_impute_batch(
@@ -499,19 +544,15 @@ def soft_impute_batch(
     observed: Sequence[torch.Tensor],
     settings: CompletionSettings,
     *,
-    acceleration: str = SOLVER_OPTIONS["acceleration"],
-    gram_refresh: int = SOLVER_OPTIONS["gram_refresh"],
-    stall_patience: int = SOLVER_OPTIONS["stall_patience"],
-    on_stall: str = SOLVER_OPTIONS["on_stall"],
-    stage_tol: float | None = SOLVER_OPTIONS["stage_tol"],
-    residual: bool = SOLVER_OPTIONS["residual"],
     trace: Callable[[int, dict], None] | None = None,
+    **overrides: Any,
 ) -> list[CompletionResult]:
     """Complete several matrices together: layers of the same shape (in either orientation),
     dtype and device share batched eigendecompositions and A = U D U^T; each keeps its own lambda
     path, iterations and stopping, so every result is that of completing the layer alone.
 
-    acceleration: "anderson" (safeguarded Anderson mixing of the SoftImpute map, the default),
+    The solver's options are the settings' fields (`overrides`, any of SOLVER_OPTIONS, replace
+    them): acceleration: "anderson" (safeguarded Anderson mixing of the SoftImpute map),
     "nesterov" (FISTA momentum with gradient restart) or "none" (plain SoftImpute iterations,
     each as cheap as the others). gram_refresh: exact Z Z^T every this many iterations, updated
     by sparse products in between. stall_patience: iterations without a 10% fall of the change
@@ -521,17 +562,18 @@ def soft_impute_batch(
     residual (one more exact SoftImpute map). trace: called after every iteration with the
     layer's index in `xs` and a dict (iteration, stage, change, mode, dtype, restarts).
     """
-    if acceleration not in ACCELERATIONS:
-        raise ValueError(f"acceleration must be one of {ACCELERATIONS}, got {acceleration!r}")
-    if on_stall not in ON_STALL:
-        raise ValueError(f"on_stall must be one of {ON_STALL}, got {on_stall!r}")
+    unknown = set(overrides) - set(SOLVER_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown solver options {sorted(unknown)} (known: {', '.join(SOLVER_OPTIONS)})")
+    if overrides:
+        settings = replace(settings, **overrides)
+    if settings.acceleration not in ACCELERATIONS:
+        raise ValueError(f"acceleration must be one of {ACCELERATIONS}, got {settings.acceleration!r}")
+    if settings.on_stall not in ON_STALL:
+        raise ValueError(f"on_stall must be one of {ON_STALL}, got {settings.on_stall!r}")
     if len(xs) != len(observed):
         raise ValueError("xs and observed differ in length")
-    options = _Options(acceleration, max(1, gram_refresh), max(1, stall_patience), on_stall, residual, trace)
-    dtype = DTYPES[settings.dtype]
-    layers = [_Layer(x, o, settings, dtype, stage_tol, acceleration) for x, o in zip(xs, observed)]
-    for index, layer in enumerate(layers):
-        layer.index = index
+    layers = [_Layer(x, o, settings, index) for index, (x, o) in enumerate(zip(xs, observed))]
     while True:
         groups: dict[tuple, list[_Layer]] = {}
         for layer in layers:
@@ -540,11 +582,11 @@ def soft_impute_batch(
         if not groups:
             break
         for group in groups.values():
-            _step(group, options)
+            _step(group, trace)
     return [layer.result for layer in layers]  # type: ignore[misc]
 
 
-def soft_impute(x: torch.Tensor, observed: torch.Tensor, settings: CompletionSettings, **options) -> CompletionResult:
+def soft_impute(x: torch.Tensor, observed: torch.Tensor, settings: CompletionSettings, **options: Any) -> CompletionResult:
     """SoftImpute's convex solution at lambda = settings.lambda_ratio * s1 by the accelerated
     solver (options: see `soft_impute_batch`); stops a stage when one more SoftImpute step would
     change the imputed entries by < tol (relative)."""
@@ -552,64 +594,7 @@ def soft_impute(x: torch.Tensor, observed: torch.Tensor, settings: CompletionSet
 
 
 # ----------------------------------------------------------------------------------------------
-# The previous algorithm and the authors' code
-
-
-def soft_impute_plain(x: torch.Tensor, observed: torch.Tensor, settings: CompletionSettings,
-                      residual: bool = True) -> CompletionResult:
-    """The harness's previous SoftImpute: plain iterations, each S_lambda(Z) by the Gram matrix,
-    U^T Z and U (...) (three m x m x n products); stops a stage when the imputed entries change
-    by < tol (relative)."""
-    dtype = DTYPES[settings.dtype]
-    x = x.to(dtype)
-    missing = ~observed
-    filled = torch.where(observed, x, torch.zeros((), dtype=dtype, device=x.device))
-    s1 = top_singular_value(filled)
-    lambdas = lambda_path(s1, settings.lambda_ratio, settings.path_steps)
-    imputed = torch.zeros(int(missing.sum()), dtype=dtype, device=x.device)
-    iterations, converged, change = 0, False, math.inf
-    m, nuclear_parts = filled, torch.zeros(0)
-    for lam in lambdas:
-        converged = False
-        for _ in range(settings.max_iters):
-            z = filled.masked_scatter(missing, imputed) if imputed.numel() else filled
-            m, nuclear_parts = _soft_threshold_three_products(z, lam, settings.max_rank)
-            new_imputed = m[missing]
-            iterations += 1
-            change = float((new_imputed - imputed).norm()) / max(float(imputed.norm()), 1e-30)
-            imputed = new_imputed
-            if change < settings.tol:
-                converged = True
-                break
-    lam = lambdas[-1]
-    return CompletionResult(
-        matrix=m,
-        iterations=iterations,
-        rank=int(nuclear_parts.numel()),
-        lam=lam,
-        objective=objective(x, observed, m, lam, float(nuclear_parts.sum())),
-        converged=converged,
-        residual=fixed_point_residual(x, observed, m, lam, settings.max_rank) if residual else None,
-        dtype_used=settings.dtype,
-        algorithm="plain",
-        change=change,
-    )
-
-
-def _soft_threshold_three_products(z: torch.Tensor, lam: float, max_rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The previous S_lambda: Gram matrix, U^T Z, then U (shrink * U^T Z)."""
-    wide = z.shape[0] <= z.shape[1]
-    short = z if wide else z.T
-    eigenvalues, vectors = torch.linalg.eigh(short @ short.T)
-    singular = eigenvalues.clamp(min=0).sqrt()
-    keep = singular > lam
-    if max_rank is not None and int(keep.sum()) > max_rank:
-        keep &= singular >= singular[keep].topk(max_rank).values.min()
-    u = vectors[:, keep]
-    s = singular[keep]
-    shrink = 1.0 - lam / s
-    thresholded = (u * shrink) @ (u.T @ short)
-    return (thresholded if wide else thresholded.T), s - lam
+# The authors' code
 
 
 def reference_code_impute(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.attack.revival.baselines import ideal_case, quant4
-from harness.attack.revival.completion import completion_options, reference_code_impute, soft_impute
+from harness.attack.revival.completion import reference_code_impute, soft_impute
 from harness.attack.revival.magnitudes import magnitudes
 from harness.attack.revival.settings import RevivalParams
 from harness.attack.revival.signs import check_fidelity, sign_agreement, top_k_keep
@@ -85,7 +85,7 @@ def _attack(
     if settings.completion.mode == "reference-code":
         result = reference_code_impute(known, observed)
     else:
-        result = soft_impute(known, observed, settings.completion, **completion_options(settings.completion))
+        result = soft_impute(known, observed, settings.completion)
     completed = result.matrix.to(torch.float32)
     values = completed[pruned]
     keep = top_k_keep(values, settings.top_k, fidelity=fidelity)
