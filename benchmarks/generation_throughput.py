@@ -8,6 +8,8 @@ of each side counts, so a busy machine hurts both alike. Pipelines:
 - `--world` (default): the miniature world's pipeline, untrained (weights do not change speed);
 - `--sd15-random`: a Stable Diffusion v1.5-shaped pipeline (UNet, VAE, CLIP ViT-L/14 text
   encoder at full size) with random weights, meant for a GPU;
+- `--sd15-tiny`: the same builder at tiny widths (a CPU check of that code path, e.g.
+  `benchmarks/gpu_check.sh --tiny`);
 - `--model SOURCE`: any pipeline the harness loads (hub id, folder, zoo:NAME).
 
     python benchmarks/generation_throughput.py --prompts-per-digit 6 --steps 10 --batch-size 8 --threads 1
@@ -34,8 +36,9 @@ from harness.models.pipelines import DTYPES, load_pipeline, resolve_dtype
 from harness.runtime import RuntimeSettings
 
 
-def sd15_random_pipeline(folder: Path, device: str) -> None:
-    """Save an SD-v1.5-shaped StableDiffusionPipeline with random weights (fp16 files)."""
+def sd15_random_pipeline(folder: Path, device: str, tiny: bool = False) -> None:
+    """Save an SD-v1.5-shaped StableDiffusionPipeline with random weights (fp16 files); `tiny`:
+    the same classes and block layout at tiny widths (64 px images, 8x8 latents), for the CPU."""
     from diffusers import (
         AutoencoderKL,
         PNDMScheduler,
@@ -45,26 +48,34 @@ def sd15_random_pipeline(folder: Path, device: str) -> None:
     from tokenizers import pre_tokenizers
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    width = 768 if not tiny else 32
     with torch.device(device):
-        unet = UNet2DConditionModel(cross_attention_dim=768)  # otherwise diffusers defaults are SD v1
+        if tiny:
+            unet = UNet2DConditionModel(
+                sample_size=8, block_out_channels=(32, 32, 64, 64), layers_per_block=1, cross_attention_dim=width,
+                attention_head_dim=2, norm_num_groups=8,
+            )
+        else:  # otherwise diffusers defaults are SD v1; sample_size 64 as SD v1.5's config (512 px)
+            unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=width)
         vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
+            block_out_channels=(128, 256, 512, 512) if not tiny else (8, 8, 8, 8),
             down_block_types=("DownEncoderBlock2D",) * 4,
             up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
+            layers_per_block=2 if not tiny else 1,
             latent_channels=4,
-            sample_size=512,
+            norm_num_groups=32 if not tiny else 4,
+            sample_size=512 if not tiny else 64,
         )
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=49408,
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
+                hidden_size=width,
+                intermediate_size=3072 if not tiny else 64,
+                num_hidden_layers=12 if not tiny else 1,
+                num_attention_heads=12 if not tiny else 2,
                 max_position_embeddings=77,
                 hidden_act="quick_gelu",
-                projection_dim=768,
+                projection_dim=width,
             )
         )
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
@@ -126,6 +137,7 @@ def main() -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", help="a pipeline the harness loads")
     which.add_argument("--sd15-random", action="store_true", help="SD-v1.5-shaped pipeline, random weights")
+    which.add_argument("--sd15-tiny", action="store_true", help="the same builder at tiny widths (CPU check)")
     parser.add_argument("--prompts-per-digit", type=int, default=6, help="prompts = 10 x this (suite digits-all-N)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--guidance", type=float, default=3.0)
@@ -158,7 +170,10 @@ def main() -> None:
         source = args.model
         if source is None:
             source = str(work / "pipeline")
-            sd15_random_pipeline(Path(source), device) if args.sd15_random else world_pipeline(Path(source))
+            if args.sd15_random or args.sd15_tiny:
+                sd15_random_pipeline(Path(source), device, tiny=args.sd15_tiny)
+            else:
+                world_pipeline(Path(source))
         best = {"plain loop": float("inf"), "harness": float("inf")}
         for round_index in range(args.rounds):
             start = time.perf_counter()

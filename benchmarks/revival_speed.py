@@ -27,7 +27,7 @@ with the reference and with a near-exact "tight" solution (the harness in float6
     python benchmarks/revival_speed.py [--family power-law|real-spectrum|both] [--layers N]
         [--start K] [--skip-reference] [--skip-previous] [--skip-tight] [--threads T]
         [--device cuda] [--tol 1e-4] [--dtype float32] [--reference-tol TOL]
-        [--reference-max-iters N] [--batch]
+        [--reference-max-iters N] [--batch] [--warmup]
 """
 
 from __future__ import annotations
@@ -156,6 +156,17 @@ def run_family(family: str, args: argparse.Namespace, settings: CompletionSettin
         weight = weight_like(family, rows, cols, seed=index)
         pruned = concept_mask(weight, args.fraction)
         layers.append((index, rows, cols, torch.where(pruned, 0.0, weight), pruned))
+    if args.warmup:  # each shape once, untimed (with --batch, each same-shaped group): a GPU loads its
+        by_shape = defaultdict(list)  # libraries and picks its kernels on the first calls
+        for item in layers:
+            by_shape[(item[1], item[2])].append(item)
+        for group in by_shape.values():
+            if args.batch:
+                soft_impute_batch([g[3].to(device) for g in group], [(~g[4]).to(device) for g in group], settings)
+            else:
+                soft_impute(group[0][3].to(device), (~group[0][4]).to(device), settings)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
     batched: dict[int, tuple] = {}
     if args.batch:  # same-shaped layers completed together; their seconds shared out evenly
         groups = defaultdict(list)
@@ -217,7 +228,7 @@ def run_family(family: str, args: argparse.Namespace, settings: CompletionSettin
                   f"{(f'{seconds:.2f}' if seconds is not None else '-'):>8} {iterations:>5} {rank:>5} "
                   f"{objective_value:>17.10e} {cells[0][0]:>10} {cells[1][0]:>12} {residual:>9.1e} "
                   f"{cells[0][1]:>9} {cells[1][1]:>11}" + (f"  [{note}]" if note else ""), flush=True)
-    line = f"total {family}: harness {totals['harness']:.1f} s"
+    line = f"total {family}: harness {totals['harness']:.2f} s"
     for name, label in (("previous", "previous algorithm"), ("reference", "numpy reference")):
         if name in totals:
             line += f", {label} {totals[name]:.1f} s ({totals[name] / totals['harness']:.1f}x the harness)"
@@ -250,6 +261,8 @@ def main() -> None:
                         help="no untimed float64 tol-1e-10 harness solution to compare everything with")
     parser.add_argument("--dtype", choices=["float32", "float64"], default=None, help="harness dtype (default: the recipe's)")
     parser.add_argument("--batch", action="store_true", help="complete same-shaped layers together (soft_impute_batch)")
+    parser.add_argument("--warmup", action="store_true",
+                        help="complete each shape once, untimed, before the timed runs (for a GPU's first-call costs)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
