@@ -1,7 +1,10 @@
 """Strict loading of YAML files into dataclasses, and command-line flags made from the same fields.
 
-Unknown keys, missing fields, wrong types and non-finite numbers are errors that name the file
-and the key, never silent defaults. `settings_arguments` turns a settings dataclass into
+pydantic validates (a TypeAdapter over the plain dataclasses, its leaf types made strict): unknown
+keys, missing fields, wrong types, out-of-range values and non-finite numbers are errors that name
+the file and the key, never silent defaults. Bounds are declared on the fields
+(`steps: Annotated[int, Ge(1)]`, annotated_types) and `check_bounds` in `__post_init__` holds
+settings built in code to them too. `settings_arguments` turns a settings dataclass into
 argparse options (help text from the fields' docstrings), and `settings_from_arguments` applies
 the given ones with the same checks, so every stage's flags have one style and one set of
 defaults: the dataclass's.
@@ -16,6 +19,7 @@ import functools
 import inspect
 import json
 import math
+import operator
 import textwrap
 import types
 import typing
@@ -53,87 +57,185 @@ def child_key(where: str, name: str) -> str:
     return f"{where}.{name}" if ": " in where else f"{where}: {name}"
 
 
-def parse_dataclass(cls: type[T], data: Any, where: str) -> T:
-    """Build dataclass `cls` from a mapping, checking keys and types; `where` prefixes errors
-    (for example 'recipes/x.yaml: attack')."""
-    if not isinstance(data, dict):
-        raise HarnessError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise HarnessError(f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(fields)})")
-    values: dict[str, Any] = {}
-    for name, field in fields.items():
-        if name in data:
-            values[name] = _coerce(hints[name], data[name], child_key(where, name))
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise HarnessError(f"{where}: missing key '{name}'")
+def parse_dataclass(cls: type[T], data: Any, where: str | None = None) -> T:
+    """Build dataclass `cls` from a mapping, checking keys, types and bounds. An error is a
+    HarnessError keyed by its path in `data` (`methods[0].params.top_k`); with `where` (a prefix
+    such as 'recipes/x.yaml: attack') its message is complete instead."""
+    from pydantic_core import ValidationError
+
     try:
-        return cls(**values)
-    except (ValueError, TypeError) as error:
-        raise HarnessError(f"{where}: {error}") from None
+        return _validator(cls).validate_python(data)
+    except ValidationError as error:
+        errors = error.errors(include_url=False)
+        key, message = _explain(cls, min(errors, key=lambda e: e["type"] not in _UNKNOWN))
+    if where is None:
+        raise HarnessError(message, key=key)
+    raise HarnessError(f"{child_key(where, key) if key else where}: {message}")
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(option, value, where)
-            except HarnessError as error:
-                errors.append(str(error))
-        raise HarnessError(errors[0] if len(errors) == 1 else f"{where}: value {value!r} fits none of {hint}")
-    if origin is typing.Literal:
-        if value not in args:
-            raise HarnessError(f"{where}: unknown value {value!r} (choose from {', '.join(map(str, args))})")
-        return value
-    if origin in (list, tuple):
-        if not isinstance(value, list):
-            raise HarnessError(f"{where}: expected a list, got {type(value).__name__}")
-        item = args[0] if args else Any
-        items = [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise HarnessError(f"{where}: expected a mapping, got {type(value).__name__}")
-        key_type, value_type = args or (Any, Any)
-        return {_coerce(key_type, k, where): _coerce(value_type, v, child_key(where, str(k))) for k, v in value.items()}
-    if dataclasses.is_dataclass(hint):
-        if dataclasses.is_dataclass(value) and isinstance(value, hint):
-            return value
-        return parse_dataclass(hint, value, where)
-    if hint is float:
-        return as_float(value, where)
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise HarnessError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if hint in (str, bool):
-        if not isinstance(value, hint):
-            raise HarnessError(f"{where}: expected {hint.__name__}, got {value!r}")
-        return value
-    raise HarnessError(f"{where}: unsupported type {hint}")
+@functools.cache
+def _validator(cls: type) -> Any:
+    from pydantic import TypeAdapter
+    from pydantic_core import SchemaValidator
+
+    return SchemaValidator(_strict(TypeAdapter(cls).core_schema))
 
 
-def as_float(value: Any, where: str) -> float:
-    """A finite number; also a string such as '1e-3', which YAML 1.1 does not read as a float."""
-    number: float | None = None
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            pass
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+def _strict(schema: Any) -> Any:
+    """pydantic's core schema of a dataclass made as strict as a config file should be: no
+    str -> int, float -> int, int -> str or bool <-> int/str conversions, lists only from lists,
+    finite floats (also from a string such as '1e-3', which YAML 1.1 does not read as a float),
+    unknown keys refused, and a union's failure one error at its key."""
+    if isinstance(schema, list):
+        return [_strict(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {k: v if k in ("metadata", "serialization") else _strict(v) for k, v in schema.items()}
+    kind = schema.get("type")
+    if kind in ("int", "str", "bool", "list", "dict", "float", "tuple"):
+        schema["strict"] = True
+    if kind in ("float", "tuple"):
+        before = _number if kind == "float" else _tuple
+        return {"type": "function-before", "function": {"type": "no-info", "function": before},
+                "schema": {**schema, "allow_inf_nan": False} if kind == "float" else schema}
+    if kind == "union":
+        schema.update(custom_error_type="union", custom_error_message="fits none of the types")
+    if kind == "dataclass-args":
+        schema["extra_behavior"] = "forbid"
+    return schema
+
+
+def _number(value: Any) -> Any:
+    try:
+        number = float(value) if isinstance(value, str) else value
+    except ValueError:
+        return value
+    if isinstance(value, str) and not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number
+
+
+def _tuple(value: Any) -> tuple[Any, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list, got {type(value).__name__}")  # noqa: TRY004 (pydantic reports ValueError)
+    return tuple(value)
+
+
+_UNKNOWN = ("extra_forbidden", "unexpected_keyword_argument")
+
+
+def _explain(cls: type, error: Any) -> tuple[str, str]:
+    """(key path, message) of one pydantic error, worded as the rest of the harness words them."""
+    loc, kind, value = error["loc"], error["type"], error["input"]
+    hint = _hint_at(cls, loc)
+    if kind == "missing":
+        return _path(loc[:-1]), f"missing key '{loc[-1]}'"
+    if kind in _UNKNOWN:
+        allowed = ", ".join(f.name for f in dataclasses.fields(_bare(_hint_at(cls, loc[:-1]))) if f.init)
+        return _path(loc[:-1]), f"unknown key '{loc[-1]}' (allowed: {allowed})"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "multiple_of"):
+        text = f"{_describe(_bounds(hint))}, got {value}"
+        return (_path(loc[:-1]), f"{loc[-1]} {text}") if loc and isinstance(loc[-1], str) else (_path(loc), text)
+    if kind == "literal_error":
+        text = f"unknown value {value!r} (choose from {', '.join(map(str, typing.get_args(_bare(hint))))})"
+    elif kind in ("value_error", "assertion_error"):
+        text = str(error["ctx"]["error"])
+    else:
+        text = {"int_type": f"expected an integer, got {value!r}", "float_type": f"expected a number, got {value!r}",
+                "finite_number": f"expected a finite number, got {value!r}", "string_type": f"expected str, got {value!r}",
+                "bool_type": f"expected bool, got {value!r}", "list_type": f"expected a list, got {type(value).__name__}",
+                "dict_type": f"expected a mapping, got {type(value).__name__}",
+                "dataclass_type": f"expected a mapping, got {type(value).__name__}",
+                "union": f"value {value!r} fits none of {hint}"}.get(kind, error["msg"])
+    return _path(loc[:-2] if loc[-1:] == ("[key]",) else loc), text
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    """('methods', 0, 'params', 'top_k') -> 'methods[0].params.top_k'."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
+def _hint_at(cls: type, loc: tuple[Any, ...]) -> Any:
+    """The annotation of the value at `loc` under dataclass `cls`."""
+    hint: Any = cls
+    for part in loc:
+        hint = _bare(hint)
+        args = typing.get_args(hint)
+        if dataclasses.is_dataclass(hint):
+            hint = _hints(hint).get(part, Any)
+        else:
+            hint = args[1] if typing.get_origin(hint) is dict and part != "[key]" else args[0] if args else Any
+    return hint
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def _bare(hint: Any) -> Any:
+    """`X` for `X | None`, `Annotated[X, ...]` and `Annotated[X, ...] | None`."""
+    hint = _base(hint)
+    return typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
+
+
+# ---------------------------------------------------------------- bounds
+
+_HOLDS = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le,
+          "multiple_of": lambda value, m: value % m == 0}
+
+
+def _bounds(hint: Any) -> dict[str, Any]:
+    """The bounds annotated_types metadata puts on a field: `Annotated[int, Ge(1)]` -> {'ge': 1}."""
+    import annotated_types
+
+    bounds: dict[str, Any] = {}
+    for item in getattr(_base(hint), "__metadata__", ()):
+        for part in item if isinstance(item, annotated_types.GroupedMetadata) else getattr(item, "metadata", [item]):
+            bounds.update({name: getattr(part, name) for name in _HOLDS if getattr(part, name, None) is not None})
+    return bounds
+
+
+def _describe(bounds: dict[str, Any]) -> str:
+    """The rule `bounds` state: 'must lie in (0, 1]', 'must be at least 1', 'must be positive', ..."""
+    if "multiple_of" in bounds:
+        return f"must be a multiple of {bounds['multiple_of']}"
+    low = f"[{bounds['ge']}" if "ge" in bounds else f"({bounds['gt']}" if "gt" in bounds else None
+    high = f"{bounds['le']}]" if "le" in bounds else f"{bounds['lt']})" if "lt" in bounds else None
+    if low and high:
+        return f"must lie in {low}, {high}"
+    if bounds.get("gt") == 0 or bounds.get("ge") == 0:
+        return "must be positive" if "gt" in bounds else "must not be negative"
+    if low:
+        return f"must be at least {bounds['ge']}" if "ge" in bounds else f"must be above {bounds['gt']}"
+    return f"must be at most {bounds['le']}" if "le" in bounds else f"must be below {bounds['lt']}"
+
+
+@functools.cache
+def _field_bounds(cls: type) -> dict[str, dict[str, Any]]:
+    """Each bounded field's bounds; a field redeclared in a subclass (a new default) keeps its base's."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    found: dict[str, dict[str, Any]] = {}
+    for klass in reversed(cls.__mro__):
+        found.update({name: _bounds(hint) for name, hint in _hints(klass).items() if name in names and _bounds(hint)})
+    return found
+
+
+def check_bounds(settings: Any) -> None:
+    """Hold a dataclass instance to the bounds on its fields, as loading does; called in
+    `__post_init__` so that settings made in code (`dataclasses.replace`, tests) are checked too."""
+    for name, bounds in _field_bounds(type(settings)).items():
+        value = getattr(settings, name)
+        if value is not None and not all(_HOLDS[rule](value, limit) for rule, limit in bounds.items()):
+            raise ValueError(f"{name} {_describe(bounds)}, got {value}")
+
+
+def as_float(value: str, where: str) -> float:
+    """A finite number from a command-line string ('1e-3', '0.5')."""
+    try:
         number = float(value)
-    if number is None:
-        raise HarnessError(f"{where}: expected a number, got {value!r}")
+    except ValueError:
+        raise HarnessError(f"{where}: expected a number, got {value!r}") from None
     if not math.isfinite(number):
         raise HarnessError(f"{where}: expected a finite number, got {value!r}")
     return number

@@ -7,11 +7,9 @@ A stage whose record exists with the same key skips itself; with another key it 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,18 +40,10 @@ def file_digest(path: str | Path) -> str:
 
 
 def to_json(record: Any) -> dict[str, Any]:
-    """A record as JSON-ready data (non-finite floats become null)."""
-    return _finite(dataclasses.asdict(record))
+    """A record as JSON-ready data (non-finite floats become null, other unknown types their str)."""
+    from pydantic_core import to_jsonable_python
 
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+    return to_jsonable_python(record, inf_nan_mode="null", fallback=str)
 
 
 def write_record(path: str | Path, record: Any) -> Path:
