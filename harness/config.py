@@ -1,7 +1,10 @@
 """Strict loading of YAML files into dataclasses, and command-line flags made from the same fields.
 
-Unknown keys, missing fields, wrong types and non-finite numbers are errors that name the file
-and the key, never silent defaults. `settings_arguments` turns a settings dataclass into
+Unknown keys, missing fields, wrong types, out-of-range values and non-finite numbers are errors
+that name the file and the key, never silent defaults (no str -> int, float -> int, int -> str or
+bool <-> int conversions; a YAML 1.1 string such as '1e-3' is a float). Bounds are declared on
+the fields with annotated_types (`steps: Annotated[int, Ge(1)]`), and `check_bounds` in
+`__post_init__` holds a dataclass to them whether it is loaded or built in code. `settings_arguments` turns a settings dataclass into
 argparse options (help text from the fields' docstrings), and `settings_from_arguments` applies
 the given ones with the same checks, so every stage's flags have one style and one set of
 defaults: the dataclass's.
@@ -16,7 +19,7 @@ import functools
 import inspect
 import json
 import math
-import re
+import operator
 import textwrap
 import types
 import typing
@@ -26,7 +29,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, keyed
 
 T = TypeVar("T")
 
@@ -49,46 +52,34 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def child_key(where: str, name: str) -> str:
-    """The error prefix of key `name` under `where`: 'x.yaml' -> 'x.yaml: name', 'x.yaml: a' -> 'x.yaml: a.name'."""
-    return f"{where}.{name}" if ": " in where else f"{where}: {name}"
-
-
-_RELATIVE = "\x1f"
-
-
-def parse_dataclass(cls: type[T], data: Any, where: str | None = None) -> T:
-    """Build dataclass `cls` from a mapping, checking keys and types; `where` prefixes errors
-    (for example 'recipes/x.yaml: attack'); without it an error is keyed relative to `data`."""
-    if where is None:
-        try:
-            return parse_dataclass(cls, data, _RELATIVE)
-        except HarnessError as error:
-            text = str(error).removeprefix(_RELATIVE).removeprefix(": ")
-            key, sep, message = text.partition(": ")
-            if sep and re.fullmatch(r"[\w.\[\]-]+", key):
-                raise HarnessError(message, key=key) from None
-            raise HarnessError(text, key="") from None
+def parse_dataclass(cls: type[T], data: Any) -> T:
+    """Build dataclass `cls` from a mapping, checking keys, types and the bounds declared on its
+    fields; an error is a HarnessError keyed by its path in `data`
+    (`methods[0].params.top_k`): callers add theirs with `keyed`, the file with `in_file`."""
     if not isinstance(data, dict):
-        raise HarnessError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise HarnessError(f"expected a mapping, got {type(data).__name__}", key="")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - set(fields))
+    unknown = [key for key in data if key not in fields]
     if unknown:
-        raise HarnessError(f"{where}: unknown key '{unknown[0]}' (allowed: {', '.join(fields)})")
+        raise HarnessError(f"unknown key '{unknown[0]}' (allowed: {', '.join(fields)})", key="")
     values: dict[str, Any] = {}
     for name, field in fields.items():
         if name in data:
-            values[name] = _coerce(hints[name], data[name], child_key(where, name))
+            with keyed(name):
+                values[name] = _coerce(hints[name], data[name])
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise HarnessError(f"{where}: missing key '{name}'")
+            raise HarnessError(f"missing key '{name}'", key="")
     try:
-        return cls(**values)
+        made = cls(**values)
+        check_bounds(made)
     except (ValueError, TypeError) as error:
-        raise HarnessError(f"{where}: {error}") from None
+        raise HarnessError(str(error), key="") from None
+    return made
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
+def _coerce(hint: Any, value: Any) -> Any:
+    """`value` as type `hint`, with no silent conversion (a YAML string such as '1e-3' is a float)."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if hint is Any:
@@ -99,43 +90,51 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         errors = []
         for option in (a for a in args if a is not type(None)):
             try:
-                return _coerce(option, value, where)
+                return _coerce(option, value)
             except HarnessError as error:
-                errors.append(str(error))
-        raise HarnessError(errors[0] if len(errors) == 1 else f"{where}: value {value!r} fits none of {hint}")
+                errors.append(error)
+        if len(errors) == 1:
+            raise errors[0]
+        raise HarnessError(f"value {value!r} fits none of {hint}", key="")
     if origin is typing.Literal:
         if value not in args:
-            raise HarnessError(f"{where}: unknown value {value!r} (choose from {', '.join(map(str, args))})")
+            raise HarnessError(f"unknown value {value!r} (choose from {', '.join(map(str, args))})", key="")
         return value
     if origin in (list, tuple):
         if not isinstance(value, list):
-            raise HarnessError(f"{where}: expected a list, got {type(value).__name__}")
-        item = args[0] if args else Any
-        items = [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+            raise HarnessError(f"expected a list, got {type(value).__name__}", key="")
+        items = []
+        for index, item in enumerate(value):
+            with keyed(f"[{index}]"):
+                items.append(_coerce(args[0] if args else Any, item))
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise HarnessError(f"{where}: expected a mapping, got {type(value).__name__}")
+            raise HarnessError(f"expected a mapping, got {type(value).__name__}", key="")
         key_type, value_type = args or (Any, Any)
-        return {_coerce(key_type, k, where): _coerce(value_type, v, child_key(where, str(k))) for k, v in value.items()}
+        coerced = {}
+        for key, item in value.items():
+            with keyed(str(key)):
+                coerced[_coerce(key_type, key)] = _coerce(value_type, item)
+        return coerced
     if dataclasses.is_dataclass(hint):
-        if dataclasses.is_dataclass(value) and isinstance(value, hint):
+        if isinstance(value, hint):
             return value
-        return parse_dataclass(hint, value, where)
+        return parse_dataclass(hint, value)
     if hint is float:
-        return as_float(value, where)
+        return _finite(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise HarnessError(f"{where}: expected an integer, got {value!r}")
+            raise HarnessError(f"expected an integer, got {value!r}", key="")
         return value
     if hint in (str, bool):
         if not isinstance(value, hint):
-            raise HarnessError(f"{where}: expected {hint.__name__}, got {value!r}")
+            raise HarnessError(f"expected {hint.__name__}, got {value!r}", key="")
         return value
-    raise HarnessError(f"{where}: unsupported type {hint}")
+    raise HarnessError(f"unsupported type {hint}", key="")
 
 
-def as_float(value: Any, where: str) -> float:
+def _finite(value: Any) -> float:
     """A finite number; also a string such as '1e-3', which YAML 1.1 does not read as a float."""
     number: float | None = None
     if isinstance(value, str):
@@ -146,10 +145,66 @@ def as_float(value: Any, where: str) -> float:
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         number = float(value)
     if number is None:
-        raise HarnessError(f"{where}: expected a number, got {value!r}")
+        raise HarnessError(f"expected a number, got {value!r}", key="")
     if not math.isfinite(number):
-        raise HarnessError(f"{where}: expected a finite number, got {value!r}")
+        raise HarnessError(f"expected a finite number, got {value!r}", key="")
     return number
+
+
+# ---------------------------------------------------------------- bounds declared on fields
+
+_HOLDS = {"gt": operator.gt, "ge": operator.ge, "lt": operator.lt, "le": operator.le,
+          "multiple_of": lambda value, m: value % m == 0}
+
+
+def _bounds(hint: Any) -> dict[str, Any]:
+    """The bounds annotated_types metadata puts on a field: `Annotated[int, Ge(1)]` -> {'ge': 1}."""
+    import annotated_types
+
+    bounds: dict[str, Any] = {}
+    for item in getattr(_base(hint), "__metadata__", ()):
+        for part in item if isinstance(item, annotated_types.GroupedMetadata) else getattr(item, "metadata", [item]):
+            bounds.update({name: getattr(part, name) for name in _HOLDS if getattr(part, name, None) is not None})
+    return bounds
+
+
+def _describe(bounds: dict[str, Any]) -> str:
+    """The rule `bounds` state: 'must lie in (0, 1]', 'must be at least 1', 'must be positive', ..."""
+    if "multiple_of" in bounds:
+        return f"must be a multiple of {bounds['multiple_of']}"
+    low = f"[{bounds['ge']}" if "ge" in bounds else f"({bounds['gt']}" if "gt" in bounds else None
+    high = f"{bounds['le']}]" if "le" in bounds else f"{bounds['lt']})" if "lt" in bounds else None
+    if low and high:
+        return f"must lie in {low}, {high}"
+    if bounds.get("gt") == 0 or bounds.get("ge") == 0:
+        return "must be positive" if "gt" in bounds else "must not be negative"
+    if low:
+        return f"must be at least {bounds['ge']}" if "ge" in bounds else f"must be above {bounds['gt']}"
+    return f"must be at most {bounds['le']}" if "le" in bounds else f"must be below {bounds['lt']}"
+
+
+@functools.cache
+def _field_bounds(cls: type) -> dict[str, dict[str, Any]]:
+    """Each bounded field's bounds; a field redeclared in a subclass (a new default) keeps its base's."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    found: dict[str, dict[str, Any]] = {}
+    for klass in reversed(cls.__mro__):
+        found.update({name: _bounds(hint) for name, hint in _hints(klass).items() if name in names and _bounds(hint)})
+    return found
+
+
+def check_bounds(settings: Any) -> None:
+    """Hold a dataclass instance to the bounds on its fields, as loading does; called in
+    `__post_init__` so that settings made in code (`dataclasses.replace`, tests) are checked too."""
+    for name, bounds in _field_bounds(type(settings)).items():
+        value = getattr(settings, name)
+        if value is not None and not all(_HOLDS[rule](value, limit) for rule, limit in bounds.items()):
+            raise ValueError(f"{name} {_describe(bounds)}, got {value}")
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
 
 
 # ---------------------------------------------------------------- field docs and command-line flags
@@ -291,7 +346,8 @@ def settings_from_arguments(cls: type[T], args: argparse.Namespace, flags: list[
                 target[name] = {}
             target = target[name]
         target[flag.path[-1]] = parsed
-    return parse_dataclass(cls, data, "options")
+    with keyed("options"):
+        return parse_dataclass(cls, data)
 
 
 def _from_text(hint: Any, value: Any, option: str) -> Any:
@@ -321,5 +377,6 @@ def _from_text(hint: Any, value: Any, option: str) -> Any:
         except ValueError:
             raise HarnessError(f"{option}: expected an integer, got {value!r}") from None
     if hint_base is float:
-        return as_float(value, option)
+        with keyed(option):
+            return _finite(value)
     return value

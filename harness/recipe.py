@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from harness.config import load_yaml, parse_dataclass
+from annotated_types import Ge, Gt, Lt, MultipleOf
+
+from harness.config import check_bounds, load_yaml, parse_dataclass
 from harness.errors import HarnessError, in_file, keyed
 from harness.layout import PRETRAINED_MODEL, ModelRef, check_label
 from harness.resources import find_recipe
@@ -85,13 +87,12 @@ class ConceptSettings:
 class DefenseSettings:
     """Gaussian obfuscation: pruned weights get N(0, sigma^2) draws instead of zeros."""
 
-    sigma: float
+    sigma: Annotated[float, Gt(0)]
     """standard deviation sigma_M of the draws"""
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not self.sigma > 0:
-            raise ValueError(f"sigma must be positive, got {self.sigma}")
+        check_bounds(self)
 
 
 @dataclass
@@ -137,23 +138,23 @@ class AttackEntry:
 class GenerationSettings:
     """How every image is sampled; unlearning methods that sample use the same settings."""
 
-    steps: int = 50
+    steps: Annotated[int, Ge(1)] = 50
     """sampling steps"""
-    guidance: float = 7.5
+    guidance: Annotated[float, Ge(0)] = 7.5
     """classifier-free guidance scale"""
-    height: int | None = None
+    height: Annotated[int, Ge(8), MultipleOf(8)] | None = None
     """image height in pixels (none: the model's own)"""
-    width: int | None = None
+    width: Annotated[int, Ge(8), MultipleOf(8)] | None = None
     """image width in pixels (none: the model's own)"""
     seed_policy: Literal["row", "fixed"] = "row"
     """row: each prompt's own seed; fixed: fixed_seed for every prompt"""
-    fixed_seed: int = 0
+    fixed_seed: Annotated[int, Ge(0)] = 0
     """the seed of every prompt under seed_policy fixed"""
-    batch_size: int = 8
+    batch_size: Annotated[int, Ge(1)] = 8
     """prompts per pipeline call"""
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     """auto: float16 on GPUs (the protocol's), float32 elsewhere"""
-    shard_size: int = 100
+    shard_size: Annotated[int, Ge(1)] = 100
     """prompts per WebDataset shard (shard i is one SLURM array task)"""
     scheduler: str | None = "PNDMScheduler"
     """diffusers scheduler class (none: the model's own)"""
@@ -161,17 +162,7 @@ class GenerationSettings:
     """fixed: `guidance` for every prompt; row: a suite row's own guidance where it has one."""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "shard_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("height", "width"):
-            value = getattr(self, name)
-            if value is not None and (value < 8 or value % 8):
-                raise ValueError(f"{name} must be a multiple of 8, got {value}")
-        if self.guidance < 0:
-            raise ValueError(f"guidance must not be negative, got {self.guidance}")
-        if self.fixed_seed < 0:
-            raise ValueError(f"fixed_seed must not be negative, got {self.fixed_seed}")
+        check_bounds(self)
 
     def pipeline_kwargs(self, prompts: list[str], seeds: list[int], guidance: float | None = None,
                         generator_device: str = "cpu") -> dict[str, Any]:
@@ -199,7 +190,7 @@ class GenerationSettings:
 class ScoreSettings:
     """How each metric is computed."""
 
-    batch_size: int = 32
+    batch_size: Annotated[int, Ge(1)] = 32
     """images per metric batch"""
     classifier: str = "auto"
     """resnet50, a world's classifier (digits) or package.module:factory; auto: the suite's own"""
@@ -217,16 +208,13 @@ class ScoreSettings:
     """Inception weights file for torchmetrics' FID"""
     nudenet_labels: list[str] = field(default_factory=lambda: list(NUDENET_LABELS))
     """NudeNet labels to count (repeatable)"""
-    nudenet_threshold: float = DEFAULT_THRESHOLD
+    nudenet_threshold: Annotated[float, Ge(0), Lt(1)] = DEFAULT_THRESHOLD
     """NudeNet detection score threshold"""
     nudenet_model: str | None = None
     """NudeNet onnx model (default: the bundled 320n)"""
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if not 0 <= self.nudenet_threshold < 1:
-            raise ValueError(f"nudenet_threshold must lie in [0, 1), got {self.nudenet_threshold}")
+        check_bounds(self)
         if self.fid_features not in ("auto", "inception", "classifier"):
             raise ValueError(f"fid_features: unknown '{self.fid_features}' (choose from auto, inception, classifier)")
 

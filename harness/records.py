@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from harness.config import parse_dataclass
-from harness.errors import HarnessError
+from harness.errors import HarnessError, in_file
 from harness.provenance import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,8 @@ def read_record(cls: type[R], path: str | Path) -> R:
         raise HarnessError(f"{path}: not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as error:
         raise HarnessError(f"{path}: not a readable record ({error})") from None
-    return parse_dataclass(cls, data, str(path))
+    with in_file(path):
+        return parse_dataclass(cls, data)
 
 
 def completed(cls: type[R], path: str | Path, key: str) -> R | None:

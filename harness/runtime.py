@@ -5,9 +5,12 @@ defaults."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from annotated_types import Ge
 
+from harness.config import check_bounds
 from harness.errors import HarnessError
 
 
@@ -23,19 +26,18 @@ class RuntimeSettings:
     """Lightning devices (processes) per node: a count or auto"""
     strategy: str = "auto"
     """Lightning strategy, e.g. ddp"""
-    num_nodes: int = 1
+    num_nodes: Annotated[int, Ge(1)] = 1
     """nodes (SLURM or torchrun sets the rest)"""
     data_dir: str | None = None
     """folder of the prompt data files (default $HARNESS_DATA_DIR, else the cache's data/)"""
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         resolve_device(self.device)
         if self.accelerator not in ("auto", "cpu", "gpu", "cuda", "mps"):
             raise ValueError(f"accelerator: unknown '{self.accelerator}' (choose from auto, cpu, gpu)")
         if not (self.devices == "auto" or (self.devices.isdigit() and int(self.devices) > 0)):
             raise ValueError(f"devices: expected a positive count or 'auto', got '{self.devices}'")
-        if self.num_nodes < 1:
-            raise ValueError(f"num_nodes must be at least 1, got {self.num_nodes}")
 
     @property
     def lightning_devices(self) -> int | str:

@@ -15,8 +15,10 @@ parameter, a snapshot every 50 steps.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from annotated_types import Ge
 
 from harness.attack.interface import AttackContext, AttackResult
 from harness.errors import HarnessError, keyed
@@ -37,13 +39,8 @@ class DiMRAParams(TrainParams):
     checkpoint_every: int = 50
     data: DataSpec = field(default_factory=DataSpec)
     """the auxiliary data (default: the world's real images of the classes not erased)"""
-    curve_every: int = 50
+    curve_every: Annotated[int, Ge(1)] = 50
     """steps between the snapshots a recovery curve is scored at"""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.curve_every < 1:
-            raise ValueError(f"curve_every must be at least 1, got {self.curve_every}")
 
 
 class DenoisingObjective(Objective):

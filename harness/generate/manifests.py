@@ -18,12 +18,14 @@ import shutil
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+
+from annotated_types import Ge
 
 from harness.atomic import atomic_path
 from harness.cache import cache_dir
-from harness.config import load_yaml, parse_dataclass
-from harness.errors import HarnessError
+from harness.config import check_bounds, load_yaml, parse_dataclass
+from harness.errors import HarnessError, in_file
 from harness.records import file_digest
 from harness.resources import resource_dir
 
@@ -81,7 +83,7 @@ class Manifest:
     format: Literal["csv", "csv-headerless", "lines"]
     files: list[ManifestFile]
     columns: Columns
-    count: int
+    count: Annotated[int, Ge(1)]
     license: str
     default_seed: int = 0
     """The seed of rows without a seed column (the reference code seeds every prompt with 0)."""
@@ -93,8 +95,7 @@ class Manifest:
     def __post_init__(self) -> None:
         if not self.files:
             raise ValueError("'files' must list at least one file")
-        if self.count < 1:
-            raise ValueError(f"count must be positive, got {self.count}")
+        check_bounds(self)
         if self.format == "lines" and any(getattr(self.columns, role) is not None for role in ROLES[1:]):
             raise ValueError("format 'lines' holds prompts only: columns seed, guidance and label must be unset")
 
@@ -127,7 +128,8 @@ def load_manifest(name: str) -> Manifest:
     path = manifest_dir() / f"{name}.yaml"
     if "source" in (data := load_yaml(path)):
         raise HarnessError(f"{path}: unknown key 'source'")
-    manifest = parse_dataclass(Manifest, data, str(path))
+    with in_file(path):
+        manifest = parse_dataclass(Manifest, data)
     if manifest.name != name:
         raise HarnessError(f"{path}: name '{manifest.name}' does not match the file name '{name}'")
     manifest.source = str(path)

@@ -22,7 +22,7 @@ import torch
 
 from harness.infer.ranking import DEFAULT_RULE, MIN_SHARE, RULES, Candidate, PrunedLayer, Ranking, infer_concept, load_candidates, pruned_layers
 from harness.config import parse_dataclass, settings_arguments, settings_from_arguments
-from harness.errors import HarnessError, keyed
+from harness.errors import HarnessError, in_file, keyed
 from harness.layout import UnlearnFiles
 from harness.models.checkpoints import load_state_dict, load_tensor_file
 from harness.provenance import provenance, write_json_atomic
@@ -93,7 +93,8 @@ def load_unlearned(source: str, model: str | None) -> UnlearnedModel:
             raise HarnessError(f"{files.record}: names no base model; give --model")
         if not files.tensors.is_file():
             raise HarnessError(f"--unlearned {source}: no {files.tensors.name} beside {files.record.name}")
-        generation = parse_dataclass(GenerationSettings, record.get("generation") or {}, f"{files.record}: generation")
+        with in_file(files.record), keyed("generation"):
+            generation = parse_dataclass(GenerationSettings, record.get("generation") or {})
         return UnlearnedModel(base, load_tensor_file(files.tensors), generation)
     defaults = GenerationSettings(scheduler=None)
     if path.is_file():

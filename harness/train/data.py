@@ -12,13 +12,15 @@ import json
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
+from annotated_types import Ge
 from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F
 
+from harness.config import check_bounds
 from harness.errors import HarnessError, keyed
 from harness.recipe import GenerationSettings
 
@@ -36,18 +38,17 @@ class DataSpec:
     """the folder, the shard pattern, or the suite's name"""
     prompts: list[str] = field(default_factory=list)
     """the prompts to generate from (source prompts)"""
-    count: int | None = None
+    count: Annotated[int, Ge(1)] | None = None
     """at most this many samples (suite and prompts: how many to generate)"""
     split: Literal["train", "heldout"] = "train"
     """the world's split (source world)"""
 
     def __post_init__(self) -> None:
+        check_bounds(self)
         if self.source in ("folder", "webdataset", "suite") and not self.path:
             raise ValueError(f"source {self.source} needs a 'path'")
         if self.source == "prompts" and not self.prompts:
             raise ValueError("source prompts needs 'prompts'")
-        if self.count is not None and self.count < 1:
-            raise ValueError(f"count must be at least 1, got {self.count}")
 
 
 def build_set(pipeline: Any, spec: DataSpec, generation: GenerationSettings, base_model: str, seed: int,

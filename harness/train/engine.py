@@ -23,16 +23,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import lightning.pytorch as pl
 import torch
+from annotated_types import Ge, Gt
 from diffusers import DDPMScheduler
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
+from harness.config import check_bounds
 from harness.errors import HarnessError, keyed
 from harness.lightning_quiet import quiet_lightning
 from harness.models.checkpoints import save_tensors
@@ -49,29 +51,23 @@ KEY_FILE = "settings.key"
 class OptimParams:
     """What every training method and attack takes in its `params`: the optimisation's settings."""
 
-    steps: int = 1000
+    steps: Annotated[int, Ge(1)] = 1000
     """optimizer steps"""
-    lr: float = 1e-5
+    lr: Annotated[float, Gt(0)] = 1e-5
     """AdamW learning rate"""
-    weight_decay: float = 0.0
+    weight_decay: Annotated[float, Ge(0)] = 0.0
     """AdamW weight decay"""
-    batch_size: int = 1
+    batch_size: Annotated[int, Ge(1)] = 1
     """samples per step"""
-    grad_clip: float = 1.0
+    grad_clip: Annotated[float, Ge(0)] = 1.0
     """gradient-norm clipping (0: none)"""
-    checkpoint_every: int = 100
+    checkpoint_every: Annotated[int, Ge(1)] = 100
     """steps between Lightning checkpoints (a killed run resumes from the last)"""
     seed: int = 0
     """seed of every step's draws"""
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("weight_decay and grad_clip must not be negative")
+        check_bounds(self)  # also of the fields of the methods' params that derive from these
 
 
 @dataclass

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
+from annotated_types import Ge, Gt, Lt
 from torch.nn.utils import parametrize
 
+from harness.config import check_bounds
 from harness.train.engine import FineTuneModule, Objective
 
 MaskForm = Literal["sigmoid", "straight-through"]
@@ -39,11 +41,11 @@ class MaskLearning:
     """AdamW learning rate of the mask scores"""
     form: MaskForm = "sigmoid"
     """sigmoid (annealed temperature) or straight-through (hard forward, sigmoid gradient)"""
-    budget: float = 0.05
+    budget: Annotated[float, Gt(0), Lt(1)] = 0.05
     """the largest share of the masked weights the hard mask prunes, in (0, 1)"""
-    penalty: float = 1.0
+    penalty: Annotated[float, Ge(0)] = 1.0
     """weight of the pruned share's excess over the budget in the loss"""
-    init_score: float = 3.0
+    init_score: Annotated[float, Gt(0)] = 3.0
     """every score's start (above zero: nothing pruned)"""
     temperature_start: float = 1.0
     """the sigmoid form's temperature at the first step"""
@@ -53,12 +55,7 @@ class MaskLearning:
     def __post_init__(self) -> None:
         if hasattr(super(), "__post_init__"):  # the optimisation settings' checks, when mixed in
             super().__post_init__()  # type: ignore[misc]
-        if not 0 < self.budget < 1:
-            raise ValueError(f"budget must lie in (0, 1), got {self.budget}")
-        if self.penalty < 0:
-            raise ValueError(f"penalty must not be negative, got {self.penalty}")
-        if not self.init_score > 0:
-            raise ValueError(f"init_score must be above zero (nothing pruned at the start), got {self.init_score}")
+        check_bounds(self)
         if not 0 < self.temperature_end <= self.temperature_start:
             raise ValueError("temperatures must satisfy 0 < temperature_end <= temperature_start")
 

@@ -12,10 +12,13 @@ Defaults: the cross-attention key and value projections are trained (the paper's
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from annotated_types import Ge
 from torch.nn import functional as F
 
+from harness.config import check_bounds
 from harness.errors import HarnessError, keyed
 from harness.registry import method
 from harness.train.data import generated_set
@@ -29,7 +32,7 @@ from harness.unlearn.training import concept_prompts, train_method
 class ACLoss:
     """The AC objective's settings (of `ac`, and of `p-ac`, which learns a mask with it)."""
 
-    anchor_samples: int = 50
+    anchor_samples: Annotated[int, Ge(1)] = 50
     """how many anchor samples the frozen model makes"""
     prompts: list[str] = field(default_factory=list)
     """the concept prompts (default: a world's prompts of the concept, else its name)"""
@@ -37,8 +40,7 @@ class ACLoss:
     def __post_init__(self) -> None:
         if hasattr(super(), "__post_init__"):  # the optimisation settings' checks, when mixed in
             super().__post_init__()  # type: ignore[misc]
-        if self.anchor_samples < 1:
-            raise ValueError(f"anchor_samples must be at least 1, got {self.anchor_samples}")
+        check_bounds(self)
 
 
 @dataclass

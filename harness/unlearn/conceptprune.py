@@ -13,9 +13,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from annotated_types import Ge, Gt, Le
 
+from harness.config import check_bounds
 from harness.errors import HarnessError, keyed
 from harness.registry import method
 from harness.unlearn.activations import TooFewCalls, column_norms
@@ -30,22 +33,17 @@ class ConceptPruneParams:
     """`params` of the `conceptprune` method. Paper settings: objects 0.02 / 10,
     artists 0.01 / 10, nudity 0.01 / 9."""
 
-    skill_ratio: float = 0.02
+    skill_ratio: Annotated[float, Gt(0), Le(1)] = 0.02
     """Share of a row's input columns that may be skilled: k = int(skill_ratio * in_features)."""
-    tau: int = 10
+    tau: Annotated[int, Ge(1)] = 10
     """Union of the masks of the first tau UNet calls."""
     seed: int | None = None
     """Seed set before every prompt; None takes the recipe's generation.fixed_seed (0)."""
-    images_per_prompt: int = 1
+    images_per_prompt: Annotated[int, Ge(1)] = 1
     """Each prompt is also run from seeds seed+1, ..., seed+n-1 (1: the protocol's single run)."""
 
     def __post_init__(self) -> None:
-        if not 0 < self.skill_ratio <= 1:
-            raise ValueError(f"skill_ratio must lie in (0, 1], got {self.skill_ratio}")
-        if self.tau < 1:
-            raise ValueError(f"tau must be at least 1, got {self.tau}")
-        if self.images_per_prompt < 1:
-            raise ValueError(f"images_per_prompt must be at least 1, got {self.images_per_prompt}")
+        check_bounds(self)
 
 
 def skilled_mask(

@@ -14,8 +14,10 @@ rest: a world's real images of every other class with their prompts, or any data
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from annotated_types import Ge
 
 from harness.errors import keyed
 from harness.registry import method
@@ -35,21 +37,16 @@ class DiMUMParams(TrainParams):
     lr: float = 1e-4
     batch_size: int = 4
     trainable: str | list[str] = "full"
-    lam: float = 1.0
+    lam: Annotated[float, Ge(0)] = 1.0
     """weight of the alternative (forget) term"""
     alternative: str | None = None
     """the prompt whose samples replace the concept (default: concept.anchor)"""
-    alternative_samples: int = 50
+    alternative_samples: Annotated[int, Ge(1)] = 50
     """how many alternative samples the frozen model makes"""
     retain: DataSpec = field(default_factory=DataSpec)
     """the retain data (default: the world's real images of the other classes)"""
     prompts: list[str] = field(default_factory=list)
     """the forget prompts (default: a world's prompts of the concept, else its name)"""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.lam < 0 or self.alternative_samples < 1:
-            raise ValueError("lam must not be negative and alternative_samples must be at least 1")
 
 
 class MemorisationObjective(Objective):

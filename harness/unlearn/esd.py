@@ -13,11 +13,14 @@ prompts of the concept (one per step, cycling) or the concept's name, as the aut
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from annotated_types import Ge
 from diffusers import DDIMScheduler
 from torch.nn import functional as F
 
+from harness.config import check_bounds
 from harness.registry import method
 from harness.train.engine import FineTuneModule, Objective, TrainParams
 from harness.unlearn.method import UnlearnContext, UnlearnResult
@@ -28,11 +31,11 @@ from harness.unlearn.training import concept_prompts, train_method
 class ESDLoss:
     """The ESD objective's settings (of `esd`, and of `p-esd`, which learns a mask with it)."""
 
-    eta: float = 1.0
+    eta: Annotated[float, Ge(0)] = 1.0
     """negative guidance: how far past the empty prompt the concept's prediction is pushed"""
-    ddim_steps: int = 50
+    ddim_steps: Annotated[int, Ge(3)] = 50
     """DDIM steps of the sampling that makes each step's x_t"""
-    start_guidance: float = 3.0
+    start_guidance: Annotated[float, Ge(0)] = 3.0
     """guidance of that sampling"""
     prompts: list[str] = field(default_factory=list)
     """the concept prompts (default: a world's prompts of the concept, else its name)"""
@@ -40,10 +43,7 @@ class ESDLoss:
     def __post_init__(self) -> None:
         if hasattr(super(), "__post_init__"):  # the optimisation settings' checks, when mixed in
             super().__post_init__()  # type: ignore[misc]
-        if self.ddim_steps < 3:
-            raise ValueError(f"ddim_steps must be at least 3, got {self.ddim_steps}")
-        if self.eta < 0 or self.start_guidance < 0:
-            raise ValueError("eta and start_guidance must not be negative")
+        check_bounds(self)
 
 
 @dataclass

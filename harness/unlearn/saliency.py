@@ -14,13 +14,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from diffusers import DDPMScheduler
 from torch.nn import functional as F
+from annotated_types import Ge, Gt, Lt
 from tqdm.auto import tqdm
 
+from harness.config import check_bounds
 from harness.registry import method
 from harness.models.pipelines import model_samples, prompt_embeddings
 from harness.unlearn.prompts import prompt_pairs
@@ -33,22 +35,19 @@ log = logging.getLogger(__name__)
 class SaliencyParams:
     """`params` of the `saliency` method."""
 
-    fraction: float = 0.01
+    fraction: Annotated[float, Gt(0), Lt(1)] = 0.01
     """Share of the target weights zeroed (per layer, or of all target weights with scope global)."""
     criterion: Literal["salun", "scissorhands"] = "salun"
     """salun: |gradient|; scissorhands: |weight * gradient| (connection sensitivity)."""
     scope: Literal["layer", "global"] = "layer"
-    samples: int = 16
+    samples: Annotated[int, Ge(1)] = 16
     """Size of the forgetting set: generated samples, cycling through the target prompts."""
-    noise_draws: int = 4
+    noise_draws: Annotated[int, Ge(1)] = 4
     """(timestep, noise) draws per sample in the forgetting loss."""
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 < self.fraction < 1:
-            raise ValueError(f"fraction must lie in (0, 1), got {self.fraction}")
-        if self.samples < 1 or self.noise_draws < 1:
-            raise ValueError("samples and noise_draws must be at least 1")
+        check_bounds(self)
 
 
 @method("saliency", params=SaliencyParams, prunes=True)

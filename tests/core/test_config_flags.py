@@ -11,7 +11,7 @@ import pytest
 
 from harness.attack.revival.settings import ReviveSettings
 from harness.config import field_docs, parse_dataclass, settings_arguments, settings_from_arguments
-from harness.errors import HarnessError
+from harness.errors import HarnessError, in_file
 
 
 @dataclass
@@ -79,8 +79,8 @@ def test_bad_values_name_the_option_or_the_key(argv: list[str], message: str) ->
 
 
 def test_the_yaml_loader_refuses_non_finite_numbers_too() -> None:
-    with pytest.raises(HarnessError, match=r"x.yaml: inner.tol: expected a finite number"):
-        parse_dataclass(Outer, {"inner": {"tol": float("inf")}}, "x.yaml")
+    with pytest.raises(HarnessError, match=r"x.yaml: inner.tol: expected a finite number"), in_file("x.yaml"):
+        parse_dataclass(Outer, {"inner": {"tol": float("inf")}})
 
 
 def test_every_stage_s_settings_make_unambiguous_flags() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.config import parse_dataclass
+from harness.errors import in_file, keyed
 from harness.recipe import check_entries
 from harness.recipe import load_recipe
 from harness.records import UnlearnRecord, read_record
@@ -41,9 +42,11 @@ def test_recipe_names_a_method_and_valid_params(path: Path) -> None:
     recipe = load_recipe(path)
     assert recipe.methods and recipe.concept is not None
     for index, method in enumerate(recipe.methods):
-        resolve_method(method.method)
+        plugin = resolve_method(method.method)
         if method.method in PARAMS:
-            parse_dataclass(PARAMS[method.method], method.params, f"{path}: methods[{index}].params")
+            assert plugin.params is PARAMS[method.method]
+            with in_file(path), keyed(f"methods[{index}].params"):
+                parse_dataclass(PARAMS[method.method], method.params)
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,10 @@ of the concept's prompts whose image is classified as the concept.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import torch
+from annotated_types import Ge
 
 from harness.attack.interface import AttackContext, AttackResult
 from harness.errors import keyed
@@ -45,23 +47,16 @@ class AdversarialParams(OptimParams):
     lr: float = 1e-2
     weight_decay: float = 0.1
     batch_size: int = 4
-    tokens: int = 5
+    tokens: Annotated[int, Ge(1)] = 5
     """how many prefix tokens are optimised"""
     soft: bool = False
     """keep the continuous embeddings (new tokens) instead of projecting to real words"""
     prompts: list[str] = field(default_factory=list)
     """the concept's prompts the targets are made from (default: the first `prompt_count` of its prompts)"""
-    prompt_count: int = 10
+    prompt_count: Annotated[int, Ge(1)] = 10
     """how many of the concept's own prompts, when `prompts` is not given"""
-    images_per_prompt: int = 2
+    images_per_prompt: Annotated[int, Ge(1)] = 2
     """target images the original model makes per concept prompt"""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.tokens < 1:
-            raise ValueError(f"tokens must be at least 1, got {self.tokens}")
-        if self.images_per_prompt < 1 or self.prompt_count < 1:
-            raise ValueError("prompt_count and images_per_prompt must be at least 1")
 
 
 class PrefixObjective(TokenObjective):

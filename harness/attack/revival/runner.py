@@ -20,7 +20,7 @@ from harness.attack.revival.layer import LayerJob, revive_layer
 from harness.attack.revival.masks import check_finite, pruned_positions
 from harness.attack.revival.settings import RevivalParams
 from harness.config import parse_dataclass
-from harness.errors import HarnessError, keyed
+from harness.errors import HarnessError, in_file, keyed
 from harness.layout import AttackFiles
 from harness.models.checkpoints import load_tensor_file, save_tensors
 from harness.models.layers import select_layers
@@ -103,7 +103,8 @@ def revive_layers(
     for process in range(accelerator.num_processes):
         tensors.update(load_tensor_file(parts.part_tensors(process)))
         for entry in json.loads(parts.part_record(process).read_text()):
-            report = parse_dataclass(LayerReport, entry, str(parts.part_record(process)))
+            with in_file(parts.part_record(process)):
+                report = parse_dataclass(LayerReport, entry)
             reports[report.name] = report
     shutil.rmtree(parts.parts, ignore_errors=True)
     order = [job.name for job in jobs]

@@ -5,8 +5,11 @@ revival attacks take them as `params`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
+from annotated_types import Ge, Gt, Le, Lt
+
+from harness.config import check_bounds
 
 
 Magnitude = Literal["nms", "average", "sample", "align"]
@@ -62,7 +65,7 @@ class CompletionSettings:
 
     mode: Literal["softimpute", "reference-code"] = field(default="softimpute", metadata={"flag": "--completion"})
     """completion mode: softimpute (the paper's) or reference-code (the authors' published code)"""
-    lambda_ratio: float = 0.02
+    lambda_ratio: Annotated[float, Gt(0), Lt(1)] = 0.02
     """lambda = lambda_ratio * largest singular value of the zero-filled matrix (s1/50)."""
     path_steps: int = 2
     """Warm starts along a geometric lambda path from s1 down to lambda, this many stages."""
@@ -70,19 +73,19 @@ class CompletionSettings:
     """relative change of the imputed entries that ends a stage"""
     max_iters: int = 100
     """iterations per stage at most"""
-    max_rank: int | None = None
+    max_rank: Annotated[int, Ge(1)] | None = None
     """keep at most this many singular values (none: no cap)"""
     dtype: Literal["float32", "float64"] = "float32"
     """completion precision"""
     acceleration: Literal["anderson", "nesterov", "none"] = "anderson"
     """acceleration of the SoftImpute map (the same convex solution): safeguarded Anderson mixing,
     Nesterov momentum with gradient restart, or plain iterations"""
-    stage_tol: float | None = 0.03
+    stage_tol: Annotated[float, Gt(0)] | None = 0.03
     """tolerance of the lambda path's intermediate stages (never below tol; they only give warm
     starts); none: tol in every stage"""
-    gram_refresh: int = 20
+    gram_refresh: Annotated[int, Ge(1)] = 20
     """exact Z Z^T every this many iterations, sparse updates on the pruned entries in between"""
-    stall_patience: int = 10
+    stall_patience: Annotated[int, Ge(1)] = 10
     """iterations without a 10 percent fall of the change, once it is below 1e3 machine epsilon, that count
     as a stall at the dtype's noise floor"""
     on_stall: Literal["float64", "stop"] = "float64"
@@ -91,16 +94,9 @@ class CompletionSettings:
     """report each layer's fixed-point residual ||M - S_lambda(P_Omega X + P_Omega^c M)|| / ||M||"""
 
     def __post_init__(self) -> None:
-        if not 0 < self.lambda_ratio < 1:
-            raise ValueError(f"lambda_ratio must lie in (0, 1), got {self.lambda_ratio}")
+        check_bounds(self)
         if self.tol <= 0 or self.max_iters < 1 or self.path_steps < 1:
             raise ValueError("tol must be positive, max_iters and path_steps at least 1")
-        if self.max_rank is not None and self.max_rank < 1:
-            raise ValueError(f"max_rank must be at least 1, got {self.max_rank}")
-        if self.gram_refresh < 1 or self.stall_patience < 1:
-            raise ValueError("gram_refresh and stall_patience must be at least 1")
-        if self.stage_tol is not None and not self.stage_tol > 0:
-            raise ValueError(f"stage_tol must be positive, got {self.stage_tol}")
 
 
 @dataclass
@@ -111,7 +107,7 @@ class RevivalParams:
     """target layer glob over UNet parameter names (repeatable; none: the attacked method's layers, else SD's ff.net.2)"""
     mask: MaskSettings = field(default_factory=MaskSettings)
     completion: CompletionSettings = field(default_factory=CompletionSettings)
-    top_k: float = 0.6
+    top_k: Annotated[float, Gt(0), Le(1)] = 0.6
     """fraction of completed values whose sign is kept (global per layer)"""
     magnitude: Magnitude = "nms"
     """magnitude rule: nms (the paper's), average, sample, align"""
@@ -121,8 +117,7 @@ class RevivalParams:
     """seed of sampled magnitudes and random signs"""
 
     def __post_init__(self) -> None:
-        if not 0 < self.top_k <= 1:
-            raise ValueError(f"top_k must lie in (0, 1], got {self.top_k}")
+        check_bounds(self)
         if self.layers is not None and not self.layers:
             raise ValueError("layers must name at least one glob pattern")
 
