@@ -27,9 +27,9 @@ import torch
 
 from harness.generate.loop import effective_seed, plan_batches
 from harness.generate.run import generate_suite
-from harness.recipe import GenerationSettings
 from harness.generate.suites import Suite, load_suite
 from harness.models.pipelines import DTYPES, load_pipeline, resolve_dtype
+from harness.recipe import GenerationSettings
 from harness.runtime import RuntimeSettings
 
 

@@ -23,13 +23,11 @@ from harness.layout import AttackFiles
 from harness.models.pipelines import add_tokens, load_pipeline
 from harness.recipe import AttackEntry, ConceptSettings, GenerationSettings
 
-from fixtures.tiny_sd import save_tiny_sd_pipeline
-
 TINY_GENERATION = GenerationSettings(steps=3, guidance=3.0, height=64, width=64, batch_size=4)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny(tmp_path_factory: pytest.TempPathFactory, save_tiny_sd_pipeline) -> Path:
     return save_tiny_sd_pipeline(tmp_path_factory.mktemp("sd") / "pipe")
 
 
@@ -102,6 +100,8 @@ def _inversion_loss(tiny: Path, folder: Path, vector: torch.Tensor) -> float:
     return float(torch.stack(losses).mean())
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(360)
 def test_concept_inversion_learns_a_token_that_fits_the_concepts_images_better(tiny: Path, tmp_path: Path) -> None:
     folder = _concept_folder(tmp_path)
     params = {"steps": 40, "lr": 0.1, "batch_size": 4, "images": str(folder), "templates": ["a photo of a {token}"],

@@ -16,13 +16,11 @@ from harness.layout import AttackFiles
 from harness.recipe import AttackEntry, GenerationSettings, load_recipe
 from harness.unlearn.run import UnlearnJob, run_unlearning
 
-from fixtures.tiny_sd import save_tiny_sd_pipeline
-
 GENERATION = "{steps: 3, guidance: 3.0, height: 64, width: 64, batch_size: 4}"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny(tmp_path_factory: pytest.TempPathFactory, save_tiny_sd_pipeline) -> Path:
     return save_tiny_sd_pipeline(tmp_path_factory.mktemp("sd") / "pipe")
 
 
@@ -46,8 +44,9 @@ def test_each_method_trains_only_what_it_names_on_a_tiny_sd_pipeline(tiny: Path,
 
     record = run_unlearning(UnlearnJob.from_recipe(load_recipe(recipe(tmp_path, tiny, method)), None,
                                                     tmp_path / "out", device="cpu"))
-    from harness.layout import UnlearnFiles
     from safetensors.torch import load_file
+
+    from harness.layout import UnlearnFiles
 
     tensors = load_file(UnlearnFiles(tmp_path / "out").tensors)
     before = dict(load_pipeline(str(tiny)).unet.named_parameters())

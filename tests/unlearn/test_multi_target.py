@@ -19,8 +19,6 @@ from harness.report.results import per_concept
 from harness.unlearn.method import UnlearnContext, UnlearnResult
 from harness.unlearn.run import UnlearnJob, apply_method, run_unlearning
 
-from fixtures.tiny_sd import save_tiny_sd_pipeline
-
 RECIPE = """\
 name: two-at-once
 model: {model}
@@ -50,7 +48,8 @@ def test_a_concept_lists_several_targets_and_refuses_repeats() -> None:
         ConceptSettings(target=[], kind="digit")
 
 
-def test_the_united_mask_is_the_union_of_the_single_target_masks(tmp_path: Path, shared_data: Path) -> None:
+def test_the_united_mask_is_the_union_of_the_single_target_masks(tmp_path: Path, shared_data: Path,
+                                                                 save_tiny_sd_pipeline) -> None:
     model = str(save_tiny_sd_pipeline(tmp_path / "pipe"))
     masks = {}
     for label, target in (("golf", "golf ball"), ("church", "church"), ("both", "[golf ball, church]")):
