@@ -31,17 +31,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from harness.attack.revival import detect
 from harness.attack.job import AttackJob
+from harness.attack.revival import detect
 from harness.attack.run import run as run_attack
-from harness.registry import resolve
 from harness.generate.suites import load_suite
 from harness.layout import AttackFiles, UnlearnFiles
 from harness.models.pipelines import apply_tensors, load_pipeline
 from harness.recipe import DefenseSettings, Recipe, load_recipe
+from harness.registry import resolve
+from harness.runtime import RuntimeSettings
 from harness.stats import format_share, wilson_interval
 from harness.unlearn.detectability import modified_share
-from harness.runtime import RuntimeSettings
 from harness.unlearn.job import UnlearnJob
 from harness.unlearn.run import run as run_unlearning
 from harness.worlds.digits.classifier import load_classifier

@@ -32,7 +32,6 @@ from safetensors.torch import load_file
 
 from harness.attack.job import AttackJob
 from harness.attack.run import run as run_attack
-from harness.registry import resolve
 from harness.generate.suites import load_suite
 from harness.layout import AttackFiles, UnlearnFiles
 from harness.models.checkpoints import save_tensors
@@ -40,6 +39,8 @@ from harness.models.layers import select_layers
 from harness.models.pipelines import apply_tensors, load_pipeline
 from harness.provenance import provenance, write_json_atomic
 from harness.recipe import Recipe, load_recipe
+from harness.registry import resolve
+from harness.runtime import RuntimeSettings
 from harness.unlearn.defense import obfuscate
 from harness.unlearn.detectability import (
     detectability,
@@ -49,7 +50,6 @@ from harness.unlearn.detectability import (
     plot_detectability,
     unmodified_sigma,
 )
-from harness.runtime import RuntimeSettings
 from harness.unlearn.job import UnlearnJob
 from harness.unlearn.run import run as run_unlearning
 from harness.worlds.digits.classifier import load_classifier
@@ -229,8 +229,9 @@ def main() -> None:
               "| attacked, mask abs(w) <= sigma_M: target share |")
         print("|---|---|---|---|---|---|---|---|")
         for r in defense_rows:
-            print(f"| {r['sigma_m_squared']:.0e} | {r['sigma_m']:.4f} | {r['exact_zeros_at_mask']} / {r['exact_zeros']} | {r['p_eq7']:.3f} | "
-                  f"{r['p_measured']:.3f} | {r['target_share']:.3f} | {r['others']:.3f} | {r['revived_target_share']:.3f} |")
+            print(f"| {r['sigma_m_squared']:.0e} | {r['sigma_m']:.4f} | {r['exact_zeros_at_mask']} / {r['exact_zeros']} "
+                  f"| {r['p_eq7']:.3f} | {r['p_measured']:.3f} | {r['target_share']:.3f} | {r['others']:.3f} "
+                  f"| {r['revived_target_share']:.3f} |")
         plot = plot_detectability(out / "detectability.png", sigma_u, [0.01 * sigma_u, 0.1 * sigma_u, sigma_u],
                                   marker=(alpha, 1e-3**0.5))
         print(f"\nEq. 7 surface: {plot}")

@@ -117,7 +117,7 @@ def main() -> None:
         runs.append(timed_run("update", pipeline, update_args, device, work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n| run | timed steps | s/step | steps/s | mean i | peak GPU GiB | trained tensors |\n|---|---|---|---|---|---|---|")
+    print("\n| run | timed steps | s/step | steps/s | mean i | peak GPU GiB | trained tensors |\n|---|---|---|---|---|---|---|")
     for run, steps in zip(runs, (args.steps, update_args.steps)):
         peak = f"{run['peak_gib']:.1f}" if run["peak_gib"] is not None else "-"
         mean_i = f"{run['mean_i']:.1f}" if run["name"] == "esd" else "- (no sampling)"

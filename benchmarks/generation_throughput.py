@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 
-from harness.generate.loop import effective_seed, plan_batches
 from harness.generate import run as generate_stage
+from harness.generate.loop import effective_seed, plan_batches
 from harness.generate.run import GenerateJob
-from harness.recipe import GenerationSettings
 from harness.generate.suites import Suite, load_suite
 from harness.models.pipelines import DTYPES, load_pipeline, resolve_dtype
+from harness.recipe import GenerationSettings
 from harness.runtime import RuntimeSettings
 
 
@@ -181,7 +181,8 @@ def main() -> None:
             best["plain loop"] = min(best["plain loop"], time.perf_counter() - start)
             out = work / f"out-{round_index}"
             start = time.perf_counter()
-            generate_stage.run(GenerateJob(source, [], suite, settings, out, "bench", runtime=RuntimeSettings(accelerator=args.accelerator)))
+            generate_stage.run(GenerateJob(source, [], suite, settings, out, "bench",
+                                           runtime=RuntimeSettings(accelerator=args.accelerator)))
             best["harness"] = min(best["harness"], time.perf_counter() - start)
             shutil.rmtree(out)
         print(

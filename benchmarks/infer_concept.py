@@ -34,8 +34,8 @@ from harness.models.checkpoints import load_tensor_file
 from harness.models.pipelines import apply_tensors, load_pipeline, set_scheduler
 from harness.provenance import provenance, write_json_atomic
 from harness.recipe import Recipe, load_recipe
-from harness.stats import format_share, wilson_interval
 from harness.runtime import RuntimeSettings
+from harness.stats import format_share, wilson_interval
 from harness.unlearn.job import UnlearnJob
 from harness.unlearn.run import run as run_unlearning
 from harness.worlds.digits.data import DIGIT_NAMES
@@ -119,7 +119,8 @@ def main() -> None:
             rankings = rank(layers, norms, names)
             infer_seconds = time.perf_counter() - start
             ranks = {rule: rankings[rule].rank_of(target) for rule in RULES}
-            runs.append({"key": key, "method": method, "target": target, "ranks": ranks, "top": {r: rankings[r].names[:3] for r in RULES},
+            runs.append({"key": key, "method": method, "target": target, "ranks": ranks,
+                         "top": {r: rankings[r].names[:3] for r in RULES},
                          "pruned": sum(layer.count for layer in layers), "layers": len(layers),
                          "unlearn_seconds": round(unlearn_seconds, 1), "infer_seconds": round(infer_seconds, 1)})
             print(f"{method:<12} {target:<6} pruned {runs[-1]['pruned']:>6} in {len(layers):>2} layers  "

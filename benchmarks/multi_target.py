@@ -77,7 +77,7 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}; "
           f"torch threads {args.threads}; load average {os.getloadavg()[0]:.2f}")
     for targets in (s.split() for s in args.sets):
-        print(f"\n| targets | model | " + " | ".join(f"'{t}' accuracy" for t in targets)
+        print("\n| targets | model | " + " | ".join(f"'{t}' accuracy" for t in targets)
               + " | other digits | pruned share |")
         print("|---|---|" + "---|" * len(targets) + "---|---|")
         run_set(targets, args.per_digit, args.out, args.threads)

@@ -173,7 +173,7 @@ def run_family(family: str, args: argparse.Namespace, settings: CompletionSettin
         for item in layers:
             groups[(item[1], item[2])].append(item)
         for group in groups.values():
-            results, seconds = timed(device, lambda: soft_impute_batch(
+            results, seconds = timed(device, lambda group=group: soft_impute_batch(
                 [g[3].to(device) for g in group], [(~g[4]).to(device) for g in group], settings))
             for item, result in zip(group, results):
                 batched[item[0]] = (result, seconds / len(group))
@@ -185,15 +185,17 @@ def run_family(family: str, args: argparse.Namespace, settings: CompletionSettin
         k64, o64 = known.double().numpy(), observed.numpy()
         lam = settings.lambda_ratio * top_singular_value(known.double())
         runs: dict[str, tuple[np.ndarray, float | None, int | str, int | str, str]] = {}
-        result, seconds = batched.get(index) or timed(device, lambda: soft_impute(known.to(device), observed.to(device), settings))
+        result, seconds = batched.get(index) or timed(
+            device, lambda known=known, observed=observed: soft_impute(known.to(device), observed.to(device), settings))
         runs["harness"] = (result.matrix.double().cpu().numpy(), seconds, result.iterations, result.rank,
                            f"{result.dtype_used}" + (f"; {'; '.join(result.notes)}" if result.notes else ""))
         if not args.skip_previous:
-            previous, seconds = timed(device, lambda: soft_impute_plain(known.to(device), observed.to(device), settings, residual=False))
+            previous, seconds = timed(device, lambda known=known, observed=observed: soft_impute_plain(
+                known.to(device), observed.to(device), settings, residual=False))
             runs["previous"] = (previous.matrix.double().cpu().numpy(), seconds, previous.iterations, previous.rank, "")
         if not args.skip_reference:
             with threadpool_limits(args.threads):
-                (reference, iterations), seconds = timed(torch.device("cpu"), lambda: numpy_soft_impute(
+                (reference, iterations), seconds = timed(torch.device("cpu"), lambda k64=k64, o64=o64, lam=lam: numpy_soft_impute(
                     k64, o64, lam, args.reference_tol or settings.tol, args.reference_max_iters or settings.max_iters))
             runs["reference"] = (reference, seconds, iterations, "-", "")
         if not args.skip_tight:
@@ -233,7 +235,8 @@ def run_family(family: str, args: argparse.Namespace, settings: CompletionSettin
         if name in totals:
             line += f", {label} {totals[name]:.1f} s ({totals[name] / totals['harness']:.1f}x the harness)"
     print(line)
-    print("worst |objective difference|: " + ", ".join(f"{k} {v:.1e}" for k, v in sorted(worst.items()) if k.startswith("objective")))
+    objective = (f"{k} {v:.1e}" for k, v in sorted(worst.items()) if k.startswith("objective"))
+    print("worst |objective difference|: " + ", ".join(objective))
     print("worst residual: " + ", ".join(f"{k.split()[1]} {v:.1e}" for k, v in sorted(worst.items()) if k.startswith("residual")))
     if lowest:
         print("lowest sign agreement on the pruned entries: " + ", ".join(f"{k} {v:.5f}" for k, v in sorted(lowest.items())))
@@ -256,7 +259,8 @@ def main() -> None:
     parser.add_argument("--skip-previous", action="store_true", help="no run of the previous harness algorithm")
     parser.add_argument("--tol", type=float, default=None, help="completion tolerance (default: the recipe's)")
     parser.add_argument("--reference-tol", type=float, default=None, help="the reference's tolerance (default: --tol)")
-    parser.add_argument("--reference-max-iters", type=int, default=None, help="the reference's iteration cap (default: max_iters)")
+    parser.add_argument("--reference-max-iters", type=int, default=None,
+                        help="the reference's iteration cap (default: max_iters)")
     parser.add_argument("--skip-tight", action="store_true",
                         help="no untimed float64 tol-1e-10 harness solution to compare everything with")
     parser.add_argument("--dtype", choices=["float32", "float64"], default=None, help="harness dtype (default: the recipe's)")
@@ -272,7 +276,8 @@ def main() -> None:
     device = torch.device(args.device)
     print(f"# {' '.join(sys.argv)}")
     print(f"# machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
-          f"device {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}, torch {torch.__version__}")
+          f"device {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}, "
+          f"torch {torch.__version__}")
     print(f"# settings: lambda = {settings.lambda_ratio} * s1, tol {settings.tol}, path steps {settings.path_steps}, "
           f"max_iters {settings.max_iters}, {settings.dtype}; reference: numpy float64 full SVD per iteration, "
           f"fixed lambda, tol {args.reference_tol or settings.tol}")

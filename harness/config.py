@@ -209,7 +209,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- field docs and command-line flags
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring written under each field of a dataclass (and of its dataclass bases)."""
     docs: dict[str, str] = {}

@@ -9,6 +9,7 @@ import platform
 import sys
 from pathlib import Path
 from typing import Any
+
 from harness.atomic import atomic_path
 
 TRACKED_PACKAGES = (

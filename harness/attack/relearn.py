@@ -22,11 +22,11 @@ from annotated_types import Ge
 
 from harness.attack.interface import AttackContext, AttackResult
 from harness.errors import HarnessError, keyed
+from harness.layout import AttackFiles
 from harness.registry import attack
 from harness.train.data import DataSpec, TrainingSet
 from harness.train.denoise import denoising_loss
 from harness.train.engine import FineTuneModule, Objective, TrainParams, fine_tune
-from harness.layout import AttackFiles
 
 
 @dataclass

@@ -7,15 +7,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.config import settings_arguments, settings_from_arguments
-from harness.generate.rewrite import prompt_changes
+from harness.errors import keyed
 from harness.generate import run as generate
+from harness.generate.rewrite import prompt_changes
 from harness.generate.run import GenerateJob
-from harness.recipe import GenerationSettings
 from harness.generate.suites import load_suite
 from harness.layout import AttackFiles, GenerationFiles
-from harness.recipe import load_recipe
+from harness.recipe import GenerationSettings, load_recipe
 from harness.runtime import RuntimeSettings
-from harness.errors import keyed
 
 
 @dataclass

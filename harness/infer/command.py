@@ -20,9 +20,19 @@ from typing import Any, Literal
 
 import torch
 
-from harness.infer.ranking import DEFAULT_RULE, MIN_SHARE, RULES, Candidate, PrunedLayer, Ranking, infer_concept, load_candidates, pruned_layers
 from harness.config import parse_dataclass, settings_arguments, settings_from_arguments
 from harness.errors import HarnessError, in_file, keyed
+from harness.infer.ranking import (
+    DEFAULT_RULE,
+    MIN_SHARE,
+    RULES,
+    Candidate,
+    PrunedLayer,
+    Ranking,
+    infer_concept,
+    load_candidates,
+    pruned_layers,
+)
 from harness.layout import UnlearnFiles
 from harness.models.checkpoints import load_state_dict, load_tensor_file
 from harness.provenance import provenance, write_json_atomic
@@ -35,7 +45,8 @@ class InferOptions:
     """What to infer from, and how."""
 
     unlearned: str
-    """unlearned model: an unlearn output folder, a .safetensors/.pt file of UNet tensors (with --model), or a whole model (diffusers folder, zoo:NAME)"""
+    """unlearned model: an unlearn output folder, a .safetensors/.pt file of UNet tensors (with --model),
+    or a whole model (diffusers folder, zoo:NAME)"""
     candidates: str
     """comma-separated prompt suites (one candidate per label) and candidate files (`name: prompt` or a bare prompt a line)"""
     model: str | None = None

@@ -10,7 +10,7 @@ import socket
 from urllib.parse import urlparse
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub (`$HF_ENDPOINT`) accepts a connection; False when offline mode is set."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):

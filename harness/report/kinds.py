@@ -7,7 +7,7 @@ import functools
 from harness.report.runs import RunData
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def suite_kind(name: str) -> str | None:
     """A suite's kind (objects, artists, nudity, captions, or a world's) without reading its file."""
     from harness.generate import manifests

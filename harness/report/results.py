@@ -16,9 +16,17 @@ from typing import Any
 from harness.errors import HarnessError
 from harness.layout import NO_ATTACK, PRETRAINED, ModelRef, RunLayout
 from harness.provenance import package_versions, provenance
-from harness.records import (AttackRecord, ResultRow, Results, ScoreResult, UnlearnRecord, normalise_label, read_record,
-                             write_record)
 from harness.recipe import Recipe
+from harness.records import (
+    AttackRecord,
+    ResultRow,
+    Results,
+    ScoreResult,
+    UnlearnRecord,
+    normalise_label,
+    read_record,
+    write_record,
+)
 from harness.stats import wilson_interval
 
 log = logging.getLogger(__name__)

@@ -13,18 +13,17 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from harness.atomic import atomic_path
 from harness.layout import NO_ATTACK, PRETRAINED, ModelRef, ReportFiles
 from harness.provenance import provenance
 from harness.records import ReportRecord, write_record
+from harness.registry import plugins
 from harness.report.cells import MISSING, Table, slug, table_csv, table_markdown
 from harness.report.grids import write_grid
 from harness.report.heatmap import matrix_heatmap
 from harness.report.plots import curve_plot, defense_plot, detectability_surface, sign_accuracy_plot
 from harness.report.runs import RunData, load_run
-from harness.registry import plugins
 
 log = logging.getLogger(__name__)
 

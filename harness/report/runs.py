@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.attack.revival.settings import RevivalParams
-from harness.registry import resolve
 from harness.layout import NO_ATTACK, PRETRAINED, ModelRef, RunLayout, require_run_dir
-from harness.records import AttackRecord, ResultRow, Results, UnlearnRecord
 from harness.recipe import Recipe, load_recipe
+from harness.records import AttackRecord, ResultRow, Results, UnlearnRecord
+from harness.registry import resolve
 from harness.report.results import attack_record, collect_results, unlearn_record, write_results
 
 

@@ -4,11 +4,11 @@ one table per (run, method)."""
 from __future__ import annotations
 
 from harness.layout import ModelRef
+from harness.registry import table
 from harness.report.cells import Cell, Table, slug
 from harness.report.kinds import is_class_run
 from harness.report.runs import RunData
 from harness.report.table_objects import class_accuracy
-from harness.registry import table
 
 MAGNITUDE_ORDER = ("sample", "average", "nms", "align")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from harness.layout import ModelRef
 from harness.records import normalise_label
+from harness.registry import table
 from harness.report.cells import Cell, Table, average_row
 from harness.report.kinds import suite_kind
 from harness.report.runs import RunData
-from harness.registry import table
 
 
 def label_value(run: RunData, model: ModelRef, suite: str | None, key: str) -> float | None:

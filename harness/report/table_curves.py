@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.layout import PRETRAINED_MODEL, ModelRef
+from harness.registry import table
 from harness.report.cells import Cell, Table
 from harness.report.runs import RunData
 from harness.report.table_objects import class_suites
-from harness.registry import table
 
 
 @dataclass

@@ -6,12 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness.layout import ModelRef
+from harness.registry import table
 from harness.report.cells import Cell, Table
 from harness.report.kinds import is_class_run
 from harness.report.runs import RunData
 from harness.report.table_ablation import methods_of, revival_models
 from harness.report.table_objects import class_accuracy
-from harness.registry import table
 
 
 @dataclass

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from harness.layout import ModelRef
 from harness.records import ResultRow
+from harness.registry import table
 from harness.report.cells import Cell, Table, slug
 from harness.report.runs import RunData
 from harness.stats import format_share
-from harness.registry import table
 
 
 def cell_text(row: ResultRow | None) -> Cell:

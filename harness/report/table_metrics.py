@@ -4,9 +4,9 @@ miniature world's FID)."""
 from __future__ import annotations
 
 from harness.layout import ModelRef
+from harness.registry import table
 from harness.report.cells import NOT_APPLICABLE, Cell, Table
 from harness.report.runs import RunData
-from harness.registry import table
 
 
 @table("metrics", label="All scalar metrics", absent="no metrics files")

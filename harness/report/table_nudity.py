@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.registry import table
 from harness.report.cells import Cell, Table
 from harness.report.kinds import suite_kind
 from harness.report.runs import RunData
-from harness.registry import table
 
 
 @table("nudity", label="Table 7 (nudity)", absent="no run has a nudity prompt set")

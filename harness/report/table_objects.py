@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 from harness.layout import ModelRef
+from harness.registry import table
 from harness.report.cells import Cell, Table, average_row
 from harness.report.kinds import is_class_run
 from harness.report.runs import RunData
-from harness.registry import table
 
 
 def class_suites(run: RunData) -> tuple[str | None, str | None]:

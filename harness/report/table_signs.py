@@ -4,10 +4,10 @@ per (run, method)."""
 from __future__ import annotations
 
 from harness.records import SignAccuracy
+from harness.registry import table
 from harness.report.cells import NOT_APPLICABLE, Cell, Table, slug
 from harness.report.runs import RunData
 from harness.report.table_ablation import methods_of, revival_models
-from harness.registry import table
 
 
 def sign_rows(run: RunData, method: str) -> list[tuple[float, str, SignAccuracy]]:

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.layout import SlurmFiles
 from harness.experiment.plan import STAGES
+from harness.layout import SlurmFiles
 from harness.slurm.planner import DEFAULT_TIMES, SlurmOptions, submit, write_plan
 from harness.slurm.templates import DEFAULT_FOLDER
 

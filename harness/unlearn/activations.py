@@ -17,7 +17,8 @@ trajectory up to t, so calls beyond it cannot change them.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -56,7 +57,7 @@ class ColumnNormRecorder:
         self.call = -1
         self._handles: list[Any] = []
 
-    def __enter__(self) -> "ColumnNormRecorder":
+    def __enter__(self) -> ColumnNormRecorder:
         self._handles.append(self.unet.register_forward_pre_hook(self._count_call))
         for name, module in self.modules.items():
             self._handles.append(module.register_forward_pre_hook(self._recorder(name)))

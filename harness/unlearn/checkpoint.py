@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.registry import method
 from harness.errors import HarnessError
 from harness.models.checkpoints import load_state_dict
+from harness.registry import method
 from harness.unlearn.method import UnlearnContext, UnlearnResult
 
 

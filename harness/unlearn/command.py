@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 from harness.config import settings_arguments, settings_from_arguments
 from harness.recipe import load_recipe

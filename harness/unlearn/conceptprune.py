@@ -19,11 +19,11 @@ import torch
 from annotated_types import Ge, Gt, Le
 
 from harness.config import check_bounds
-from harness.errors import HarnessError, keyed
+from harness.errors import HarnessError
 from harness.registry import method
 from harness.unlearn.activations import TooFewCalls, column_norms
-from harness.unlearn.prompts import prompt_pairs
 from harness.unlearn.method import UnlearnContext, UnlearnResult
+from harness.unlearn.prompts import prompt_pairs
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ models them as a zero-centred Gaussian).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch

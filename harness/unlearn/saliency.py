@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import torch
+from annotated_types import Ge, Gt, Lt
 from diffusers import DDPMScheduler
 from torch.nn import functional as F
-from annotated_types import Ge, Gt, Lt
 from tqdm.auto import tqdm
 
 from harness.config import check_bounds
-from harness.registry import method
 from harness.models.pipelines import model_samples, prompt_embeddings
-from harness.unlearn.prompts import prompt_pairs
+from harness.registry import method
 from harness.unlearn.method import UnlearnContext, UnlearnResult
+from harness.unlearn.prompts import prompt_pairs
 
 log = logging.getLogger(__name__)
 

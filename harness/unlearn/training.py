@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-
 from harness.errors import keyed
 from harness.train.engine import Objective, TrainParams, fine_tune
 from harness.unlearn.method import UnlearnContext, UnlearnResult

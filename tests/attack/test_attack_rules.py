@@ -7,8 +7,8 @@ import torch
 from harness.attack.revival.baselines import ideal_case, quant4
 from harness.attack.revival.layer import LayerJob, revive_layer
 from harness.attack.revival.magnitudes import magnitudes, row_statistics
-from harness.attack.revival.signs import sign_agreement, top_k_keep
 from harness.attack.revival.settings import CompletionSettings, RevivalParams
+from harness.attack.revival.signs import sign_agreement, top_k_keep
 
 GEN = torch.Generator().manual_seed(0)
 

@@ -101,7 +101,8 @@ def test_lambda_path_decreases_geometrically_to_the_target() -> None:
 
 
 def test_reference_code_mode_keeps_observed_entries_and_thresholds_by_smallest_singular_value() -> None:
-    x = low_rank(12, 20, 3, seed=10) + 0.01 * torch.randn(12, 20, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    noise = torch.randn(12, 20, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    x = low_rank(12, 20, 3, seed=10) + 0.01 * noise
     observed = random_observed(x.shape, 0.1, seed=12)
     result = reference_code_impute(torch.where(observed, x, 0.0), observed, max_iters=300, tol=1e-7)
     torch.testing.assert_close(result.matrix[observed], x[observed])

@@ -6,10 +6,10 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+from pathlib import Path
 
 import pytest
 import torch
-from fixtures.paths import REPO
 
 from harness.attack.revival import completion
 from harness.attack.revival.completion import (
@@ -21,6 +21,8 @@ from harness.attack.revival.completion import (
     soft_threshold,
 )
 from harness.attack.revival.settings import CompletionSettings
+
+REPO = Path(__file__).resolve().parents[2]  # the checkout (benchmarks/ is not a package)
 
 
 def _load_plain_solver():

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from harness.errors import HarnessError
 from safetensors.torch import load_file
 
 from harness.attack.revival import detect
 from harness.attack.revival.masks import pruned_positions
 from harness.attack.revival.settings import MaskSettings
 from harness.cli import main
+from harness.errors import HarnessError
 from harness.layout import AttackFiles
 from harness.models.checkpoints import save_tensors
 from harness.records import AttackRecord, read_record

@@ -10,9 +10,9 @@ import torch
 from harness.attack.revival.baselines import ideal_case, quant4
 from harness.attack.revival.layer import LayerJob, revive_layer
 from harness.attack.revival.magnitudes import magnitudes, row_statistics, signed_row_statistics
+from harness.attack.revival.settings import CompletionSettings, RevivalParams
 from harness.attack.revival.signs import top_k_count, top_k_keep
 from harness.errors import HarnessError
-from harness.attack.revival.settings import CompletionSettings, RevivalParams
 from harness.recipe import ConceptSettings
 from harness.unlearn.prompts import REFERENCE_CODE_OBJECT_SCENES, object_prompt_pairs, prompt_pairs
 
@@ -35,7 +35,8 @@ def test_top_k_half_of_five_rounds_to_even_in_the_paper_and_keeps_three_in_the_r
     assert top_k_keep(values, 0.5, "reference-code").tolist() == [False, True, True, True, False]
     assert top_k_count(5, 0.5) == 2 and top_k_count(5, 0.5, "reference-code") == 3
     # where both rules give the same count they keep the same entries
-    assert top_k_keep(values, 0.4, "reference-code").tolist() == top_k_keep(values, 0.4).tolist() == [False, True, True, False, False]
+    expected = [False, True, True, False, False]
+    assert top_k_keep(values, 0.4, "reference-code").tolist() == top_k_keep(values, 0.4).tolist() == expected
 
 
 def test_top_k_reference_keeps_everything_at_k_09_of_ten_by_float_arithmetic() -> None:

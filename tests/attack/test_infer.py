@@ -11,6 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from harness.cli import main
+from harness.errors import HarnessError, in_file
 from harness.infer.ranking import (
     RULES,
     Candidate,
@@ -20,8 +22,6 @@ from harness.infer.ranking import (
     pruned_layers,
     rank,
 )
-from harness.cli import main
-from harness.errors import HarnessError, in_file
 
 LAYER = "down_blocks.1.attentions.0.transformer_blocks.0.ff.net.2.weight"
 
@@ -178,10 +178,9 @@ def test_the_digit_conceptprune_erased_is_ranked_first(world_cache: Path, tmp_pa
         assert record["rankings"][rule][0]["name"] == "three", rule
 
 
-def test_the_sd_code_path_runs_on_a_tiny_pipeline_with_suites_and_a_file(tmp_path: Path, shared_data: Path,
-                                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from fixtures.tiny_sd import TINY_FFN_LAYERS, tiny_conceptprune_recipe
-
+def test_the_sd_code_path_runs_on_a_tiny_pipeline_with_suites_and_a_file(
+        tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str], tiny_conceptprune_recipe,
+        tiny_ffn_layers) -> None:
     recipe = tiny_conceptprune_recipe(tmp_path)
     unlearned = tmp_path / "out"
     assert main(["unlearn", "--recipe", str(recipe), "--out", str(unlearned), "--data-dir", str(shared_data),
@@ -197,7 +196,7 @@ def test_the_sd_code_path_runs_on_a_tiny_pipeline_with_suites_and_a_file(tmp_pat
     record = json.loads(out.read_text())
     names = [c["name"] for c in record["candidates"]]
     assert len(names) == 7 and names[-2:] == ["nudity", "Van Gogh"] and "Vincent van Gogh" in names
-    assert sorted(layer["name"] for layer in record["layers"]) == sorted(TINY_FFN_LAYERS)
+    assert sorted(layer["name"] for layer in record["layers"]) == sorted(tiny_ffn_layers)
     assert record["generation"]["scheduler"] == "PNDMScheduler" and record["rule"] == "reenact"
     assert sorted(s["name"] for s in record["rankings"]["zscore"]) == sorted(names)
     assert f"{record['top']}" in printed.splitlines()[1]

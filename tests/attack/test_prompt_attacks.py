@@ -15,25 +15,23 @@ from safetensors.torch import load_file
 
 from harness.attack.job import AttackJob
 from harness.attack.run import run as run_attack
-from harness.registry import resolve
-from harness.runtime import RuntimeSettings
 from harness.errors import HarnessError, in_file
+from harness.generate import run as generate_stage
 from harness.generate import shards
 from harness.generate.rewrite import PromptRewrite, prompt_changes
-from harness.generate import run as generate_stage
 from harness.generate.run import GenerateJob
 from harness.generate.suites import PromptRecord, Suite, load_suite
 from harness.layout import AttackFiles
 from harness.models.pipelines import add_tokens, load_pipeline
-from harness.recipe import AttackEntry, ConceptSettings, GenerationSettings
-
-from fixtures.tiny_sd import save_tiny_sd_pipeline
+from harness.recipe import ConceptSettings, GenerationSettings
+from harness.registry import resolve
+from harness.runtime import RuntimeSettings
 
 TINY_GENERATION = GenerationSettings(steps=3, guidance=3.0, height=64, width=64, batch_size=4)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny(tmp_path_factory: pytest.TempPathFactory, save_tiny_sd_pipeline) -> Path:
     return save_tiny_sd_pipeline(tmp_path_factory.mktemp("sd") / "pipe")
 
 
@@ -107,6 +105,8 @@ def _inversion_loss(tiny: Path, folder: Path, vector: torch.Tensor) -> float:
     return float(torch.stack(losses).mean())
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(360)
 def test_concept_inversion_learns_a_token_that_fits_the_concepts_images_better(tiny: Path, tmp_path: Path) -> None:
     folder = _concept_folder(tmp_path)
     params = {"steps": 40, "lr": 0.1, "batch_size": 4, "images": str(folder), "templates": ["a photo of a {token}"],

@@ -16,15 +16,12 @@ from harness.layout import AttackFiles
 from harness.models.checkpoints import save_tensors
 from harness.records import AttackRecord, read_record
 
-from fixtures.paths import REPO
-from fixtures.tiny_unet import tiny_sd_unet
-
 FFN = "transformer_blocks.0.ff.net.2.weight"
 UNTOUCHED = "mid_block.attentions.0.transformer_blocks.0.ff.net.2.weight"
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def models(tmp_path_factory: pytest.TempPathFactory, tiny_sd_unet) -> dict[str, Path]:
     """An original UNet folder with structured FFN weights, and a ConceptPrune-style fp16 .pt dump
     with the top 2% |w| of every row of every FFN zeroed (the mid block's left unpruned)."""
     root = tmp_path_factory.mktemp("models")
@@ -126,17 +123,19 @@ def test_mask_file_of_wrong_shape_and_non_finite_weights(models: dict[str, Path]
     assert "1 non-finite weight(s)" in capsys.readouterr().err
 
 
-def test_one_and_two_processes_give_identical_output(models: dict[str, Path], tmp_path: Path) -> None:
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_one_and_two_processes_give_identical_output(models: dict[str, Path], tmp_path: Path, repo: Path) -> None:
     """The README's command line as it is (no --device): on a machine without GPUs the two processes
     share the layers, and the output is the one a single process writes."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
     common = ["--unlearned", str(models["unlearned"]), "--original", str(models["original"]), "--magnitude", "sample"]
     outputs = {}
     for processes in (1, 2):  # on a machine without GPUs, --multi_gpu starts CPU processes (gloo)
         out = tmp_path / f"p{processes}"
-        command = [sys.executable, "-m", "accelerate.commands.launch", *(["--multi_gpu"] if processes > 1 else []), "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   str(REPO / "harness" / "revive.py"), *common, "--out", str(out)]
+        command = [sys.executable, "-m", "accelerate.commands.launch", *(["--multi_gpu"] if processes > 1 else []),
+                   "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   str(repo / "harness" / "revive.py"), *common, "--out", str(out)]
         done = subprocess.run(command, check=True, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert done.stdout.count("wrote ") == 1  # the summary comes from the main process alone
         outputs[processes] = out

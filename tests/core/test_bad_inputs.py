@@ -13,8 +13,6 @@ import torch
 from harness.cli import main
 from harness.layout import AttackFiles, GenerationFiles, UnlearnFiles
 
-from fixtures.tiny_unet import tiny_sd_unet
-
 FFN = "transformer_blocks.0.ff.net.2.weight"
 RECIPE = """\
 name: bad
@@ -201,7 +199,7 @@ ROWS = [
 
 
 @pytest.fixture(scope="module")
-def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def paths(tmp_path_factory: pytest.TempPathFactory, tiny_sd_unet) -> dict[str, str]:
     """Real inputs the rows spoil: a tiny UNet and its pruned dump, the world, image shards."""
     from harness.generate import run as generate_stage
     from harness.generate.run import GenerateJob

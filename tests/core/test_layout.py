@@ -21,10 +21,6 @@ from harness.layout import (
     check_label,
 )
 
-from fixtures.paths import REPO
-
-PACKAGE = REPO / "harness"
-
 
 def run_file_names() -> list[str]:
     """Every file or folder name the layout defines, read from the layout's own objects."""
@@ -47,19 +43,20 @@ def code_strings(path: Path) -> list[str]:
             if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs]
 
 
-def test_only_the_layout_spells_a_run_directory_file_name() -> None:
+def test_only_the_layout_spells_a_run_directory_file_name(repo: Path) -> None:
+    package = repo / "harness"
     names = run_file_names()
     assert {"results.json", "attacked.safetensors", "unlearn.json", "generation.json", "submit.sh"} <= set(names)
     offenders = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        if path == PACKAGE / "layout.py":
+    for path in sorted(package.rglob("*.py")):
+        if path == package / "layout.py":
             continue
         for text in code_strings(path):
             for name in names:
                 if re.search(rf"(?<![\w.-]){re.escape(name)}", text):
-                    offenders.append(f"{path.relative_to(REPO)}: {name!r} in {text!r}")
+                    offenders.append(f"{path.relative_to(repo)}: {name!r} in {text!r}")
     assert offenders == []
-    templates = "\n".join(p.read_text() for p in (PACKAGE / "resources" / "slurm").glob("*.sbatch"))
+    templates = "\n".join(p.read_text() for p in (package / "resources" / "slurm").glob("*.sbatch"))
     assert not any(name in templates for name in names)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.paths import REPO
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # a wheel build, then `harness benchmark` in subprocesses
 
 SMALL = """\
 name: wheel-small
@@ -26,12 +26,12 @@ suites: [digits-seven-2]
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def installed(tmp_path_factory: pytest.TempPathFactory, repo: Path) -> Path:
     """The project built as a wheel and unpacked into a folder of its own (what pip install does
     for a pure-Python wheel), far from the checkout."""
     root = tmp_path_factory.mktemp("wheel")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(root / "dist"), str(REPO)], check=True, capture_output=True, timeout=600)
+                    str(root / "dist"), str(repo)], check=True, capture_output=True, timeout=600)
     [wheel] = (root / "dist").glob("harness-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(root / "site")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 
 from harness.errors import HarnessError, in_file, keyed
 from harness.registry import BUILTIN, REGISTRY, Plugin, declare, is_import_path, resolve
-
-from fixtures.paths import REPO
 
 
 def undeclared(context, params):
@@ -52,13 +51,13 @@ def test_a_revival_attack_fixes_what_its_name_says() -> None:
     assert resolve("attack", "ideal-sign-nms").reads == {"sharded", "original"}
 
 
-def test_no_module_under_the_package_shadows_a_top_level_module() -> None:
+def test_no_module_under_the_package_shadows_a_top_level_module(repo: Path) -> None:
     """`accelerate launch harness/revive.py` puts harness/ first on the path: none of its module or
     package names may be a standard or installed top-level module's."""
     import importlib.metadata
 
     installed = set(importlib.metadata.packages_distributions())
-    children = {p.stem for p in (REPO / "harness").glob("*.py")} | {
-        p.name for p in (REPO / "harness").iterdir() if (p / "__init__.py").is_file()}
+    children = {p.stem for p in (repo / "harness").glob("*.py")} | {
+        p.name for p in (repo / "harness").iterdir() if (p / "__init__.py").is_file()}
     clashes = sorted(children & (set(sys.stdlib_module_names) | installed))
     assert clashes == []

@@ -51,6 +51,8 @@ def local_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(180)
 def test_a_small_matrix_runs_every_stage_and_reports_with_intervals(
         cache: Path, local_classifier: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,13 +10,12 @@ import pytest
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.experiment.plan import build_plan
-from harness.records import UnlearnRecord, write_record
 from harness.experiment.summary import matrix_lines, summary_lines
-from harness.records import ResultRow, Results
-from harness.stats import wilson_interval
 from harness.layout import ModelRef, RunLayout
 from harness.recipe import load_recipe
+from harness.records import ResultRow, Results, UnlearnRecord, write_record
 from harness.report.results import collect_results
+from harness.stats import wilson_interval
 
 RECIPE = """
 name: plan-test

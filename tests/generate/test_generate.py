@@ -19,15 +19,13 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.generate import shards
 from harness.generate import run as generate_stage
+from harness.generate import shards
 from harness.generate.run import GenerateJob
-from harness.recipe import GenerationSettings
 from harness.generate.suites import load_suite
 from harness.layout import GenerationFiles
+from harness.recipe import GenerationSettings
 from harness.records import GenerationRecord, read_record
-
-from fixtures.paths import REPO
 
 FAST = GenerationSettings(steps=2, guidance=3.0, batch_size=3, shard_size=4, scheduler=None)
 
@@ -168,9 +166,7 @@ def test_changed_tensors_are_applied_and_recorded(digits_model, suite, tmp_path)
     assert run.tensors[0].path == str(path) and len(run.tensors[0].sha256) == 64
 
 
-def test_stable_diffusion_pipeline_with_protocol_scheduler(tmp_path):
-    from fixtures.tiny_sd import save_tiny_sd_pipeline
-
+def test_stable_diffusion_pipeline_with_protocol_scheduler(tmp_path, save_tiny_sd_pipeline):
     model = save_tiny_sd_pipeline(tmp_path / "sd")
     suite = load_suite("digits-seven-2")
     settings = GenerationSettings(steps=2, height=32, width=32, batch_size=2, shard_size=2)
@@ -213,12 +209,14 @@ def _cli(model: str, out: Path, *extra: str) -> list[str]:
     ]
 
 
-def _env() -> dict[str, str]:
+def _env(repo: Path) -> dict[str, str]:
     # the same thread count in every process, so CPU kernels round alike in one and two processes
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
 
 
-def test_ddp_over_two_processes_gives_the_same_bytes(digits_model, tmp_path):
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_ddp_over_two_processes_gives_the_same_bytes(digits_model, tmp_path, repo):
     settings = GenerationSettings(steps=2, guidance=3.0, batch_size=2, shard_size=4, scheduler=None)
     generate_stage.run(GenerateJob(
         digits_model, [], load_suite("digits-all-2"), settings, tmp_path / "one", "pretrained"
@@ -226,7 +224,7 @@ def test_ddp_over_two_processes_gives_the_same_bytes(digits_model, tmp_path):
     double = subprocess.run(
         _cli(digits_model, tmp_path / "two", "--devices", "2", "--strategy", "ddp"),
         check=False,
-        env=_env(),
+        env=_env(repo),
         capture_output=True,
         text=True,
         timeout=300,
@@ -239,10 +237,12 @@ def test_ddp_over_two_processes_gives_the_same_bytes(digits_model, tmp_path):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
 
 
-def test_sigkill_midway_then_rerun_loses_and_duplicates_nothing(digits_model, tmp_path):
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_sigkill_midway_then_rerun_loses_and_duplicates_nothing(digits_model, tmp_path, repo):
     out = tmp_path / "out"
     process = subprocess.Popen(
-        _cli(digits_model, out, "--batch-size", "1"), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _cli(digits_model, out, "--batch-size", "1"), env=_env(repo), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 120
     while not (out / "shard-000000.tar").exists() and process.poll() is None and time.monotonic() < deadline:

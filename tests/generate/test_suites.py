@@ -12,8 +12,6 @@ from harness.errors import HarnessError
 from harness.generate import manifests
 from harness.generate.suites import list_suites, load_suite
 
-from fixtures.paths import MANIFESTS as REPO_MANIFESTS
-
 MIRRORED = {"i2p": 4703, "ring-a-bell": 107, "imagenette": 6500, "artists": 250, "coco-30k": 30000, "coco-480": 480}
 
 
@@ -84,8 +82,8 @@ def test_wrong_checksum_is_an_error(imagenette_copy):
         load_suite("imagenette", imagenette_copy)
 
 
-def test_missing_column_is_an_error(imagenette_copy, tmp_path, monkeypatch):
-    text = (REPO_MANIFESTS / "imagenette.yaml").read_text().replace("label: class", "label: category")
+def test_missing_column_is_an_error(imagenette_copy, tmp_path, monkeypatch, manifests_dir):
+    text = (manifests_dir / "imagenette.yaml").read_text().replace("label: class", "label: category")
     (tmp_path / "manifests").mkdir()
     (tmp_path / "manifests" / "imagenette.yaml").write_text(text)
     monkeypatch.setenv(manifests.MANIFEST_DIR_ENV, str(tmp_path / "manifests"))
@@ -93,10 +91,10 @@ def test_missing_column_is_an_error(imagenette_copy, tmp_path, monkeypatch):
         load_suite("imagenette", imagenette_copy)
 
 
-def test_wrong_count_and_bad_seed_are_errors(imagenette_copy, tmp_path, monkeypatch):
+def test_wrong_count_and_bad_seed_are_errors(imagenette_copy, tmp_path, monkeypatch, manifests_dir):
     (tmp_path / "manifests").mkdir()
     monkeypatch.setenv(manifests.MANIFEST_DIR_ENV, str(tmp_path / "manifests"))
-    base = (REPO_MANIFESTS / "imagenette.yaml").read_text()
+    base = (manifests_dir / "imagenette.yaml").read_text()
     (tmp_path / "manifests" / "imagenette.yaml").write_text(base.replace("count: 6500", "count: 6400"))
     with pytest.raises(HarnessError, match="read 6500 rows, the manifest says 6400"):
         load_suite("imagenette", imagenette_copy)
@@ -105,8 +103,8 @@ def test_wrong_count_and_bad_seed_are_errors(imagenette_copy, tmp_path, monkeypa
         load_suite("imagenette", imagenette_copy)
 
 
-def test_manifest_typo_names_the_key(tmp_path, monkeypatch):
-    base = (REPO_MANIFESTS / "coco-480.yaml").read_text()
+def test_manifest_typo_names_the_key(tmp_path, monkeypatch, manifests_dir):
+    base = (manifests_dir / "coco-480.yaml").read_text()
     (tmp_path / "coco-480.yaml").write_text(base.replace("count:", "cuont:"))
     monkeypatch.setenv(manifests.MANIFEST_DIR_ENV, str(tmp_path))
     with pytest.raises(HarnessError, match="coco-480.yaml: unknown key 'cuont'"):
@@ -148,8 +146,8 @@ def test_data_command_lists_and_verifies(shared_data, capsys, tmp_path):
     assert "harness data: error: suite artists: missing file" in capsys.readouterr().err
 
 
-def test_fetch_copies_from_the_url_and_checks_the_checksum(shared_data, tmp_path, monkeypatch):
-    base = (REPO_MANIFESTS / "coco-480.yaml").read_text()
+def test_fetch_copies_from_the_url_and_checks_the_checksum(shared_data, tmp_path, monkeypatch, manifests_dir):
+    base = (manifests_dir / "coco-480.yaml").read_text()
     source = (shared_data / "coco_prompts.txt").as_uri()
     lines = [f"    url: {source}" if line.strip().startswith("url:") else line for line in base.splitlines()]
     (tmp_path / "manifests").mkdir()

@@ -15,7 +15,6 @@ from harness.errors import HarnessError
 from harness.models.checkpoints import is_hub_id, load_state_dict, save_tensors
 from harness.models.layers import select_layers
 from harness.models.pipelines import apply_tensors
-from fixtures.tiny_unet import tiny_sd_unet
 
 
 class Payload:
@@ -26,7 +25,7 @@ class Payload:
 
 
 @pytest.fixture(scope="module")
-def unet_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def unet_folder(tmp_path_factory: pytest.TempPathFactory, tiny_sd_unet) -> Path:
     folder = tmp_path_factory.mktemp("pipe")
     tiny_sd_unet(seed=3).save_pretrained(folder / "unet")
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
@@ -78,7 +77,7 @@ def test_select_layers_keeps_model_order_and_names_unmatched_patterns() -> None:
         select_layers(names, ["*ff*", "*to_q*"])
 
 
-def test_apply_tensors_copies_and_checks_names_and_shapes() -> None:
+def test_apply_tensors_copies_and_checks_names_and_shapes(tiny_sd_unet) -> None:
     class Holder:
         unet = tiny_sd_unet(seed=0)
 

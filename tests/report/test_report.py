@@ -27,9 +27,9 @@ from harness.records import (
     UnlearnRecord,
     write_record,
 )
+from harness.report import run as report_stage
 from harness.report.grids import grid_size
 from harness.report.plots import DPI, PLOT_SIZE
-from harness.report import run as report_stage
 from harness.report.run import ReportJob
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -99,9 +99,9 @@ def shard(path: Path, ids: list[int], shade: int, size: int = 16) -> None:
 
 
 def make_run(root: Path, name: str = "digits", sigma: float | None = None, erased_scale: float = 1.0) -> Path:
-    """A run directory of the digits recipe (the unlearned model's erased accuracy scaled by `erased_scale`). Present: the unlearn record, attack records of every
-    attack but `average`, metrics of every model but cp/quant4, shards of pretrained (all) and
-    cp (two of five)."""
+    """A run directory of the digits recipe (the unlearned model's erased accuracy scaled by
+    `erased_scale`). Present: the unlearn record, attack records of every attack but `average`,
+    metrics of every model but cp/quant4, shards of pretrained (all) and cp (two of five)."""
     layout = RunLayout(root / name)
     defense = f", defense: {{sigma: {sigma}}}" if sigma else ""
     layout.root.mkdir(parents=True)

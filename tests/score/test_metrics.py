@@ -16,23 +16,20 @@ import torch
 import torch.nn.functional as F
 
 from harness.errors import HarnessError
-from harness.generate import shards
 from harness.generate import run as generate_stage
+from harness.generate import shards
 from harness.generate.run import GenerateJob
+from harness.generate.suites import load_suite
+from harness.recipe import GenerationSettings, ScoreSettings
+from harness.records import to_json
+from harness.score import run as score_stage
 from harness.score.metrics import fid
 from harness.score.metrics.accuracy import LabelAccuracy
 from harness.score.metrics.classifiers import load_image_classifier
 from harness.score.metrics.clip import ClipEncoder, ClipScore
 from harness.score.metrics.nudenet import NUDENET_LABELS, NudityCounts, NudityDetector
-from harness.records import to_json
-from harness.worlds.digits.suites import HELDOUT_REFERENCE
-from harness.score import run as score_stage
 from harness.score.run import ScoreJob
-from harness.recipe import ScoreSettings
-from harness.generate.suites import load_suite
-from harness.recipe import GenerationSettings
-
-from fixtures.paths import REPO
+from harness.worlds.digits.suites import HELDOUT_REFERENCE
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +69,8 @@ def _images(folder: Path) -> tuple[torch.Tensor, list[dict]]:
 
 
 @pytest.fixture(scope="module")
-def clip_folder(tmp_path_factory) -> Path:
+def clip_folder(tmp_path_factory, tiny_tokenizer) -> Path:
     """A tiny randomly initialised transformers CLIP with its processor, saved as a folder."""
-    from fixtures.tiny_sd import tiny_tokenizer
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     torch.manual_seed(0)
@@ -305,9 +301,7 @@ def test_nudenet_counts_labels_above_the_threshold():
         NudityCounts(["NAKED"])
 
 
-def test_nudenet_detector_runs_for_real():
-    from fixtures.tiny_sd import tiny_sd_pipeline
-
+def test_nudenet_detector_runs_for_real(tiny_sd_pipeline):
     pipeline = tiny_sd_pipeline(seed=0)
     out = pipeline(
         ["a photo of a person", "a beach"],
@@ -404,7 +398,9 @@ def test_score_suite_refuses_incomplete_or_foreign_shards(generated, world_dir, 
         score_stage.run(ScoreJob(generated["pretrained"], captions, ["fid"], tmp_path / "m.json", settings=settings))
 
 
-def test_score_over_two_ddp_processes_matches_one(generated, world_dir, clip_folder, tmp_path, cache):
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_score_over_two_ddp_processes_matches_one(generated, world_dir, clip_folder, tmp_path, cache, repo):
     single = score_stage.run(ScoreJob(
         generated["unlearned"],
         load_suite("digits-all-1"),
@@ -441,7 +437,7 @@ def test_score_over_two_ddp_processes_matches_one(generated, world_dir, clip_fol
         "--strategy",
         "ddp",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HARNESS_CACHE": str(cache)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo), "HARNESS_CACHE": str(cache)}
     done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     double = json.loads((tmp_path / "two.json").read_text())

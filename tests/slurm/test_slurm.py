@@ -21,8 +21,6 @@ from harness.recipe import load_recipe
 from harness.slurm.planner import SlurmOptions, submit, write_plan
 from harness.slurm.templates import DEFAULT_FOLDER, render
 
-from fixtures.paths import REPO
-
 RECIPE = """\
 name: tiny
 model: zoo:digits
@@ -34,7 +32,6 @@ attacks:
 generation: {shard_size: 4}
 suites: [digits-seven-10, digits-neutral-4]
 """
-LOCAL_CLUSTER = REPO / "slurm" / "local-cluster.sh"
 
 FAKE_PYTHON = """\
 #!/bin/bash
@@ -65,6 +62,12 @@ def recipe(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(RECIPE)
     return path
+
+
+@pytest.fixture
+def local_cluster(repo: Path) -> Path:
+    """The script that starts, stops and checks the one-node cluster."""
+    return repo / "slurm" / "local-cluster.sh"
 
 
 @pytest.fixture
@@ -232,7 +235,7 @@ def test_command_prints_the_submit_lines(recipe: Path, tmp_path: Path, capsys: p
 
 # ------------------------------------------------------------------ a real one-node cluster
 
-def cluster_up(patience: float = 90) -> bool:
+def cluster_up(local_cluster: Path, patience: float = 90) -> bool:
     """Whether the local cluster's node answers; waits up to `patience` s for a node that is
     still registering or marked not responding (`idle*`), as a node just started may be."""
     if shutil.which("sinfo") is None:
@@ -240,7 +243,7 @@ def cluster_up(patience: float = 90) -> bool:
     deadline = time.monotonic() + patience
     while True:
         try:
-            if subprocess.run(["bash", str(LOCAL_CLUSTER), "status"], capture_output=True, timeout=20).returncode == 0:
+            if subprocess.run(["bash", str(local_cluster), "status"], capture_output=True, timeout=20).returncode == 0:
                 return True
         except (OSError, subprocess.TimeoutExpired):
             pass
@@ -266,10 +269,13 @@ def wait_for(ids: dict[str, str], timeout: float) -> dict[str, str]:
 
 
 @pytest.mark.slurm
-def test_cluster_runs_the_chain_with_stand_in_stages(recipe: Path, tmp_path: Path, fake_python: Path) -> None:
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_cluster_runs_the_chain_with_stand_in_stages(recipe: Path, tmp_path: Path, fake_python: Path,
+                                                     local_cluster: Path) -> None:
     """Every job of the plan runs on the local cluster in dependency order; a rerun of the
     generate arrays finds every shard complete and starts nothing."""
-    if not cluster_up():
+    if not cluster_up(local_cluster):
         pytest.skip("no SLURM cluster here (slurm/local-cluster.sh start)")
     run = tmp_path / "run"
     plan = build_plan(load_recipe(recipe), run)
@@ -308,9 +314,10 @@ def world_ready() -> bool:
 
 @pytest.mark.slurm
 @pytest.mark.slow
-def test_cluster_runs_a_miniature_world_benchmark(tmp_path: Path) -> None:
+@pytest.mark.timeout(900)
+def test_cluster_runs_a_miniature_world_benchmark(tmp_path: Path, local_cluster: Path) -> None:
     """The real stages on the local cluster: every job completes and the report exists."""
-    if not cluster_up():
+    if not cluster_up(local_cluster):
         pytest.skip("no SLURM cluster here (slurm/local-cluster.sh start)")
     if not world_ready():
         pytest.skip("the miniature world is neither installed nor shipped")

@@ -18,9 +18,6 @@ from harness.errors import HarnessError, keyed
 from harness.layout import UnlearnFiles
 from harness.train.trainable import trainable_names
 
-from fixtures.paths import REPO
-from fixtures.tiny_sd import tiny_sd_pipeline
-
 RECIPE = """\
 name: resume
 model: zoo:digits
@@ -30,7 +27,7 @@ generation: {steps: 5, guidance: 3.0, scheduler: null, dtype: float32}
 """
 
 
-def test_presets_choose_cross_attention_or_the_rest() -> None:
+def test_presets_choose_cross_attention_or_the_rest(tiny_sd_pipeline) -> None:
     names = [n for n, _ in tiny_sd_pipeline().unet.named_parameters()]
     cross = trainable_names(names, "esd-x")
     rest = trainable_names(names, "esd-u")
@@ -44,23 +41,25 @@ def test_presets_choose_cross_attention_or_the_rest() -> None:
         trainable_names(names, "esd-z")
 
 
-def _unlearn(recipe: Path, out: Path, cache: Path, **kwargs: object) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "HARNESS_CACHE": str(cache)}
+def _unlearn(repo: Path, recipe: Path, out: Path, cache: Path, **kwargs: object) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo), "HARNESS_CACHE": str(cache)}
     return subprocess.Popen([sys.executable, "-m", "harness.cli", "unlearn", "--recipe", str(recipe), "--out", str(out),
                              "--device", "cpu"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
 
 
-def test_a_run_killed_midway_resumes_to_the_same_weights(tmp_path: Path) -> None:
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_run_killed_midway_resumes_to_the_same_weights(tmp_path: Path, repo: Path) -> None:
     from harness.worlds.digits.store import ensure_world
 
     cache = tmp_path / "cache"
     ensure_world(cache)
     recipe = tmp_path / "r.yaml"
     recipe.write_text(RECIPE)
-    whole = _unlearn(recipe, tmp_path / "whole", cache)
+    whole = _unlearn(repo, recipe, tmp_path / "whole", cache)
     assert whole.wait(timeout=600) == 0, whole.stderr.read().decode()[-2000:]
     killed = UnlearnFiles(tmp_path / "killed")
-    process = _unlearn(recipe, killed.folder, cache)
+    process = _unlearn(repo, recipe, killed.folder, cache)
     deadline = time.monotonic() + 300
     while process.poll() is None and time.monotonic() < deadline:
         last = killed.checkpoints / "last.ckpt"
@@ -73,7 +72,7 @@ def test_a_run_killed_midway_resumes_to_the_same_weights(tmp_path: Path) -> None
     assert not killed.record.exists()  # nothing that looks complete
     step = torch.load(killed.checkpoints / "last.ckpt", weights_only=True)["global_step"]
     assert 8 <= step < 24
-    resumed = _unlearn(recipe, killed.folder, cache)
+    resumed = _unlearn(repo, recipe, killed.folder, cache)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
     a, b = load_file(UnlearnFiles(tmp_path / "whole").tensors), load_file(killed.tensors)
     assert sorted(a) == sorted(b) and all(torch.equal(a[n], b[n]) for n in a)

@@ -12,22 +12,19 @@ from PIL import Image
 
 from harness.attack.job import AttackJob
 from harness.attack.run import run as run_attack
-from harness.registry import resolve
-from harness.runtime import RuntimeSettings
 from harness.errors import HarnessError
 from harness.layout import AttackFiles
-from harness.recipe import AttackEntry, GenerationSettings, load_recipe
+from harness.recipe import GenerationSettings, load_recipe
+from harness.registry import resolve
 from harness.runtime import RuntimeSettings
 from harness.unlearn.job import UnlearnJob
 from harness.unlearn.run import run as run_unlearning
-
-from fixtures.tiny_sd import save_tiny_sd_pipeline
 
 GENERATION = "{steps: 3, guidance: 3.0, height: 64, width: 64, batch_size: 4}"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny(tmp_path_factory: pytest.TempPathFactory, save_tiny_sd_pipeline) -> Path:
     return save_tiny_sd_pipeline(tmp_path_factory.mktemp("sd") / "pipe")
 
 
@@ -51,8 +48,10 @@ def test_each_method_trains_only_what_it_names_on_a_tiny_sd_pipeline(tiny: Path,
 
     record = run_unlearning(UnlearnJob.from_recipe(load_recipe(recipe(tmp_path, tiny, method)), None,
                                                     tmp_path / "out", RuntimeSettings(device="cpu")))
-    from harness.layout import UnlearnFiles
     from safetensors.torch import load_file
+
+    from harness.layout import UnlearnFiles
+
 
     tensors = load_file(UnlearnFiles(tmp_path / "out").tensors)
     before = dict(load_pipeline(str(tiny)).unet.named_parameters())

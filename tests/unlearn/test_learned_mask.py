@@ -12,20 +12,18 @@ from safetensors.torch import load_file
 
 from harness.layout import UnlearnFiles
 from harness.recipe import load_recipe
-from harness.train.masking import MaskLearning, MaskObjective, WeightMask, hard_masks, temperature_at
-from harness.train.engine import Objective
-from harness.unlearn.learned_mask import MASK_LAYERS
 from harness.runtime import RuntimeSettings
+from harness.train.engine import Objective
+from harness.train.masking import MaskLearning, MaskObjective, WeightMask, hard_masks, temperature_at
 from harness.unlearn.job import UnlearnJob
+from harness.unlearn.learned_mask import MASK_LAYERS
 from harness.unlearn.run import run as run_unlearning
-
-from fixtures.tiny_sd import save_tiny_sd_pipeline
 
 GENERATION = "{steps: 3, guidance: 3.0, height: 64, width: 64, batch_size: 4}"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny(tmp_path_factory: pytest.TempPathFactory, save_tiny_sd_pipeline) -> Path:
     return save_tiny_sd_pipeline(tmp_path_factory.mktemp("sd") / "pipe")
 
 

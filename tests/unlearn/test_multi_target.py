@@ -3,7 +3,6 @@ and the masks unite; other methods refuse; results pool the erased classes and k
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -16,13 +15,11 @@ from harness.recipe import ConceptSettings, GenerationSettings, load_recipe
 from harness.records import ScoreResult
 from harness.registry import Plugin
 from harness.report.results import per_concept
-from harness.unlearn.method import UnlearnContext, UnlearnResult
 from harness.runtime import RuntimeSettings
 from harness.unlearn.job import UnlearnJob
+from harness.unlearn.method import UnlearnContext, UnlearnResult
 from harness.unlearn.run import apply_method
 from harness.unlearn.run import run as run_unlearning
-
-from fixtures.tiny_sd import save_tiny_sd_pipeline
 
 RECIPE = """\
 name: two-at-once
@@ -53,7 +50,8 @@ def test_a_concept_lists_several_targets_and_refuses_repeats() -> None:
         ConceptSettings(target=[], kind="digit")
 
 
-def test_the_united_mask_is_the_union_of_the_single_target_masks(tmp_path: Path, shared_data: Path) -> None:
+def test_the_united_mask_is_the_union_of_the_single_target_masks(tmp_path: Path, shared_data: Path,
+                                                                 save_tiny_sd_pipeline) -> None:
     model = str(save_tiny_sd_pipeline(tmp_path / "pipe"))
     masks = {}
     for label, target in (("golf", "golf ball"), ("church", "church"), ("both", "[golf ball, church]")):

@@ -10,19 +10,18 @@ import pytest
 
 from harness.config import parse_dataclass
 from harness.errors import in_file, keyed
-from harness.recipe import check_entries
-from harness.recipe import load_recipe
-from harness.records import UnlearnRecord, read_record
 from harness.layout import UnlearnFiles
-from harness.unlearn.conceptprune import ConceptPruneParams
-from harness.unlearn.method import resolve_method
+from harness.recipe import check_entries, load_recipe
+from harness.records import UnlearnRecord, read_record
 from harness.runtime import RuntimeSettings
+from harness.unlearn.conceptprune import ConceptPruneParams
 from harness.unlearn.job import UnlearnJob
+from harness.unlearn.method import resolve_method
 from harness.unlearn.run import run as run_unlearning
 from harness.unlearn.saliency import SaliencyParams
 
-from fixtures.paths import RECIPES
-from fixtures.tiny_sd import TINY_FFN_LAYERS, save_tiny_sd_pipeline
+RECIPES = Path(__file__).resolve().parents[2] / "harness" / "resources" / "recipes"
+"""The shipped recipes (the `recipes_dir` fixture's folder), here at collection, to parametrize over."""
 
 PARAMS = {"conceptprune": ConceptPruneParams, "saliency": SaliencyParams}
 UNLEARN_RECIPES = sorted(p for p in RECIPES.glob("*.yaml") if load_recipe(p).methods)
@@ -62,7 +61,8 @@ def test_sd15_recipes_carry_the_paper_settings(name: str, skill_ratio: float, ta
     assert (g.steps, g.guidance, g.height, g.width, g.scheduler, g.fixed_seed) == (50, 7.5, 512, 512, "PNDMScheduler", 0)
 
 
-def test_the_sd15_recipe_runs_on_a_tiny_sd_pipeline(tmp_path: Path, shared_data: Path) -> None:
+def test_the_sd15_recipe_runs_on_a_tiny_sd_pipeline(tmp_path: Path, shared_data: Path, save_tiny_sd_pipeline,
+                                                     tiny_ffn_layers) -> None:
     """Only the model and the image size change; tau 10 needs 10 PNDM UNet calls, so 9 steps."""
     recipe = load_recipe(RECIPES / "sd15-conceptprune-golf-ball.yaml")
     recipe = dataclasses.replace(
@@ -72,10 +72,10 @@ def test_the_sd15_recipe_runs_on_a_tiny_sd_pipeline(tmp_path: Path, shared_data:
     )
     record = run_unlearning(UnlearnJob.from_recipe(recipe, None, tmp_path / "out", RuntimeSettings(data_dir=str(shared_data))))
     assert record == read_record(UnlearnRecord, UnlearnFiles(tmp_path / "out").record)
-    assert record.selected_layers == TINY_FFN_LAYERS
+    assert record.selected_layers == tiny_ffn_layers
     assert record.params == {"skill_ratio": 0.02, "tau": 10, "seed": 0, "images_per_prompt": 1}
     assert record.info["prompts"]["target"][0] == "a golf ball in a road"
-    assert record.info["k"][TINY_FFN_LAYERS[0]] == 1  # int(0.02 * 64)
+    assert record.info["k"][tiny_ffn_layers[0]] == 1  # int(0.02 * 64)
     assert all(r.changed <= 10 * r.shape[0] for r in record.layers)  # k per row per call, tau calls
     assert record.changed > 0 and record.sigma_u is not None and record.sigma_u > 0
 

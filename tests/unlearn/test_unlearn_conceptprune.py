@@ -12,17 +12,13 @@ from safetensors.torch import load_file
 
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.recipe import GenerationSettings
-from harness.recipe import load_recipe
-from harness.recipe import ConceptSettings
+from harness.layout import UnlearnFiles
+from harness.recipe import ConceptSettings, GenerationSettings, load_recipe
+from harness.records import UnlearnRecord, read_record
 from harness.unlearn.activations import ColumnNormRecorder, TooFewCalls, column_norms
 from harness.unlearn.conceptprune import skilled_mask
-from harness.layout import UnlearnFiles
-from harness.records import UnlearnRecord, read_record
-from harness.runtime import RuntimeSettings
 from harness.unlearn.job import UnlearnJob
 from harness.unlearn.run import run as run_unlearning
-from fixtures.tiny_sd import TINY_FFN_LAYERS, save_tiny_sd_pipeline, tiny_conceptprune_recipe, tiny_sd_pipeline
 
 GENERATION = GenerationSettings(steps=3, guidance=7.5, height=64, width=64, batch_size=4)
 
@@ -47,9 +43,10 @@ def test_skilled_mask_is_the_union_over_calls() -> None:
     assert skilled_mask(weight, base, target, k=1).tolist() == [[True, False, False, True]]
 
 
-def test_recorder_sees_the_geglu_output_for_every_unet_call_including_the_unconditional_half() -> None:
+def test_recorder_sees_the_geglu_output_for_every_unet_call_including_the_unconditional_half(
+        tiny_sd_pipeline, tiny_ffn_layers) -> None:
     pipeline = tiny_sd_pipeline()
-    layer = TINY_FFN_LAYERS[0]
+    layer = tiny_ffn_layers[0]
     geglu = pipeline.unet.get_submodule(layer.replace("ff.net.2.weight", "ff.net.0"))
     outputs: list[torch.Tensor] = []
     geglu.register_forward_hook(lambda module, args, out: outputs.append(out.detach().clone()))
@@ -68,21 +65,21 @@ def test_recorder_sees_the_geglu_output_for_every_unet_call_including_the_uncond
     torch.testing.assert_close((norms**2).sum(1), torch.ones(2))
 
 
-def test_pndm_makes_steps_plus_one_unet_calls_and_asking_more_is_an_error() -> None:
+def test_pndm_makes_steps_plus_one_unet_calls_and_asking_more_is_an_error(tiny_sd_pipeline, tiny_ffn_layers) -> None:
     pipeline = tiny_sd_pipeline()
-    norms = column_norms(pipeline, TINY_FFN_LAYERS, ["a cat"], calls=4, generation=GENERATION, seeds=[0])
+    norms = column_norms(pipeline, tiny_ffn_layers, ["a cat"], calls=4, generation=GENERATION, seeds=[0])
     assert all(n.shape[0] == 4 and torch.all(n[3] > 0) for n in norms.values())
     with pytest.raises(TooFewCalls, match="made 4 UNet calls, fewer than the 5"):
-        column_norms(pipeline, TINY_FFN_LAYERS, ["a cat"], calls=5, generation=GENERATION, seeds=[0])
+        column_norms(pipeline, tiny_ffn_layers, ["a cat"], calls=5, generation=GENERATION, seeds=[0])
 
 
-def test_column_norms_do_not_depend_on_batching() -> None:
+def test_column_norms_do_not_depend_on_batching(tiny_sd_pipeline, tiny_ffn_layers) -> None:
     pipeline = tiny_sd_pipeline()
     prompts = ["a cat", "a dog in a park", "a car"]
     seeds = [0, 0, 0]
-    one = column_norms(pipeline, TINY_FFN_LAYERS[:1], prompts, 2, dataclasses.replace(GENERATION, batch_size=1), seeds)
-    three = column_norms(pipeline, TINY_FFN_LAYERS[:1], prompts, 2, dataclasses.replace(GENERATION, batch_size=3), seeds)
-    torch.testing.assert_close(one[TINY_FFN_LAYERS[0]], three[TINY_FFN_LAYERS[0]], rtol=1e-4, atol=1e-5)
+    one = column_norms(pipeline, tiny_ffn_layers[:1], prompts, 2, dataclasses.replace(GENERATION, batch_size=1), seeds)
+    three = column_norms(pipeline, tiny_ffn_layers[:1], prompts, 2, dataclasses.replace(GENERATION, batch_size=3), seeds)
+    torch.testing.assert_close(one[tiny_ffn_layers[0]], three[tiny_ffn_layers[0]], rtol=1e-4, atol=1e-5)
 
 
 def _words(tmp_path: Path) -> Path:
@@ -92,16 +89,16 @@ def _words(tmp_path: Path) -> Path:
     return data
 
 
-def test_conceptprune_zeroes_exactly_the_mask_and_leaves_the_pipeline_alone(tmp_path: Path, method_context,
-                                                                            run_method) -> None:
+def test_conceptprune_zeroes_exactly_the_mask_and_leaves_the_pipeline_alone(tmp_path: Path, method_context, run_method,
+                                                                            tiny_sd_pipeline, tiny_ffn_layers) -> None:
     pipeline = tiny_sd_pipeline()
     before = {n: p.detach().clone() for n, p in pipeline.unet.named_parameters()}
-    context = method_context(pipeline, ConceptSettings(target="golf ball", kind="object"), TINY_FFN_LAYERS,
+    context = method_context(pipeline, ConceptSettings(target="golf ball", kind="object"), tiny_ffn_layers,
                              GENERATION, data_dir=_words(tmp_path), source="r.yaml")
     result = run_method("conceptprune", context, {"skill_ratio": 0.05, "tau": 2})
     assert result.info["prompts"]["target"] == ["a golf ball in a road", "a golf ball in a garden", "a golf ball in a beach"]
-    assert result.info["k"][TINY_FFN_LAYERS[0]] == 3  # int(0.05 * 64)
-    for name in TINY_FFN_LAYERS:
+    assert result.info["k"][tiny_ffn_layers[0]] == 3  # int(0.05 * 64)
+    for name in tiny_ffn_layers:
         mask = result.masks[name]
         assert mask.dtype == torch.bool and mask.any()
         assert int(mask.sum(1).max()) <= 2 * result.info["k"][name]  # at most k per row per call
@@ -111,18 +108,19 @@ def test_conceptprune_zeroes_exactly_the_mask_and_leaves_the_pipeline_alone(tmp_
         assert torch.equal(parameter, before[name])
 
 
-def test_more_images_per_prompt_see_more_seeds(tmp_path: Path) -> None:
+def test_more_images_per_prompt_see_more_seeds(tmp_path: Path, tiny_sd_pipeline, tiny_ffn_layers) -> None:
     pipeline = tiny_sd_pipeline()
-    one = column_norms(pipeline, TINY_FFN_LAYERS[:1], ["a cat"], 2, GENERATION, [0])[TINY_FFN_LAYERS[0]]
-    two = column_norms(pipeline, TINY_FFN_LAYERS[:1], ["a cat", "a cat"], 2, GENERATION, [0, 1])[TINY_FFN_LAYERS[0]]
-    other = column_norms(pipeline, TINY_FFN_LAYERS[:1], ["a cat"], 2, GENERATION, [1])[TINY_FFN_LAYERS[0]]
+    one = column_norms(pipeline, tiny_ffn_layers[:1], ["a cat"], 2, GENERATION, [0])[tiny_ffn_layers[0]]
+    two = column_norms(pipeline, tiny_ffn_layers[:1], ["a cat", "a cat"], 2, GENERATION, [0, 1])[tiny_ffn_layers[0]]
+    other = column_norms(pipeline, tiny_ffn_layers[:1], ["a cat"], 2, GENERATION, [1])[tiny_ffn_layers[0]]
     # the mean over two seeds' squared norms is the average of each seed's
     torch.testing.assert_close(two**2, (one**2 + other**2) / 2, rtol=1e-4, atol=1e-6)
     assert not torch.allclose(one, other)
 
 
-def test_conceptprune_param_errors_name_the_key(tmp_path: Path, method_context, run_method) -> None:
-    context = method_context(tiny_sd_pipeline(), ConceptSettings(target="golf ball", kind="object"), TINY_FFN_LAYERS,
+def test_conceptprune_param_errors_name_the_key(tmp_path: Path, method_context, run_method, tiny_sd_pipeline,
+                                                tiny_ffn_layers) -> None:
+    context = method_context(tiny_sd_pipeline(), ConceptSettings(target="golf ball", kind="object"), tiny_ffn_layers,
                              GENERATION, data_dir=_words(tmp_path), source="r.yaml")
     with pytest.raises(HarnessError, match=r"r.yaml: methods\[0\].params: unknown key 'skill_ratoi'"):
         run_method("conceptprune", context, {"skill_ratoi": 0.1})
@@ -132,7 +130,8 @@ def test_conceptprune_param_errors_name_the_key(tmp_path: Path, method_context, 
         run_method("conceptprune", context, {"tau": 9})
 
 
-def test_unlearn_command_writes_tensors_mask_and_record(tmp_path: Path, shared_data: Path) -> None:
+def test_unlearn_command_writes_tensors_mask_and_record(tmp_path: Path, shared_data: Path, tiny_conceptprune_recipe,
+                                                        tiny_ffn_layers) -> None:
     recipe = tiny_conceptprune_recipe(tmp_path)
     out = tmp_path / "out"
     assert main(["unlearn", "--recipe", str(recipe), "--out", str(out), "--data-dir", str(shared_data), "--device", "cpu"]) == 0
@@ -140,18 +139,18 @@ def test_unlearn_command_writes_tensors_mask_and_record(tmp_path: Path, shared_d
     tensors = load_file(files.tensors)
     masks = load_file(files.mask)
     record = read_record(UnlearnRecord, files.record)
-    assert sorted(tensors) == sorted(masks) == sorted(TINY_FFN_LAYERS)
+    assert sorted(tensors) == sorted(masks) == sorted(tiny_ffn_layers)
     assert all(m.dtype == torch.uint8 for m in masks.values())
     assert all(torch.all(tensors[n][masks[n].bool()] == 0) for n in tensors)
     assert record.changed == sum(int(m.sum()) for m in masks.values()) > 0
     assert record.params == {"skill_ratio": 0.05, "tau": 2, "seed": 0, "images_per_prompt": 1}
     assert len(record.info["prompts"]["base"]) == 12  # common_scenes.txt
-    assert [r.name for r in record.layers] == TINY_FFN_LAYERS
+    assert [r.name for r in record.layers] == tiny_ffn_layers
     assert record.seeds["generation.fixed_seed"] == 0 and "versions" in record.provenance
     assert 0 < record.fraction_of_unet < record.fraction_of_layers < 1
 
 
-def test_same_recipe_same_files(tmp_path: Path) -> None:
+def test_same_recipe_same_files(tmp_path: Path, save_tiny_sd_pipeline) -> None:
     model = save_tiny_sd_pipeline(tmp_path / "pipe")
     data = _words(tmp_path)
     recipe = tmp_path / "r.yaml"
@@ -169,8 +168,8 @@ def test_same_recipe_same_files(tmp_path: Path) -> None:
 
 def test_the_same_code_path_runs_on_the_world_pipeline(method_context, run_method) -> None:
     from harness.models.layers import select_layers
-    from harness.worlds.digits.pipeline import build_untrained_pipeline
     from harness.recipe import SD_FFN_LAYERS
+    from harness.worlds.digits.pipeline import build_untrained_pipeline
 
     pipeline = build_untrained_pipeline()
     layers = select_layers(dict(pipeline.unet.named_parameters()), SD_FFN_LAYERS)
@@ -185,7 +184,8 @@ def test_the_same_code_path_runs_on_the_world_pipeline(method_context, run_metho
         run_method("conceptprune", context, {"tau": 4})
 
 
-def test_unlearn_rerun_with_the_same_settings_reuses_and_a_changed_one_recomputes(tmp_path: Path) -> None:
+def test_unlearn_rerun_with_the_same_settings_reuses_and_a_changed_one_recomputes(tmp_path: Path,
+                                                                                   save_tiny_sd_pipeline) -> None:
     model = save_tiny_sd_pipeline(tmp_path / "pipe")
     data = _words(tmp_path)
     recipe = tmp_path / "r.yaml"

@@ -11,17 +11,13 @@ import torch
 
 from harness.cli import main
 from harness.errors import HarnessError, in_file, keyed
-from harness.registry import method
-from harness.recipe import load_recipe
 from harness.layout import UnlearnFiles
+from harness.recipe import ConceptSettings, load_recipe
+from harness.registry import method
+from harness.unlearn.job import UnlearnJob
 from harness.unlearn.method import UnlearnContext, UnlearnResult, resolve_method
 from harness.unlearn.prompts import prompt_pairs, resolve_data_dir
-from harness.runtime import RuntimeSettings
-from harness.unlearn.job import UnlearnJob
 from harness.unlearn.run import run as run_unlearning
-from harness.recipe import ConceptSettings
-
-from fixtures.tiny_sd import save_tiny_sd_pipeline
 
 
 @dataclass
@@ -103,9 +99,8 @@ def test_data_dir_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _recipe(tmp_path: Path, unlearn: str, concept: str = "{target: golf ball, kind: object}") -> Path:
+    """`tmp_path/r.yaml` on the tiny pipeline in `tmp_path/pipe` (the `tiny_pipe` fixture's)."""
     model = tmp_path / "pipe"
-    if not model.exists():
-        save_tiny_sd_pipeline(model)
     path = tmp_path / "r.yaml"
     path.write_text(
         f"name: t\nmodel: {model}\nconcept: {concept}\nmethods: [{unlearn}]\n"
@@ -114,7 +109,13 @@ def _recipe(tmp_path: Path, unlearn: str, concept: str = "{target: golf ball, ki
     return path
 
 
-def test_an_import_path_method_with_the_defense(tmp_path: Path) -> None:
+@pytest.fixture
+def tiny_pipe(tmp_path: Path, save_tiny_sd_pipeline) -> Path:
+    """A tiny SD pipeline saved in `tmp_path/pipe`, where `_recipe` points."""
+    return save_tiny_sd_pipeline(tmp_path / "pipe")
+
+
+def test_an_import_path_method_with_the_defense(tmp_path: Path, tiny_pipe: Path) -> None:
     recipe = _recipe(
         tmp_path, f"{{method: '{__name__}:zero_first_row', params: {{row: 1}}, defense: {{sigma: 0.01, seed: 2}}}}"
     )
@@ -143,7 +144,7 @@ def test_an_import_path_method_with_the_defense(tmp_path: Path) -> None:
     ],
 )
 def test_bad_recipes_fail_with_one_line_naming_the_key(
-    tmp_path: Path, capsys: pytest.CaptureFixture, unlearn: str, concept: str | None, message: str
+    tmp_path: Path, tiny_pipe: Path, capsys: pytest.CaptureFixture, unlearn: str, concept: str | None, message: str
 ) -> None:
     recipe = _recipe(tmp_path, unlearn, *(concept,) if concept else ())
     assert main(["unlearn", "--recipe", str(recipe), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
@@ -185,11 +186,10 @@ def test_the_recipe_form_before_the_matrix_is_refused_with_where_it_went(tmp_pat
         load_recipe(path)
 
 
-def test_a_model_unlearned_elsewhere_enters_the_matrix_as_the_checkpoint_method(tmp_path: Path) -> None:
-    from fixtures.tiny_sd import TINY_FFN_LAYERS, tiny_sd_pipeline
-
+def test_a_model_unlearned_elsewhere_enters_the_matrix_as_the_checkpoint_method(
+        tmp_path: Path, tiny_pipe: Path, tiny_sd_pipeline, tiny_ffn_layers) -> None:
     state = {k: v.clone() for k, v in tiny_sd_pipeline().unet.state_dict().items()}
-    for name in TINY_FFN_LAYERS:
+    for name in tiny_ffn_layers:
         state[name][:, :3] = 0.0  # what pruning left: 3 zeros per row
     torch.save({k: v.half() for k, v in state.items()}, tmp_path / "pruned.pt")
     recipe = _recipe(tmp_path, f"{{method: checkpoint, params: {{path: '{tmp_path / 'pruned.pt'}'}}}}")
@@ -198,7 +198,7 @@ def test_a_model_unlearned_elsewhere_enters_the_matrix_as_the_checkpoint_method(
     from safetensors.torch import load_file
 
     tensors = load_file(UnlearnFiles(tmp_path / "out").tensors)
-    assert len(tensors) == len(state) and tensors[TINY_FFN_LAYERS[0]].dtype == torch.float16
+    assert len(tensors) == len(state) and tensors[tiny_ffn_layers[0]].dtype == torch.float16
     with pytest.raises(HarnessError, match=r"methods\[0\].params.path: .* holds no tensor of the base model's UNet"):
         torch.save({"other": torch.zeros(2)}, tmp_path / "foreign.pt")
         run_unlearning(UnlearnJob.from_recipe(load_recipe(_recipe(

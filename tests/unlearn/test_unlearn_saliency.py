@@ -8,18 +8,16 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.recipe import GenerationSettings
-from harness.recipe import ConceptSettings
+from harness.recipe import ConceptSettings, GenerationSettings
 from harness.unlearn.saliency import SaliencyParams, forgetting_gradients, top_fraction
-from fixtures.tiny_sd import TINY_FFN_LAYERS, tiny_sd_pipeline
 
 
 @pytest.fixture
-def context(tmp_path: Path, method_context):
+def context(tmp_path: Path, method_context, tiny_sd_pipeline, tiny_ffn_layers):
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     (data / "common_scenes.txt").write_text("road\ngarden\n")
-    return method_context(tiny_sd_pipeline(), ConceptSettings(target="golf ball", kind="object"), TINY_FFN_LAYERS,
+    return method_context(tiny_sd_pipeline(), ConceptSettings(target="golf ball", kind="object"), tiny_ffn_layers,
                           GenerationSettings(steps=2, height=64, width=64), data_dir=data, source="r.yaml")
 
 
@@ -32,26 +30,26 @@ def test_top_fraction_per_layer_and_global() -> None:
     assert not overall["a"].any() and overall["b"].tolist() == [True, True, False, False]
 
 
-def test_gradients_are_those_of_the_denoising_loss_and_leave_no_trace(context) -> None:
+def test_gradients_are_those_of_the_denoising_loss_and_leave_no_trace(context, tiny_ffn_layers) -> None:
     unet = context.pipeline.unet
     samples = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     settings = SaliencyParams(noise_draws=1, seed=5)
-    grads = forgetting_gradients(context.pipeline, TINY_FFN_LAYERS, ["a", "b"], samples, settings)
-    assert set(grads) == set(TINY_FFN_LAYERS) and all(g.abs().sum() > 0 for g in grads.values())
+    grads = forgetting_gradients(context.pipeline, tiny_ffn_layers, ["a", "b"], samples, settings)
+    assert set(grads) == set(tiny_ffn_layers) and all(g.abs().sum() > 0 for g in grads.values())
     assert all(p.requires_grad and p.grad is None for p in unet.parameters())
-    again = forgetting_gradients(context.pipeline, TINY_FFN_LAYERS, ["a", "b"], samples, settings)
+    again = forgetting_gradients(context.pipeline, tiny_ffn_layers, ["a", "b"], samples, settings)
     assert all(torch.equal(grads[n], again[n]) for n in grads)
 
 
-def test_saliency_zeroes_the_top_fraction_by_each_criterion(context, run_method) -> None:
+def test_saliency_zeroes_the_top_fraction_by_each_criterion(context, run_method, tiny_ffn_layers) -> None:
     weights = {n: p.detach().clone() for n, p in context.pipeline.unet.named_parameters()}
     salun = run_method("saliency", context, {"fraction": 0.05, "samples": 2, "noise_draws": 1})
-    for name in TINY_FFN_LAYERS:
+    for name in tiny_ffn_layers:
         assert int(salun.masks[name].sum()) == round(0.05 * weights[name].numel())
         assert torch.all(salun.tensors[name][salun.masks[name]] == 0)
         assert torch.equal(salun.tensors[name][~salun.masks[name]], weights[name][~salun.masks[name]])
     scissor = run_method("saliency", context, {"fraction": 0.05, "samples": 2, "noise_draws": 1, "criterion": "scissorhands"})
-    assert any(not torch.equal(salun.masks[n], scissor.masks[n]) for n in TINY_FFN_LAYERS)
+    assert any(not torch.equal(salun.masks[n], scissor.masks[n]) for n in tiny_ffn_layers)
     assert salun.info["prompts"]["target"] == ["a golf ball in a garden", "a golf ball in a road"]
 
 

@@ -22,7 +22,6 @@ from harness.worlds.digits.pipeline import DigitsPipeline, build_untrained_pipel
 from harness.worlds.digits.text import MAX_LENGTH, build_tokenizer
 
 
-
 @pytest.fixture(scope="module")
 def pipeline() -> DigitsPipeline:
     return build_untrained_pipeline(seed=0)

@@ -18,8 +18,6 @@ from harness.worlds.digits.classifier import load_classifier
 from harness.worlds.digits.data import concept_prompts
 from harness.worlds.digits.store import ensure_world
 
-from fixtures.paths import RECIPES
-
 TARGET_IMAGES, OTHER_IMAGES = 10, 3
 
 
@@ -53,9 +51,11 @@ def unlearned_and_revived(recipe: Recipe, out: Path) -> tuple[dict, dict]:
             load_file(plan.layout.attack("conceptprune", "nms").tensors))
 
 
-def test_conceptprune_erases_seven_alone_and_the_attack_revives_it(world, tmp_path, monkeypatch) -> None:
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_conceptprune_erases_seven_alone_and_the_attack_revives_it(world, tmp_path, monkeypatch, recipes_dir) -> None:
     monkeypatch.setenv("HARNESS_CACHE", str(world.parent.parent))
-    recipe = load_recipe(RECIPES / "digits-revival.yaml")
+    recipe = load_recipe(recipes_dir / "digits-revival.yaml")
     assert recipe.concept.target == "seven"
     unlearned, revived = unlearned_and_revived(recipe, tmp_path)
     pipeline = load_pipeline(recipe.model)

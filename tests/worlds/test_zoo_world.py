@@ -10,18 +10,11 @@ import torch
 
 from harness.cli import main
 from harness.errors import HarnessError
+from harness.models.checkpoints import resolve_local
 from harness.worlds.digits import store as world
 from harness.worlds.digits.classifier import load_classifier
 from harness.worlds.digits.data import concept_prompts, heldout_digits
 from harness.worlds.digits.pipeline import DigitsPipeline, build_untrained_pipeline
-from harness.worlds.digits.train import (
-    TrainSettings,
-    feed_forward_hidden,
-    feed_forwards_off,
-    routing_loss,
-    selectivity_loss,
-    starting_pipeline,
-)
 from harness.worlds.digits.store import (
     PIPELINE_DIR,
     REPORT_FILE,
@@ -33,12 +26,20 @@ from harness.worlds.digits.store import (
     is_complete,
     world_dir,
 )
-from harness.models.checkpoints import resolve_local
+from harness.worlds.digits.train import (
+    TrainSettings,
+    feed_forward_hidden,
+    feed_forwards_off,
+    routing_loss,
+    selectivity_loss,
+    starting_pipeline,
+)
 
 
 @pytest.fixture(scope="module")
 def reduced_world(tmp_path_factory):
-    """A world built with a few steps: the real build path, end to end, in seconds."""
+    """A world built with a few steps: the real build path, end to end, in seconds (world training:
+    every test that asks for it is marked slow)."""
     folder = tmp_path_factory.mktemp("cache") / "zoo" / "digits"
     train = TrainSettings(steps=4, batch_size=8, eval_every=2, eval_per_digit=1, eval_steps=2, ffn_routing=1.0,
                           ffn_selectivity=0.5)
@@ -51,6 +52,8 @@ def shipped_world(tmp_path_factory):
     return ensure_world(tmp_path_factory.mktemp("cache"))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_reduced_build_writes_a_complete_world_and_its_report(reduced_world) -> None:
     folder, report = reduced_world
     assert is_complete(folder)
@@ -64,6 +67,8 @@ def test_reduced_build_writes_a_complete_world_and_its_report(reduced_world) -> 
     assert report["classifier"] == json.loads((folder / "classifier.json").read_text())
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_reduced_classifier_beats_chance_on_heldout_real_digits(reduced_world) -> None:
     folder, _ = reduced_world
     classifier = load_classifier(folder)
@@ -98,6 +103,8 @@ def test_ensure_world_is_idempotent(shipped_world) -> None:
     assert (shipped_world / REPORT_FILE).stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_a_cache_holding_older_shipped_weights_is_installed_again(tmp_path, reduced_world, monkeypatch) -> None:
     folder = ensure_world(tmp_path / "old")
     shipped_report = (folder / REPORT_FILE).read_bytes()
@@ -140,6 +147,8 @@ def test_cli_info_and_bad_input(shipped_world, capsys) -> None:
     assert "--init-from /nonexistent/world: not a world or pipeline folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(240)
 def test_a_warm_start_begins_from_the_given_world(reduced_world, tmp_path) -> None:
     folder, _ = reduced_world
     saved = DigitsPipeline.from_pretrained(folder / PIPELINE_DIR).unet.state_dict()

@@ -10,7 +10,7 @@ from pathlib import Path
 from harness.attack import run as attack_stage
 from harness.attack.job import AttackJob
 from harness.attack.revival.runner import make_accelerator
-from harness.attack.revival.settings import IDEAL_STRATEGIES, ReviveSettings, RevivalParams
+from harness.attack.revival.settings import IDEAL_STRATEGIES, RevivalParams, ReviveSettings
 from harness.config import settings_arguments, settings_from_arguments
 from harness.errors import HarnessError
 from harness.layout import AttackFiles

@@ -608,7 +608,7 @@ def reference_code_impute(
     history: list[torch.Tensor] = [z]
     converged, iterations, rank, lam = False, 0, 0, 0.0
     m = z
-    for iterations in range(1, max_iters + 1):
+    for iterations in range(1, max_iters + 1):  # noqa: B007 (the count is read after the loop)
         u, s, vh = torch.linalg.svd(z, full_matrices=False)
         lam = float(s.min())
         shrunk = (s - lam).clamp(min=0)

@@ -31,8 +31,8 @@ estimate of alpha, `estimated_share`); `auroc` measures scores against a true ma
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torchmetrics.functional.classification import binary_auroc

@@ -16,7 +16,6 @@ from harness.attack.revival.signs import check_fidelity, sign_agreement, top_k_k
 from harness.errors import HarnessError
 from harness.records import LayerReport
 
-
 REPORTED_K = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 """Top-K fractions at which sign accuracy is reported when the original weights are known."""
 

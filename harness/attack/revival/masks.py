@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from harness.attack.revival.detect import detected_mask
-from harness.errors import HarnessError
 from harness.attack.revival.settings import MaskSettings
+from harness.errors import HarnessError
 
 
 def check_finite(weight: torch.Tensor, layer: str) -> None:

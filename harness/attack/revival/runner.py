@@ -24,8 +24,8 @@ from harness.errors import HarnessError, in_file, keyed
 from harness.layout import AttackFiles
 from harness.models.checkpoints import load_tensor_file, save_tensors
 from harness.models.layers import select_layers
-from harness.recipe import SD_FFN_LAYERS
 from harness.provenance import write_json_atomic
+from harness.recipe import SD_FFN_LAYERS
 from harness.records import LayerReport, to_json
 
 log = logging.getLogger(__name__)

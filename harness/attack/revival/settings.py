@@ -11,7 +11,6 @@ from annotated_types import Ge, Gt, Le, Lt
 
 from harness.config import check_bounds
 
-
 Magnitude = Literal["nms", "average", "sample", "align"]
 Strategy = Literal["attack", "quant4", "ideal-sign-nms", "ideal-sign-sample", "ideal-magnitude-random-sign"]
 IDEAL_STRATEGIES = ("ideal-sign-nms", "ideal-sign-sample", "ideal-magnitude-random-sign")

@@ -9,7 +9,6 @@ import logging
 import torch
 
 from harness.errors import HarnessError
-from harness.worlds.digits.train import TrainSettings, warm_start_folder
 from harness.worlds.digits.store import (
     REPORT_FILE,
     SHIPPED_DIR,
@@ -20,6 +19,7 @@ from harness.worlds.digits.store import (
     is_complete,
     world_dir,
 )
+from harness.worlds.digits.train import TrainSettings, warm_start_folder
 
 log = logging.getLogger(__name__)
 

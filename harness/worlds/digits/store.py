@@ -25,6 +25,7 @@ from harness.atomic import publish_folder
 from harness.cache import cache_dir
 from harness.errors import HarnessError
 from harness.models.checkpoints import load_tensor_file, save_tensors
+from harness.provenance import provenance, write_json_atomic
 from harness.worlds.digits.classifier import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -40,7 +41,6 @@ from harness.worlds.digits.pipeline import (
 )
 from harness.worlds.digits.quality import generation_accuracy
 from harness.worlds.digits.train import TrainSettings, train_generator
-from harness.provenance import provenance, write_json_atomic
 
 log = logging.getLogger(__name__)
 
