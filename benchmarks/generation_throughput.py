@@ -30,9 +30,9 @@ import torch
 from harness.generate import run as generate_stage
 from harness.generate.loop import effective_seed, plan_batches
 from harness.generate.run import GenerateJob
+from harness.generate.settings import GenerationSettings
 from harness.generate.suites import Suite, load_suite
 from harness.models.pipelines import DTYPES, load_pipeline, resolve_dtype
-from harness.recipe import GenerationSettings
 from harness.runtime import RuntimeSettings
 
 

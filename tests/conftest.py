@@ -219,10 +219,10 @@ def tiny_sd_unet() -> Callable[..., UNet2DConditionModel]:
 def method_context():
     """Build an UnlearnContext as the unlearn stage does (a job and what it loaded), to call a
     method directly: `method_context(pipeline, concept, layers, generation, data_dir=..., source=...)`."""
-    from harness.recipe import MethodSettings
     from harness.runtime import RuntimeSettings
     from harness.unlearn.job import UnlearnJob
     from harness.unlearn.method import UnlearnContext
+    from harness.unlearn.settings import MethodSettings
 
     def build(pipeline, concept, layers, generation, data_dir=None, source="recipe", entry="methods[0]",
               scratch=None, settings_key=""):

@@ -43,10 +43,11 @@ import torch
 from harness.attack.job import AttackJob
 from harness.errors import HarnessError, in_file
 from harness.generate.rewrite import PromptRewrite
+from harness.generate.settings import GenerationSettings
 from harness.models.checkpoints import load_state_dict, load_tensor_file
-from harness.recipe import ConceptSettings, GenerationSettings
 from harness.records import ReviveReport
 from harness.registry import Plugin, resolve
+from harness.unlearn.settings import ConceptSettings
 
 
 class NotApplicable(Exception):

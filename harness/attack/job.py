@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError, in_file, keyed
+from harness.generate.settings import GenerationSettings
 from harness.layout import UnlearnFiles
 from harness.models.checkpoints import source_identity
-from harness.recipe import ConceptSettings, GenerationSettings, Recipe
+from harness.recipe import Recipe
 from harness.records import UnlearnRecord, file_digest, read_record, settings_key
 from harness.registry import params_dict, resolve
 from harness.runtime import RuntimeSettings
+from harness.unlearn.settings import ConceptSettings
 
 
 @dataclass

@@ -26,13 +26,13 @@ from harness.errors import HarnessError, in_file
 from harness.generate import shards
 from harness.generate.loop import GenerationModule, PromptDataModule, ShardSink, sample_meta
 from harness.generate.rewrite import PromptRewrite
+from harness.generate.settings import GenerationSettings
 from harness.generate.suites import Suite
 from harness.layout import GenerationFiles
 from harness.lightning_quiet import quiet_lightning
 from harness.models.checkpoints import load_tensor_file, source_identity
 from harness.models.pipelines import add_tokens, apply_tensors, is_scheduler, load_pipeline, resolve_dtype, set_scheduler
 from harness.provenance import provenance
-from harness.recipe import GenerationSettings
 from harness.records import GenerationRecord, TensorIdentity, completed, file_digest, settings_key, write_record
 from harness.runtime import RuntimeSettings
 

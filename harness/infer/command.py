@@ -22,6 +22,7 @@ import torch
 
 from harness.config import parse_dataclass, settings_arguments, settings_from_arguments
 from harness.errors import HarnessError, in_file, keyed
+from harness.generate.settings import GenerationSettings
 from harness.infer.ranking import (
     DEFAULT_RULE,
     MIN_SHARE,
@@ -36,7 +37,6 @@ from harness.infer.ranking import (
 from harness.layout import UnlearnFiles
 from harness.models.checkpoints import load_state_dict, load_tensor_file
 from harness.provenance import provenance, write_json_atomic
-from harness.recipe import GenerationSettings
 from harness.unlearn.activations import TooFewCalls
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 from harness.config import settings_arguments, settings_from_arguments
 from harness.errors import keyed
 from harness.generate.suites import load_suite
-from harness.recipe import ScoreSettings, load_recipe
+from harness.recipe import load_recipe
 from harness.runtime import RuntimeSettings
 from harness.score import run as score
 from harness.score.run import ScoreJob
+from harness.score.settings import ScoreSettings
 
 
 @dataclass

@@ -28,10 +28,10 @@ from harness.generate.suites import PromptRecord, Suite
 from harness.layout import GenerationFiles
 from harness.lightning_quiet import quiet_lightning
 from harness.provenance import provenance
-from harness.recipe import ScoreSettings
 from harness.records import GenerationRecord, ScoreResult, completed, read_record, settings_key, write_record
 from harness.registry import resolve
 from harness.runtime import RuntimeSettings
+from harness.score.settings import ScoreSettings
 
 log = logging.getLogger(__name__)
 

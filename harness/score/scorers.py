@@ -15,8 +15,8 @@ import torch
 from harness.cache import cache_dir
 from harness.errors import HarnessError, keyed
 from harness.generate.suites import PromptRecord, Suite
-from harness.recipe import ScoreSettings
 from harness.registry import metric
+from harness.score.settings import ScoreSettings
 
 
 @metric("accuracy")

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from harness.config import check_bounds
 from harness.errors import HarnessError, keyed
-from harness.recipe import GenerationSettings
+from harness.generate.settings import GenerationSettings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 

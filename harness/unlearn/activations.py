@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
-from harness.recipe import GenerationSettings
+from harness.generate.settings import GenerationSettings
 
 log = logging.getLogger(__name__)
 

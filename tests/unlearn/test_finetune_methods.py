@@ -13,8 +13,9 @@ from PIL import Image
 from harness.attack.job import AttackJob
 from harness.attack.run import run as run_attack
 from harness.errors import HarnessError
+from harness.generate.settings import GenerationSettings
 from harness.layout import AttackFiles
-from harness.recipe import GenerationSettings, load_recipe
+from harness.recipe import load_recipe
 from harness.registry import resolve
 from harness.runtime import RuntimeSettings
 from harness.unlearn.job import UnlearnJob
@@ -110,8 +111,8 @@ def test_dimra_refuses_data_that_names_the_erased_concept(tiny: Path, tmp_path: 
 
 def test_dimra_on_the_world_never_sees_the_erased_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from harness.attack.interface import AttackContext
-    from harness.recipe import ConceptSettings
     from harness.train.data import DataSpec
+    from harness.unlearn.settings import ConceptSettings
     from harness.worlds.digits.store import ensure_world
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))

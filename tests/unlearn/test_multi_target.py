@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
+from harness.generate.settings import GenerationSettings
 from harness.layout import UnlearnFiles
 from harness.models.checkpoints import load_tensor_file
-from harness.recipe import ConceptSettings, GenerationSettings, load_recipe
+from harness.recipe import load_recipe
 from harness.records import ScoreResult
 from harness.registry import Plugin
 from harness.report.results import per_concept
@@ -20,6 +21,7 @@ from harness.unlearn.job import UnlearnJob
 from harness.unlearn.method import UnlearnContext, UnlearnResult
 from harness.unlearn.run import apply_method
 from harness.unlearn.run import run as run_unlearning
+from harness.unlearn.settings import ConceptSettings
 
 RECIPE = """\
 name: two-at-once
