@@ -40,11 +40,11 @@ from harness.models.pipelines import apply_tensors, load_pipeline
 from harness.recipe import Recipe, load_recipe
 from harness.registry import resolve
 from harness.runtime import RuntimeSettings
+from harness.settings.unlearn import DefenseSettings
 from harness.stats import format_share, wilson_interval
 from harness.unlearn.detectability import modified_share
 from harness.unlearn.job import UnlearnJob
 from harness.unlearn.run import run as run_unlearning
-from harness.unlearn.settings import DefenseSettings
 from harness.worlds.digits.classifier import load_classifier
 from harness.worlds.digits.data import DIGIT_NAMES
 from harness.worlds.digits.store import ensure_world

@@ -30,10 +30,10 @@ import torch
 from harness.generate import run as generate_stage
 from harness.generate.loop import effective_seed, plan_batches
 from harness.generate.run import GenerateJob
-from harness.generate.settings import GenerationSettings
 from harness.generate.suites import Suite, load_suite
 from harness.models.pipelines import DTYPES, load_pipeline, resolve_dtype
 from harness.runtime import RuntimeSettings
+from harness.settings.generate import GenerationSettings
 
 
 def sd15_random_pipeline(folder: Path, device: str, tiny: bool = False) -> None:

@@ -4,8 +4,8 @@ Sections: `model` (hub id, local path or `zoo:NAME`), `concept`, `methods` (the 
 unlearning methods with params and an optional defense), `attacks` (its columns beside the
 implicit `none`: attacks with params), `generation`, `score`, `suites` and `fidelity`. Every
 key is checked: a typo is an error naming the file and the key. The sections are the settings
-the stages take, each defined in its stage's package (`unlearn/settings.py`, `attack/settings.py`,
-`generate/settings.py`, `score/settings.py`); each method's and attack's params are parsed on load
+the stages take, one module a stage in `harness/settings/` (below both the recipe and the
+stages); each method's and attack's params are parsed on load
 by the type its plug-in declares (harness.registry).
 """
 
@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from harness.attack.settings import AttackEntry
 from harness.config import load_yaml, parse_dataclass
 from harness.errors import HarnessError, in_file, keyed
-from harness.generate.settings import GenerationSettings
 from harness.layout import PRETRAINED_MODEL, ModelRef
 from harness.resources import find_recipe
-from harness.score.settings import ScoreSettings
-from harness.unlearn.settings import ConceptSettings, MethodSettings
+from harness.settings.attack import AttackEntry
+from harness.settings.generate import GenerationSettings
+from harness.settings.score import ScoreSettings
+from harness.settings.unlearn import ConceptSettings, MethodSettings
 
 Fidelity = Literal["paper", "reference-code"]
 
@@ -118,20 +118,23 @@ def load_recipe(path: str | Path) -> Recipe:
 def check_entries(recipe: Recipe) -> None:
     """Every method and attack resolves to a declared plug-in and its params parse, before any
     work; several targets need a pruning method. Errors are keyed at the entry."""
+    for index, method in enumerate(recipe.methods):
+        with keyed(f"methods[{index}]"):
+            plugin, _ = declared("method", method.method, method.params)
+            if recipe.concept is not None and recipe.concept.several and not plugin.prunes:
+                raise HarnessError(f"{method.method} erases one concept at a time; concept.target lists "
+                                   f"{len(recipe.concept.targets)} (only pruning methods unite masks)", key="method")
+    for index, attack in enumerate(recipe.attacks):
+        with keyed(f"attacks[{index}]"):
+            declared("attack", attack.attack, attack.params)
+
+
+def declared(kind: str, name: str, params: dict[str, Any]) -> tuple[Any, Any]:
+    """The plug-in an entry names and its params parsed by the type it declares (errors keyed
+    `method`/`attack` and `params` under the entry)."""
     from harness.registry import resolve
 
-    for index, entry in enumerate(recipe.methods):
-        with keyed(f"methods[{index}]"):
-            with keyed("method"):
-                plugin = resolve("method", entry.method)
-            with keyed("params"):
-                plugin.parse(entry.params)
-            if recipe.concept is not None and recipe.concept.several and not plugin.prunes:
-                raise HarnessError(f"{entry.method} erases one concept at a time; concept.target lists "
-                                   f"{len(recipe.concept.targets)} (only pruning methods unite masks)", key="method")
-    for index, entry in enumerate(recipe.attacks):
-        with keyed(f"attacks[{index}]"):
-            with keyed("attack"):
-                plugin = resolve("attack", entry.attack)
-            with keyed("params"):
-                plugin.parse(entry.params)
+    with keyed(kind):
+        plugin = resolve(kind, name)
+    with keyed("params"):
+        return plugin, plugin.parse(params)

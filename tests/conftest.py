@@ -220,9 +220,9 @@ def method_context():
     """Build an UnlearnContext as the unlearn stage does (a job and what it loaded), to call a
     method directly: `method_context(pipeline, concept, layers, generation, data_dir=..., source=...)`."""
     from harness.runtime import RuntimeSettings
+    from harness.settings.unlearn import MethodSettings
     from harness.unlearn.job import UnlearnJob
     from harness.unlearn.method import UnlearnContext
-    from harness.unlearn.settings import MethodSettings
 
     def build(pipeline, concept, layers, generation, data_dir=None, source="recipe", entry="methods[0]",
               scratch=None, settings_key=""):

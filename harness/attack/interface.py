@@ -43,11 +43,11 @@ import torch
 from harness.attack.job import AttackJob
 from harness.errors import HarnessError, in_file
 from harness.generate.rewrite import PromptRewrite
-from harness.generate.settings import GenerationSettings
 from harness.models.checkpoints import load_state_dict, load_tensor_file
 from harness.records import ReviveReport
 from harness.registry import Plugin, resolve
-from harness.unlearn.settings import ConceptSettings
+from harness.settings.generate import GenerationSettings
+from harness.settings.unlearn import ConceptSettings
 
 
 class NotApplicable(Exception):

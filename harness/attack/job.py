@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError, in_file, keyed
-from harness.generate.settings import GenerationSettings
 from harness.layout import UnlearnFiles
 from harness.models.checkpoints import source_identity
-from harness.recipe import Recipe
+from harness.recipe import Recipe, declared
 from harness.records import UnlearnRecord, file_digest, read_record, settings_key
-from harness.registry import params_dict, resolve
+from harness.registry import params_dict
 from harness.runtime import RuntimeSettings
-from harness.unlearn.settings import ConceptSettings
+from harness.settings.generate import GenerationSettings
+from harness.settings.unlearn import ConceptSettings
 
 
 @dataclass
@@ -58,8 +58,8 @@ class AttackJob:
         if not files.record.is_file():
             raise HarnessError(f"{files.folder}: no {files.record.name}; run the unlearn stage into it first")
         record = read_record(UnlearnRecord, files.record)
-        with in_file(recipe.source), keyed(f"attacks[{index}].params"):
-            params = resolve("attack", entry.attack).parse(entry.params)
+        with in_file(recipe.source), keyed(f"attacks[{index}]"):
+            _, params = declared("attack", entry.attack, entry.params)
         return cls(attack=entry.attack, params=params, model=recipe.model, unlearned_files=[files.tensors],
                    out=Path(out), name=entry.name or entry.attack, method=record.name,
                    layers=list(record.selected_layers), generation=recipe.generation, fidelity=recipe.fidelity,

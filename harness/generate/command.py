@@ -11,11 +11,11 @@ from harness.errors import keyed
 from harness.generate import run as generate
 from harness.generate.rewrite import prompt_changes
 from harness.generate.run import GenerateJob
-from harness.generate.settings import GenerationSettings
 from harness.generate.suites import load_suite
 from harness.layout import AttackFiles, GenerationFiles
 from harness.recipe import load_recipe
 from harness.runtime import RuntimeSettings
+from harness.settings.generate import GenerationSettings
 
 
 @dataclass

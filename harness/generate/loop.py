@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from harness.generate import shards
-from harness.generate.settings import GenerationSettings
 from harness.generate.suites import PromptRecord, Suite
+from harness.settings.generate import GenerationSettings
 
 log = logging.getLogger(__name__)
 

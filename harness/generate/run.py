@@ -26,7 +26,6 @@ from harness.errors import HarnessError, in_file
 from harness.generate import shards
 from harness.generate.loop import GenerationModule, PromptDataModule, ShardSink, sample_meta
 from harness.generate.rewrite import PromptRewrite
-from harness.generate.settings import GenerationSettings
 from harness.generate.suites import Suite
 from harness.layout import GenerationFiles
 from harness.lightning_quiet import quiet_lightning
@@ -35,6 +34,7 @@ from harness.models.pipelines import add_tokens, apply_tensors, is_scheduler, lo
 from harness.provenance import provenance
 from harness.records import GenerationRecord, TensorIdentity, completed, file_digest, settings_key, write_record
 from harness.runtime import RuntimeSettings
+from harness.settings.generate import GenerationSettings
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ import torch
 
 from harness.config import parse_dataclass, settings_arguments, settings_from_arguments
 from harness.errors import HarnessError, in_file, keyed
-from harness.generate.settings import GenerationSettings
 from harness.infer.ranking import (
     DEFAULT_RULE,
     MIN_SHARE,
@@ -37,6 +36,7 @@ from harness.infer.ranking import (
 from harness.layout import UnlearnFiles
 from harness.models.checkpoints import load_state_dict, load_tensor_file
 from harness.provenance import provenance, write_json_atomic
+from harness.settings.generate import GenerationSettings
 from harness.unlearn.activations import TooFewCalls
 
 

@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from harness.errors import HarnessError, keyed
-from harness.generate.settings import GenerationSettings
+from harness.settings.generate import GenerationSettings
 from harness.unlearn.activations import column_norms
 from harness.unlearn.conceptprune import skilled_mask
 

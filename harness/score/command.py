@@ -13,7 +13,7 @@ from harness.recipe import load_recipe
 from harness.runtime import RuntimeSettings
 from harness.score import run as score
 from harness.score.run import ScoreJob
-from harness.score.settings import ScoreSettings
+from harness.settings.score import ScoreSettings
 
 
 @dataclass

@@ -31,7 +31,7 @@ from harness.provenance import provenance
 from harness.records import GenerationRecord, ScoreResult, completed, read_record, settings_key, write_record
 from harness.registry import resolve
 from harness.runtime import RuntimeSettings
-from harness.score.settings import ScoreSettings
+from harness.settings.score import ScoreSettings
 
 log = logging.getLogger(__name__)
 

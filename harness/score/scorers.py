@@ -16,7 +16,7 @@ from harness.cache import cache_dir
 from harness.errors import HarnessError, keyed
 from harness.generate.suites import PromptRecord, Suite
 from harness.registry import metric
-from harness.score.settings import ScoreSettings
+from harness.settings.score import ScoreSettings
 
 
 @metric("accuracy")

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from harness.config import check_bounds
 from harness.errors import HarnessError, keyed
-from harness.generate.settings import GenerationSettings
+from harness.settings.generate import GenerationSettings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 

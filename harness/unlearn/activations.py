@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
-from harness.generate.settings import GenerationSettings
+from harness.settings.generate import GenerationSettings
 
 log = logging.getLogger(__name__)
 

@@ -6,12 +6,12 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.generate.settings import GenerationSettings
 from harness.models.checkpoints import source_identity
 from harness.recipe import Recipe
 from harness.records import settings_key
 from harness.runtime import RuntimeSettings
-from harness.unlearn.settings import ConceptSettings, MethodSettings
+from harness.settings.generate import GenerationSettings
+from harness.settings.unlearn import ConceptSettings, MethodSettings
 
 
 @dataclass

@@ -37,11 +37,11 @@ from typing import Any
 import torch
 
 from harness.errors import keyed
-from harness.generate.settings import GenerationSettings
 from harness.registry import Plugin, resolve
+from harness.settings.generate import GenerationSettings
+from harness.settings.unlearn import SD_FFN_LAYERS, ConceptSettings, MethodSettings
 from harness.unlearn.job import UnlearnJob
 from harness.unlearn.prompts import resolve_data_dir
-from harness.unlearn.settings import SD_FFN_LAYERS, ConceptSettings, MethodSettings
 
 
 @dataclass

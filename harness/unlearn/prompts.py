@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
-from harness.unlearn.settings import ConceptSettings
+from harness.settings.unlearn import ConceptSettings
 
 DATA_DIR_ENV = "HARNESS_DATA_DIR"
 

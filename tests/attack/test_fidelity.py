@@ -13,8 +13,8 @@ from harness.attack.revival.magnitudes import magnitudes, row_statistics, signed
 from harness.attack.revival.settings import CompletionSettings, RevivalParams
 from harness.attack.revival.signs import top_k_count, top_k_keep
 from harness.errors import HarnessError
+from harness.settings.unlearn import ConceptSettings
 from harness.unlearn.prompts import REFERENCE_CODE_OBJECT_SCENES, object_prompt_pairs, prompt_pairs
-from harness.unlearn.settings import ConceptSettings
 
 WEIGHT = torch.tensor([[0.0, -3.0, 1.0, 2.0], [4.0, 0.0, 0.0, -1.0]])
 PRUNED = torch.tensor([[True, False, False, False], [False, True, True, False]])

@@ -20,13 +20,13 @@ from harness.generate import run as generate_stage
 from harness.generate import shards
 from harness.generate.rewrite import PromptRewrite, prompt_changes
 from harness.generate.run import GenerateJob
-from harness.generate.settings import GenerationSettings
 from harness.generate.suites import PromptRecord, Suite, load_suite
 from harness.layout import AttackFiles
 from harness.models.pipelines import add_tokens, load_pipeline
 from harness.registry import resolve
 from harness.runtime import RuntimeSettings
-from harness.unlearn.settings import ConceptSettings
+from harness.settings.generate import GenerationSettings
+from harness.settings.unlearn import ConceptSettings
 
 TINY_GENERATION = GenerationSettings(steps=3, guidance=3.0, height=64, width=64, batch_size=4)
 

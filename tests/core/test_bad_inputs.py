@@ -203,8 +203,8 @@ def paths(tmp_path_factory: pytest.TempPathFactory, tiny_sd_unet) -> dict[str, s
     """Real inputs the rows spoil: a tiny UNet and its pruned dump, the world, image shards."""
     from harness.generate import run as generate_stage
     from harness.generate.run import GenerateJob
-    from harness.generate.settings import GenerationSettings
     from harness.generate.suites import load_suite
+    from harness.settings.generate import GenerationSettings
     from harness.worlds.digits.store import PIPELINE_DIR, ensure_world
 
     root = tmp_path_factory.mktemp("inputs")

@@ -22,10 +22,10 @@ from harness.errors import HarnessError
 from harness.generate import run as generate_stage
 from harness.generate import shards
 from harness.generate.run import GenerateJob
-from harness.generate.settings import GenerationSettings
 from harness.generate.suites import load_suite
 from harness.layout import GenerationFiles
 from harness.records import GenerationRecord, read_record
+from harness.settings.generate import GenerationSettings
 
 FAST = GenerationSettings(steps=2, guidance=3.0, batch_size=3, shard_size=4, scheduler=None)
 

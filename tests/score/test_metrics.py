@@ -19,7 +19,6 @@ from harness.errors import HarnessError
 from harness.generate import run as generate_stage
 from harness.generate import shards
 from harness.generate.run import GenerateJob
-from harness.generate.settings import GenerationSettings
 from harness.generate.suites import load_suite
 from harness.records import to_json
 from harness.score import run as score_stage
@@ -29,7 +28,8 @@ from harness.score.metrics.classifiers import load_image_classifier
 from harness.score.metrics.clip import ClipEncoder, ClipScore
 from harness.score.metrics.nudenet import NUDENET_LABELS, NudityCounts, NudityDetector
 from harness.score.run import ScoreJob
-from harness.score.settings import ScoreSettings
+from harness.settings.generate import GenerationSettings
+from harness.settings.score import ScoreSettings
 from harness.worlds.digits.suites import HELDOUT_REFERENCE
 
 

@@ -13,11 +13,11 @@ from PIL import Image
 from harness.attack.job import AttackJob
 from harness.attack.run import run as run_attack
 from harness.errors import HarnessError
-from harness.generate.settings import GenerationSettings
 from harness.layout import AttackFiles
 from harness.recipe import load_recipe
 from harness.registry import resolve
 from harness.runtime import RuntimeSettings
+from harness.settings.generate import GenerationSettings
 from harness.unlearn.job import UnlearnJob
 from harness.unlearn.run import run as run_unlearning
 
@@ -111,8 +111,8 @@ def test_dimra_refuses_data_that_names_the_erased_concept(tiny: Path, tmp_path: 
 
 def test_dimra_on_the_world_never_sees_the_erased_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from harness.attack.interface import AttackContext
+    from harness.settings.unlearn import ConceptSettings
     from harness.train.data import DataSpec
-    from harness.unlearn.settings import ConceptSettings
     from harness.worlds.digits.store import ensure_world
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))

@@ -96,11 +96,11 @@ def test_a_learned_mask_prunes_its_default_layers_to_exact_zeros_within_the_budg
 def test_the_unet_computes_with_its_own_weights_after_the_mask_is_learned(tiny: Path, method_context) -> None:
     from torch.nn.utils import parametrize
 
-    from harness.generate.settings import GenerationSettings
     from harness.models.pipelines import load_pipeline
+    from harness.settings.generate import GenerationSettings
+    from harness.settings.unlearn import ConceptSettings
     from harness.unlearn.esd import ESDObjective, ESDParams
     from harness.unlearn.learned_mask import PESDParams, learn_mask
-    from harness.unlearn.settings import ConceptSettings
 
     pipeline = load_pipeline(str(tiny))
     names = [n for n in dict(pipeline.unet.named_parameters()) if n.endswith("attn2.to_k.weight")]

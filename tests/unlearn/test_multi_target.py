@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.generate.settings import GenerationSettings
 from harness.layout import UnlearnFiles
 from harness.models.checkpoints import load_tensor_file
 from harness.recipe import load_recipe
@@ -17,11 +16,12 @@ from harness.records import ScoreResult
 from harness.registry import Plugin
 from harness.report.results import per_concept
 from harness.runtime import RuntimeSettings
+from harness.settings.generate import GenerationSettings
+from harness.settings.unlearn import ConceptSettings
 from harness.unlearn.job import UnlearnJob
 from harness.unlearn.method import UnlearnContext, UnlearnResult
 from harness.unlearn.run import apply_method
 from harness.unlearn.run import run as run_unlearning
-from harness.unlearn.settings import ConceptSettings
 
 RECIPE = """\
 name: two-at-once

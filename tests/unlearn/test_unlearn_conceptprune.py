@@ -12,15 +12,15 @@ from safetensors.torch import load_file
 
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.generate.settings import GenerationSettings
 from harness.layout import UnlearnFiles
 from harness.recipe import load_recipe
 from harness.records import UnlearnRecord, read_record
+from harness.settings.generate import GenerationSettings
+from harness.settings.unlearn import ConceptSettings
 from harness.unlearn.activations import ColumnNormRecorder, TooFewCalls, column_norms
 from harness.unlearn.conceptprune import skilled_mask
 from harness.unlearn.job import UnlearnJob
 from harness.unlearn.run import run as run_unlearning
-from harness.unlearn.settings import ConceptSettings
 
 GENERATION = GenerationSettings(steps=3, guidance=7.5, height=64, width=64, batch_size=4)
 
@@ -170,7 +170,7 @@ def test_same_recipe_same_files(tmp_path: Path, save_tiny_sd_pipeline) -> None:
 
 def test_the_same_code_path_runs_on_the_world_pipeline(method_context, run_method) -> None:
     from harness.models.layers import select_layers
-    from harness.unlearn.settings import SD_FFN_LAYERS
+    from harness.settings.unlearn import SD_FFN_LAYERS
     from harness.worlds.digits.pipeline import build_untrained_pipeline
 
     pipeline = build_untrained_pipeline()

@@ -14,11 +14,11 @@ from harness.errors import HarnessError, in_file, keyed
 from harness.layout import UnlearnFiles
 from harness.recipe import load_recipe
 from harness.registry import method
+from harness.settings.unlearn import ConceptSettings
 from harness.unlearn.job import UnlearnJob
 from harness.unlearn.method import UnlearnContext, UnlearnResult, resolve_method
 from harness.unlearn.prompts import prompt_pairs, resolve_data_dir
 from harness.unlearn.run import run as run_unlearning
-from harness.unlearn.settings import ConceptSettings
 
 
 @dataclass

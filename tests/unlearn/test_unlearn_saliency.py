@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.generate.settings import GenerationSettings
+from harness.settings.generate import GenerationSettings
+from harness.settings.unlearn import ConceptSettings
 from harness.unlearn.saliency import SaliencyParams, forgetting_gradients, top_fraction
-from harness.unlearn.settings import ConceptSettings
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from harness.models.checkpoints import load_tensor_file, save_tensors
 from harness.models.layers import select_layers
 from harness.provenance import write_json_atomic
 from harness.records import LayerReport, to_json
-from harness.unlearn.settings import SD_FFN_LAYERS
+from harness.settings.unlearn import SD_FFN_LAYERS
 
 log = logging.getLogger(__name__)
 

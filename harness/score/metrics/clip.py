@@ -19,7 +19,7 @@ from torchmetrics import Metric
 
 from harness.errors import HarnessError
 from harness.models.hub import hub_reachable, unreachable_message
-from harness.score.settings import DEFAULT_CLIP
+from harness.settings.score import DEFAULT_CLIP
 
 
 class ClipEncoder:

@@ -12,7 +12,7 @@ import torch
 from torchmetrics import Metric
 
 from harness.errors import HarnessError
-from harness.score.settings import DEFAULT_THRESHOLD, NUDENET_LABELS
+from harness.settings.score import DEFAULT_THRESHOLD, NUDENET_LABELS
 
 
 def detector_labels() -> list[str]:
