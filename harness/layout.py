@@ -31,11 +31,20 @@ LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 """What a method or attack label may look like (it names folders)."""
 
 
+def check_name(name: str, what: str) -> str:
+    """`name` if it may name a folder: letters, digits, '.', '_', '-', starting with a letter or
+    digit (so never empty, '.', '..', absolute or holding a separator)."""
+    if not isinstance(name, str) or not LABEL.fullmatch(name):
+        raise ValueError(f"{what} {name!r} must be letters, digits, '.', '_' or '-', starting with a letter "
+                         "or digit (it names a folder)")
+    return name
+
+
 def check_label(name: str, what: str) -> str:
-    """`name` if it may label a method or attack (letters, digits, '.', '_', '-'; not reserved)."""
-    if not LABEL.fullmatch(name) or name in (PRETRAINED, NO_ATTACK):
-        raise ValueError(f"{what} '{name}' must be letters, digits, '.', '_' or '-', and not "
-                         f"'{PRETRAINED}' or '{NO_ATTACK}'")
+    """`name` if it may label a method or attack (check_name, and not a reserved label)."""
+    check_name(name, what)
+    if name in (PRETRAINED, NO_ATTACK):
+        raise ValueError(f"{what} '{name}' is reserved ('{PRETRAINED}' and '{NO_ATTACK}' label the matrix's own rows and columns)")
     return name
 
 

@@ -1,12 +1,15 @@
-"""Lightning's messages that do not apply to the harness, silenced where it starts Lightning:
-warnings that the harness has handled, and the info lines (devices, tips) it prints per Trainer."""
+"""Lightning's habits that do not suit the harness, undone where it starts Lightning: warnings
+that the harness has handled, the info lines (devices, tips) it prints per Trainer, and its own
+Ctrl-C ending (a "graceful shutdown" and exit status 1, where every stage ends with exit 130)."""
 
 from __future__ import annotations
 
 import logging
+import signal
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 IGNORED: tuple[str, ...] = (
     r"The `srun` command is available",  # the harness's sbatch templates call srun themselves
@@ -34,3 +37,20 @@ def quiet_lightning() -> Iterator[None]:
         finally:
             for name, level in levels.items():
                 logging.getLogger(name).setLevel(level)
+
+
+@contextmanager
+def interrupt_raised(trainer: Any) -> Iterator[None]:
+    """Run a Trainer call so that Ctrl-C reaches the caller as KeyboardInterrupt, as it does in
+    every other stage: Lightning catches it, ignores SIGINT from then on and exits with status 1;
+    this gives the interrupt back and restores the SIGINT handler."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        raise KeyboardInterrupt from None
+    finally:
+        if signal.getsignal(signal.SIGINT) != handler:
+            signal.signal(signal.SIGINT, handler)

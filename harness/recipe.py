@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from harness.config import load_yaml, parse_dataclass
 from harness.errors import HarnessError, in_file, keyed
-from harness.layout import PRETRAINED_MODEL, ModelRef
+from harness.layout import PRETRAINED_MODEL, ModelRef, check_name
 from harness.resources import find_recipe
 from harness.settings.attack import AttackEntry
 from harness.settings.generate import GenerationSettings
@@ -54,6 +54,9 @@ class Recipe:
     """The file the recipe was read from (set on load)."""
 
     def __post_init__(self) -> None:
+        check_name(self.name, "name")
+        for index, suite in enumerate(self.suites or []):
+            check_name(suite, f"suites[{index}]")
         if self.suites is not None and not self.suites:
             raise ValueError("suites: list at least one prompt suite (or leave the key out)")
         for what, labels in (("methods", [m.name for m in self.methods]), ("attacks", [a.name for a in self.attacks])):

@@ -28,7 +28,7 @@ from harness.generate.loop import GenerationModule, PromptDataModule, ShardSink,
 from harness.generate.rewrite import PromptRewrite
 from harness.generate.suites import Suite
 from harness.layout import GenerationFiles
-from harness.lightning_quiet import quiet_lightning
+from harness.lightning_quiet import interrupt_raised, quiet_lightning
 from harness.models.checkpoints import load_tensor_file, source_identity
 from harness.models.pipelines import add_tokens, apply_tensors, is_scheduler, load_pipeline, resolve_dtype, set_scheduler
 from harness.provenance import provenance
@@ -98,8 +98,9 @@ def run(job: GenerateJob) -> GenerationRecord:
                 num_nodes=runtime.num_nodes, logger=False, enable_checkpointing=False, enable_model_summary=False,
                 enable_progress_bar=False, use_distributed_sampler=False, callbacks=[sink],
             )
-            trainer.predict(GenerationModule(pipeline, settings, dtype),
-                            datamodule=PromptDataModule(suite, settings, pending), return_predictions=False)
+            with interrupt_raised(trainer):
+                trainer.predict(GenerationModule(pipeline, settings, dtype),
+                                datamodule=PromptDataModule(suite, settings, pending), return_predictions=False)
         trainer.strategy.barrier("generated")
     missing = [i for i in wanted if not files.shard(i).is_file()]
     if missing:

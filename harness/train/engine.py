@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 
 from harness.config import check_bounds
 from harness.errors import HarnessError, keyed
-from harness.lightning_quiet import quiet_lightning
+from harness.lightning_quiet import interrupt_raised, quiet_lightning
 from harness.models.checkpoints import save_tensors
 from harness.runtime import RuntimeSettings
 from harness.train.trainable import trainable_names
@@ -270,7 +270,8 @@ def fine_tune(
             num_sanity_val_steps=0, deterministic=False,
         )
         steps = DataLoader(range(params.steps), batch_size=None)
-        trainer.fit(module, train_dataloaders=steps, ckpt_path=str(last) if resumed else None, weights_only=True)
+        with interrupt_raised(trainer):
+            trainer.fit(module, train_dataloaders=steps, ckpt_path=str(last) if resumed else None, weights_only=True)
     seconds = time.perf_counter() - started
     log.debug("%s: %d steps (resumed at %d) in %.1f s", label, trainer.global_step, resumed, seconds)
     return TrainOutcome(module.trained(), trainer.global_step, module.trained_extra(), _losses(folder), round(seconds, 3),
