@@ -9,8 +9,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness.errors import HarnessError
-
 
 def default_mode(directory: bool = False) -> int:
     """The permissions a plain `open(path, "w")` or `mkdir` would give: 0666 or 0777 less the umask."""
@@ -72,27 +70,3 @@ def atomic_copy(source: str | Path, target: str | Path) -> Path:
     with atomic_path(target) as tmp:
         shutil.copyfile(source, tmp)
     return Path(target)
-
-
-def check_output_folder(path: str | Path, option: str, owned: Callable[[Path], bool]) -> Path:
-    """`path` as an output folder, checked before any work: not a file, not under a file,
-    writable, and either absent, empty or one `owned` says a stage of ours wrote. The folder is
-    made (empty) when absent."""
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise HarnessError(f"{option} {path}: exists and is not a folder")
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise HarnessError(f"{option} {path}: {probe} is a file, so no folder can be made under it")
-    if path.is_dir() and any(path.iterdir()) and not owned(path):
-        raise HarnessError(f"{option} {path}: the folder holds other files; give a new or empty folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path, prefix=".write-test.")
-        os.close(fd)
-        os.unlink(name)
-    except OSError as error:
-        raise HarnessError(f"{option} {path}: cannot write there ({error.strerror or error})") from None
-    return path

@@ -13,9 +13,10 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from harness.cache import cache_root
+from harness.cache import CACHE_ENV, cache_root
 from harness.errors import HarnessError
 from harness.log import setup_console
+from harness.outputs import check_output
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark": ("harness.experiment.command", "run a recipe's matrix of methods x attacks x suites (default: the miniature world's)"),
@@ -68,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_console(args.verbose)
     try:
-        cache_root()  # a bad $HARNESS_CACHE fails before any work
+        check_output(cache_root(), f"${CACHE_ENV}")  # a bad $HARNESS_CACHE fails before any work
         return int(args._run(args) or 0)
     except HarnessError as error:
         print(f"harness {args.command}: error: {error}", file=sys.stderr)
@@ -79,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # anything unforeseen: one line, the trace on request
         if args.debug:
             raise
+        if isinstance(error, OSError) and error.filename:  # a file that cannot be read or written
+            print(f"harness {args.command}: error: {error.filename}: {error.strerror or error}", file=sys.stderr)
+            return 2
         first = (str(error).strip().splitlines() or [""])[0]
         print(f"harness {args.command}: unexpected error: {type(error).__name__}: {first} "
               "(rerun with --debug for the traceback)", file=sys.stderr)

@@ -170,12 +170,19 @@ class GenerationFiles:
         """The complete shard's file name."""
         return self.folder / SHARD_NAME.format(index)
 
+    def digest(self, index: int) -> Path:
+        """The size and sha256 shard `index` had when it was written (checked on every reuse)."""
+        return self.folder / f".{SHARD_NAME.format(index)}.sha256"
+
     def partial(self, index: int, writer: str) -> Path:
         """The name shard `index` has while `writer` (unique per process) writes it."""
         return self.folder / f".{SHARD_NAME.format(index)}.{writer}.partial"
 
     def shards(self) -> list[Path]:
         return sorted(self.folder.glob(SHARD_GLOB))
+
+    def digests(self) -> list[Path]:
+        return sorted(self.folder.glob(f".{SHARD_GLOB}.sha256"))
 
 
 @dataclass(frozen=True)

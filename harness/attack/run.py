@@ -18,13 +18,14 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from harness.atomic import check_output_folder, publish_folder
+from harness.atomic import publish_folder
 from harness.attack.interface import AttackContext, NotApplicable, resolve_attack
 from harness.attack.job import AttackJob
 from harness.attack.revival.runner import make_accelerator, process_device
 from harness.errors import in_file, keyed
 from harness.layout import AttackFiles
 from harness.models.checkpoints import save_tensors
+from harness.outputs import check_output
 from harness.provenance import provenance
 from harness.records import AttackRecord, completed, write_record
 from harness.registry import params_dict
@@ -56,7 +57,7 @@ def _run(job: AttackJob, accelerator: Accelerator) -> AttackRecord | None:
     with keyed("attack"):
         attack = resolve_attack(job.attack)
     if accelerator.is_main_process:
-        check_output_folder(files.folder, "--out", output_is_ours)
+        check_output(files.folder, "--out", output_is_ours)
     accelerator.wait_for_everyone()
     context = AttackContext(job=job, device=process_device(job.runtime.device, accelerator), scratch=files.folder,
                             reads=attack.reads, accelerator=accelerator, settings_key=key)

@@ -7,6 +7,7 @@ import argparse
 from harness.errors import HarnessError
 from harness.generate import manifests
 from harness.generate.suites import is_builtin, list_suites, load_suite
+from harness.outputs import check_output
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Listing reports each suite's state; named suites must load with their count or it fails."""
     folder = manifests.data_dir(args.data_dir)
+    if args.fetch:
+        check_output(folder, "--data-dir")
     names = args.suites or list_suites()
     print(f"data directory: {folder}")
     for name in names:

@@ -31,6 +31,7 @@ from harness.layout import GenerationFiles
 from harness.lightning_quiet import interrupt_raised, quiet_lightning
 from harness.models.checkpoints import load_tensor_file, source_identity
 from harness.models.pipelines import add_tokens, apply_tensors, is_scheduler, load_pipeline, resolve_dtype, set_scheduler
+from harness.outputs import check_output
 from harness.provenance import provenance
 from harness.records import GenerationRecord, TensorIdentity, completed, file_digest, settings_key, write_record
 from harness.runtime import RuntimeSettings
@@ -85,9 +86,8 @@ def run(job: GenerateJob) -> GenerationRecord:
     dtype = resolve_dtype(settings.dtype, "cuda" if _on_gpu(runtime.accelerator) else "cpu")
     record = run_record(pipeline_source, [Path(p) for p in tensors], suite, settings, model_tag, dtype, tokens)
     _start_folder(files, record)
-    done = set(shards.complete_shards(files.folder, len(suite), settings.shard_size))
-    pending = [i for i in wanted if i not in done]
-    log.debug("generate %s / %s: %d of %d shards complete, %d to do", model_tag, suite.name, len(done), total, len(pending))
+    pending = _shards_to_make(files, wanted)
+    log.debug("generate %s / %s: %d of %d shards to do", model_tag, suite.name, len(pending), total)
     if pending:
         pipeline = build_pipeline(pipeline_source, [Path(p) for p in tensors], settings, dtype, tokens)
         images = sum(len(shards.shard_ids(i, len(suite), settings.shard_size)) for i in pending)
@@ -108,21 +108,35 @@ def run(job: GenerateJob) -> GenerationRecord:
     return record
 
 
+def _shards_to_make(files: GenerationFiles, wanted: list[int]) -> list[int]:
+    """The wanted shards not on disk as they were written; a shard changed since (its size or
+    sha256 differs from the recorded ones, or none were recorded) is removed, to be made again."""
+    pending = []
+    for index in wanted:
+        reason = shards.changed(files.folder, index)
+        if reason is None:
+            continue
+        if files.shard(index).is_file():
+            log.warning("%s: %s; making it again", files.shard(index), reason)
+            files.shard(index).unlink(missing_ok=True)
+        pending.append(index)
+    return pending
+
+
 def _on_gpu(accelerator: str) -> bool:
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
 def _start_folder(files: GenerationFiles, record: GenerationRecord) -> None:
     """Make the folder hold `record`: keep it when its key matches, else drop the old shards."""
-    if files.folder.exists() and not files.folder.is_dir():
-        raise HarnessError(f"--out {files.folder}: exists and is not a folder")
+    check_output(files.folder, "--out", lambda folder: GenerationFiles(folder).record.is_file() or bool(GenerationFiles(folder).shards()))
     previous = completed(GenerationRecord, files.record, record.key)
     if previous is None:
         stale = files.shards()
         if files.record.is_file() or stale:
             log.info("%s: made with other settings or inputs; generating anew (%d old shards removed)",
                      files.folder, len(stale))
-        for path in stale:
+        for path in stale + files.digests():
             path.unlink(missing_ok=True)
         try:
             files.folder.mkdir(parents=True, exist_ok=True)

@@ -12,11 +12,11 @@ the same images give byte-identical shards.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import io
 import json
 import os
 import socket
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +27,10 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from harness.atomic import atomic_path
 from harness.errors import HarnessError
 from harness.layout import GenerationFiles
+from harness.tars import tar_samples
 
 KEY_FORMAT = "{:08d}"
 
@@ -59,8 +61,36 @@ def shard_path(folder: Path, index: int) -> Path:
 
 
 def complete_shards(folder: Path, count: int, shard_size: int) -> list[int]:
-    """Indices of the shards of a `count`-prompt suite that exist complete in `folder`."""
-    return [i for i in range(shard_count(count, shard_size)) if shard_path(folder, i).is_file()]
+    """Indices of the shards of a `count`-prompt suite that exist complete in `folder`: each
+    still of the size and sha256 recorded when it was written."""
+    return [i for i in range(shard_count(count, shard_size)) if changed(folder, i) is None]
+
+
+def changed(folder: Path, index: int) -> str | None:
+    """None when shard `index` is on disk as it was written; else what differs (or is missing)."""
+    files = GenerationFiles(Path(folder))
+    path, digest = files.shard(index), files.digest(index)
+    if not path.is_file():
+        return "not written"
+    try:
+        recorded = json.loads(digest.read_text())
+        size, sha256 = int(recorded["size"]), str(recorded["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no size and digest recorded"
+    if path.stat().st_size != size:
+        return f"{path.stat().st_size} bytes where {size} were written"
+    if file_sha256(path) != sha256:
+        return "its sha256 differs from the one recorded"
+    return None
+
+
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def writer_name() -> str:
@@ -131,6 +161,9 @@ class ShardWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        record = {"size": self.partial.stat().st_size, "sha256": file_sha256(self.partial)}
+        with atomic_path(GenerationFiles(self.final.parent).digest(self.index)) as tmp:
+            tmp.write_text(json.dumps(record))
         os.replace(self.partial, self.final)
         self._release()
         return self.final
@@ -166,19 +199,10 @@ def clear_stale_partials(folder: Path) -> int:
 
 def read_shard(path: Path) -> Iterator[Sample]:
     """The samples of one shard in file order; a damaged shard is a HarnessError naming it."""
-    pending: dict[str, dict[str, bytes]] = {}
-    try:
-        with tarfile.open(path, "r") as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                handle = tar.extractfile(member)
-                if handle is None:
-                    continue
-                pending.setdefault(key, {})[ext] = handle.read()
-                if {"png", "json"} <= pending[key].keys():
-                    parts = pending.pop(key)
-                    yield Sample(int(key), decode_png(parts["png"]), json.loads(parts["json"]), parts["png"])
-    except (tarfile.TarError, OSError, ValueError) as error:
-        raise HarnessError(f"{path}: not a readable image shard ({error})") from None
-    if pending:
-        raise HarnessError(f"{path}: samples {', '.join(sorted(pending))} lack an image or a record")
+    for key, parts in tar_samples(path):
+        if not {"png", "json"} <= parts.keys():
+            raise HarnessError(f"{path}: sample {key} lacks an image or a record")
+        try:
+            yield Sample(int(key), decode_png(parts["png"]), json.loads(parts["json"]), parts["png"])
+        except (OSError, ValueError) as error:
+            raise HarnessError(f"{path}: sample {key} is not readable ({error})") from None

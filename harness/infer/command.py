@@ -35,6 +35,7 @@ from harness.infer.ranking import (
 )
 from harness.layout import UnlearnFiles
 from harness.models.checkpoints import load_state_dict, load_tensor_file
+from harness.outputs import check_output
 from harness.provenance import provenance, write_json_atomic
 from harness.settings.generate import GenerationSettings
 from harness.unlearn.activations import TooFewCalls
@@ -144,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
     options = settings_from_arguments(InferOptions, args, args._flags)
     if options.calls < 1:
         raise HarnessError(f"--calls: must be at least 1, got {options.calls}")
+    if options.out:
+        check_output(options.out, "--out", file=True)
     start = time.perf_counter()
     candidates = load_candidates(options.candidates, options.data_dir, options.prompts_per_candidate, options.seed)
     unlearned = load_unlearned(options.unlearned, options.model)

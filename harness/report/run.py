@@ -16,6 +16,7 @@ from pathlib import Path
 
 from harness.atomic import atomic_path
 from harness.layout import NO_ATTACK, PRETRAINED, ModelRef, ReportFiles
+from harness.outputs import check_output
 from harness.provenance import provenance
 from harness.records import ReportRecord, write_record
 from harness.registry import plugins
@@ -55,7 +56,7 @@ def run(job: ReportJob) -> ReportRecord:
     runs = [load_run(p) for p in job.run_dirs]
     grid_columns = job.grid_columns
     files = ReportFiles(Path(job.out)) if job.out is not None else runs[0].layout.report
-    files.folder.mkdir(parents=True, exist_ok=True)
+    check_output(files.folder, "--out", lambda folder: ReportFiles(folder).record.is_file() or ReportFiles(folder).markdown.is_file())
     previous = _previous_files(files)
     tables, absent = all_tables(runs)
     written: list[str] = []

@@ -27,6 +27,7 @@ from harness.generate import shards
 from harness.generate.suites import PromptRecord, Suite
 from harness.layout import GenerationFiles
 from harness.lightning_quiet import quiet_lightning
+from harness.outputs import check_output
 from harness.provenance import provenance
 from harness.records import GenerationRecord, ScoreResult, completed, read_record, settings_key, write_record
 from harness.registry import resolve
@@ -68,9 +69,7 @@ def run(job: ScoreJob) -> ScoreResult:
     shard_size = run.settings["shard_size"]
     if ref_run is not None and ref_run.settings["shard_size"] != shard_size:
         raise HarnessError(f"{ref_folder}: shard size {ref_run.settings['shard_size']} differs from {folder}'s {shard_size}")
-    out = Path(out_json)
-    if out.exists() and not out.is_file():
-        raise HarnessError(f"--out {out}: exists and is not a file")
+    out = check_output(out_json, "--out", file=True)
     key = settings_key("score", metrics, dataclasses.asdict(settings), run.key, ref_run.key if ref_run else None)
     done = completed(ScoreResult, out, key)
     if done is not None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.experiment.plan import STAGES
 from harness.layout import SlurmFiles
+from harness.outputs import check_output
 from harness.slurm.planner import DEFAULT_TIMES, SlurmOptions, submit, write_plan
 from harness.slurm.templates import DEFAULT_FOLDER
 
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     )
     plan = build_plan(recipe, run_dir, RuntimeSettings(data_dir=args.data_dir))
     files = SlurmFiles(Path(args.out)) if args.out else plan.layout.slurm
+    check_output(files.folder, "--out" if args.out else "--run-dir", lambda folder: SlurmFiles(folder).submit.is_file())
     jobs = write_plan(plan, Path(recipe.source), options, files.folder)
     if not args.submit:
         print(f"# {len(jobs)} jobs written to {files.folder} (GPUs per task {options.gpus}, CPUs {options.cpus}); "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +22,7 @@ from torch.nn import functional as F
 from harness.config import check_bounds
 from harness.errors import HarnessError, keyed
 from harness.settings.generate import GenerationSettings
+from harness.tars import tar_samples
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -197,9 +197,9 @@ def webdataset_set(pipeline: Any, pattern: str, size: int) -> TrainingSet:
         raise HarnessError(f"no such shard {missing[0]}", key="")
     images, prompts = [], []
     for path in paths:
-        for key, parts in _tar_samples(path).items():
+        for key, parts in tar_samples(path):
             image_ext = next((e for e in parts if f".{e}" in IMAGE_SUFFIXES), None)
-            caption = parts.get("txt", b"").decode().strip() or _json_caption(parts.get("json"))
+            caption = _caption(parts, f"{path}: sample {key}")
             if image_ext is None or not caption:
                 raise HarnessError(f"{path.name}: sample {key} lacks an image or a caption", key="")
             images.append(_read_image(parts[image_ext], size, f"{path.name}: {key}"))
@@ -209,25 +209,16 @@ def webdataset_set(pipeline: Any, pattern: str, size: int) -> TrainingSet:
     return TrainingSet(encode(pipeline, torch.stack(images)), prompts, [None] * len(prompts), f"webdataset {pattern}")
 
 
-def _tar_samples(path: Path) -> dict[str, dict[str, bytes]]:
-    samples: dict[str, dict[str, bytes]] = {}
+def _caption(parts: dict[str, bytes], name: str) -> str:
+    """A sample's caption: its `txt` member, else its `json` record's `prompt` or `caption`."""
     try:
-        with tarfile.open(path) as tar:
-            for member in tar:
-                handle = tar.extractfile(member)
-                if handle is not None:
-                    key, _, ext = member.name.partition(".")
-                    samples.setdefault(key, {})[ext.lower()] = handle.read()
-    except (tarfile.TarError, OSError) as error:
-        raise HarnessError(f"{path} is not a readable tar shard ({error})", key="") from None
-    return samples
-
-
-def _json_caption(data: bytes | None) -> str:
-    if not data:
-        return ""
-    record = json.loads(data)
-    return str(record.get("prompt") or record.get("caption") or "").strip()
+        text = parts.get("txt", b"").decode().strip()
+        record = json.loads(parts["json"]) if not text and parts.get("json") else {}
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise HarnessError(f"{name}: unreadable caption ({error})", key="") from None
+    if not isinstance(record, dict):
+        raise HarnessError(f"{name}: its json member is not an object", key="")
+    return text or str(record.get("prompt") or record.get("caption") or "").strip()
 
 
 def _read_image(data: bytes, size: int, name: str) -> torch.Tensor:

@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 
-from harness.atomic import check_output_folder, publish_folder
+from harness.atomic import publish_folder
 from harness.errors import HarnessError, in_file, keyed
 from harness.layout import UnlearnFiles
 from harness.models.checkpoints import save_tensors
 from harness.models.layers import select_layers
 from harness.models.pipelines import load_pipeline, resolve_dtype, set_scheduler
+from harness.outputs import check_output
 from harness.provenance import provenance
 from harness.records import LayerCount, UnlearnRecord, completed, write_record
 from harness.registry import Plugin
@@ -50,7 +51,7 @@ def run(job: UnlearnJob) -> UnlearnRecord:
 
 def _run(job: UnlearnJob) -> UnlearnRecord:
     files = UnlearnFiles(Path(job.out))
-    check_output_folder(files.folder, "--out", output_is_ours)
+    check_output(files.folder, "--out", output_is_ours)
     key = job.key()
     done = completed(UnlearnRecord, files.record, key)
     if done is not None and files.tensors.is_file() and files.mask.is_file():

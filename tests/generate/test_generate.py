@@ -82,6 +82,18 @@ def test_rerun_skips_complete_shards_and_redoes_the_rest(digits_model, suite, tm
     assert not GenerationFiles(tmp_path).partial(1, "killed-run").exists()
 
 
+def test_a_shard_truncated_after_the_run_is_made_again_on_rerun(digits_model, suite, tmp_path):
+    generate_stage.run(GenerateJob(digits_model, [], suite, FAST, tmp_path, "pretrained"))
+    shard = tmp_path / "shard-000001.tar"
+    whole = shard.read_bytes()
+    untouched = (tmp_path / "shard-000000.tar").stat().st_mtime_ns
+    shard.write_bytes(whole[: len(whole) // 2])
+    assert shards.complete_shards(tmp_path, len(suite), FAST.shard_size) == [0, 2]
+    generate_stage.run(GenerateJob(digits_model, [], suite, FAST, tmp_path, "pretrained"))
+    assert shard.read_bytes() == whole
+    assert (tmp_path / "shard-000000.tar").stat().st_mtime_ns == untouched
+
+
 def test_one_shard_alone(digits_model, suite, tmp_path):
     generate_stage.run(GenerateJob(digits_model, [], suite, FAST, tmp_path, "pretrained", shard=2))
     assert GenerationFiles(tmp_path).shards() == [tmp_path / "shard-000002.tar"]

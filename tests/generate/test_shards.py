@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import tarfile
+from pathlib import Path
+
 import pytest
 import torch
 import webdataset as wds
 
 from harness.errors import HarnessError
 from harness.generate import shards
+from harness.layout import GenerationFiles
 
 
 def _image(value: int, channels: int = 3) -> torch.Tensor:
@@ -36,7 +40,7 @@ def test_writer_commits_only_a_complete_shard_and_reads_back(tmp_path):
     writer.write(7, shards.encode_png(_image(7)), {"id": 7, "prompt": "p7"})
     path = writer.commit()
     assert path == tmp_path / "shard-000001.tar" and not writer.partial.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-000001.tar"]  # no partial, no lock left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".shard-000001.tar.sha256", "shard-000001.tar"]  # no partial, no lock
     assert shards.complete_shards(tmp_path, 10, 4) == [1]
     samples = list(shards.read_shard(path))
     assert [s.id for s in samples] == [4, 5, 6, 7]
@@ -107,3 +111,35 @@ def test_stale_partials_of_killed_runs_are_cleared_but_live_ones_kept(tmp_path):
     assert shards.clear_stale_partials(tmp_path) == 1
     assert not stale.exists() and live.partial.exists()
     live.abort()
+
+
+def _written_shard(folder: Path) -> Path:
+    writer = shards.ShardWriter(folder, 0, shards.shard_ids(0, 2, 2))
+    for i in (0, 1):
+        writer.write(i, shards.encode_png(_image(i)), {"id": i})
+    return writer.commit()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "digest-lost"])
+def test_a_shard_changed_on_disk_is_no_longer_complete(tmp_path: Path, damage: str) -> None:
+    path = _written_shard(tmp_path)
+    assert shards.complete_shards(tmp_path, 2, 2) == [0] and shards.changed(tmp_path, 0) is None
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        path.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    else:
+        GenerationFiles(tmp_path).digest(0).unlink()
+    assert shards.complete_shards(tmp_path, 2, 2) == []
+    expected = {"truncate": "bytes where", "flip": "sha256 differs", "digest-lost": "no size and digest"}[damage]
+    assert expected in shards.changed(tmp_path, 0)
+
+
+def test_a_tar_cut_at_a_member_boundary_is_refused_by_name(tmp_path: Path) -> None:
+    path = _written_shard(tmp_path)
+    data = path.read_bytes()
+    members = [m.offset for m in tarfile.open(path)]
+    path.write_bytes(data[: members[2]])  # the first sample whole, nothing after it: tarfile alone accepts this
+    with pytest.raises(HarnessError, match="shard-000000.tar: truncated tar archive"):
+        list(shards.read_shard(path))

@@ -25,6 +25,7 @@ from harness.atomic import publish_folder
 from harness.cache import cache_dir
 from harness.errors import HarnessError
 from harness.models.checkpoints import load_tensor_file, save_tensors
+from harness.outputs import check_output
 from harness.provenance import provenance, write_json_atomic
 from harness.worlds.digits.classifier import (
     CONFIG_FILE,
@@ -68,7 +69,9 @@ class BuildSettings:
 def world_dir(name: str = "digits", cache_root: str | Path | None = None) -> Path:
     """The folder of world `name` under the cache root (default: the harness cache; not necessarily present)."""
     check_name(name)
-    zoo = Path(cache_root).expanduser() / "zoo" if cache_root else cache_dir("zoo")
+    if cache_root:
+        return check_output(Path(cache_root).expanduser() / "zoo", "--cache-dir") / name
+    zoo = cache_dir("zoo")
     if zoo.exists() and not zoo.is_dir():
         raise HarnessError(f"{zoo}: not a folder (the world cache needs it as one)")
     return zoo / name
