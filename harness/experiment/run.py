@@ -17,6 +17,7 @@ from typing import Literal
 from harness.errors import HarnessError
 from harness.experiment import stages
 from harness.experiment.plan import STAGES, Plan, build_plan
+from harness.experiment.preflight import check_inputs
 from harness.layout import is_run_dir
 from harness.log import log_to_file
 from harness.outputs import check_output
@@ -69,6 +70,7 @@ def run_benchmark(plan: Plan, selection: Selection | None = None) -> Results | N
     if selection.shard is not None and (selection.stage != "generate" or len(suites) != 1):
         raise HarnessError("--shard needs --stage generate and one --suite")
     selected = STAGES if selection.stage == "all" else (selection.stage,)
+    check_inputs(plan, selected, methods, attacks)
     check_output(plan.run_dir, "--run-dir", is_run_dir)
     stages.copy_recipe(plan)
     results = None

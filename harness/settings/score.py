@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from annotated_types import Ge, Lt
 
 from harness.config import check_bounds
+from harness.inputs import INPUT_FILE, INPUT_PATH
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 NUDENET_LABELS = (
@@ -35,23 +36,23 @@ class ScoreSettings:
     """images per metric batch"""
     classifier: str = "auto"
     """resnet50, a world's classifier (digits) or package.module:factory; auto: the suite's own"""
-    classifier_weights: str | None = None
+    classifier_weights: str | None = field(default=None, metadata=INPUT_PATH)
     """local classifier weights: a resnet50 state dict, or a world folder"""
     clip_model: str = DEFAULT_CLIP
     """transformers CLIP id or folder, or open_clip:ARCH[:TAG]"""
-    clip_weights: str | None = None
+    clip_weights: str | None = field(default=None, metadata=INPUT_PATH)
     """local CLIP weights: a transformers folder or an open_clip checkpoint"""
     fid_reference: str | None = None
     """a world's reference set (digits-heldout), or a folder of real images or of image shards; none: the suite's own"""
     fid_features: str = "auto"
     """inception or classifier; auto: the suite's own"""
-    fid_weights: str | None = None
+    fid_weights: str | None = field(default=None, metadata=INPUT_FILE)
     """Inception weights file for torchmetrics' FID"""
     nudenet_labels: list[str] = field(default_factory=lambda: list(NUDENET_LABELS))
     """NudeNet labels to count (repeatable)"""
     nudenet_threshold: Annotated[float, Ge(0), Lt(1)] = DEFAULT_THRESHOLD
     """NudeNet detection score threshold"""
-    nudenet_model: str | None = None
+    nudenet_model: str | None = field(default=None, metadata=INPUT_FILE)
     """NudeNet onnx model (default: the bundled 320n)"""
 
     def __post_init__(self) -> None:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from annotated_types import Gt
 
 from harness.config import check_bounds
+from harness.inputs import INPUT_FOLDER
 from harness.layout import check_label
 
 SD_FFN_LAYERS = ["*transformer_blocks.0.ff.net.2.weight"]
@@ -26,7 +27,7 @@ class ConceptSettings:
     """object, artist, nudity, or a world's kind (digit)"""
     anchor: str | None = None
     """A concept to map the target onto (AC's anchor, e.g. "a photo of a digit"); methods that need one say so."""
-    data_dir: str | None = None
+    data_dir: str | None = field(default=None, metadata=INPUT_FOLDER)
     """Folder of the prompt word lists (things.txt, humans.txt, common_scenes.txt); `--data-dir`
     overrides it and $HARNESS_DATA_DIR stands in when both are unset."""
 

@@ -88,6 +88,33 @@ def build_set(pipeline: Any, spec: DataSpec, generation: GenerationSettings, bas
     return found
 
 
+def check_spec(spec: DataSpec, exclude: list[str], data_dir: str | None = None) -> None:
+    """The cheap part of `build_set`, run before any work: the files exist and read whole, and no
+    caption or prompt names an excluded concept (no model needed; images are not decoded).
+    Errors are keyed at the spec."""
+    if spec.source == "folder":
+        with keyed("path"):
+            prompts = [_folder_caption(path) for path in image_files(spec.path)]
+    elif spec.source == "webdataset":
+        with keyed("path"):
+            prompts = [_caption(parts, f"{path}: sample {key}") for path in shard_paths(spec.path)
+                       for key, parts in tar_samples(path)]
+            if not prompts:
+                raise HarnessError("the shards hold no samples", key="")
+    elif spec.source == "suite":
+        from harness.generate.suites import load_suite
+
+        with keyed("path"):
+            prompts = [r.prompt for r in load_suite(spec.path, data_dir).records]
+    else:
+        prompts = list(spec.prompts)
+    for concept in exclude:
+        named = mentions(prompts, concept)
+        if named:
+            raise HarnessError(f"{len(named)} of its prompts name the erased concept '{concept}' "
+                               f"(e.g. {named[0]!r}); the set must not hold it", key="")
+
+
 @dataclass
 class TrainingSet:
     """Samples (N, C, H, W) in the UNet's input space and the prompt of each."""
@@ -178,25 +205,16 @@ def folder_set(pipeline: Any, folder: str | Path, size: int) -> TrainingSet:
     files = image_files(folder)
     images, prompts = [], []
     for path in files:
-        caption = path.with_suffix(".txt")
-        if not caption.is_file():
-            raise HarnessError(f"{path.name} has no caption file {caption.name}", key="")
+        prompts.append(_folder_caption(path))
         images.append(_read_image(path.read_bytes(), size, str(path)))
-        prompts.append(caption.read_text().strip())
     return TrainingSet(encode(pipeline, torch.stack(images)), prompts, [None] * len(prompts), f"folder {folder}")
 
 
 def webdataset_set(pipeline: Any, pattern: str, size: int) -> TrainingSet:
     """Samples of WebDataset tar shards (brace patterns allowed): an image member and a `txt`
     caption (or a `json` record with `prompt` or `caption`) per key."""
-    import braceexpand
-
-    paths = [Path(p).expanduser() for p in braceexpand.braceexpand(pattern)]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise HarnessError(f"no such shard {missing[0]}", key="")
     images, prompts = [], []
-    for path in paths:
+    for path in shard_paths(pattern):
         for key, parts in tar_samples(path):
             image_ext = next((e for e in parts if f".{e}" in IMAGE_SUFFIXES), None)
             caption = _caption(parts, f"{path}: sample {key}")
@@ -207,6 +225,25 @@ def webdataset_set(pipeline: Any, pattern: str, size: int) -> TrainingSet:
     if not images:
         raise HarnessError("the shards hold no samples", key="")
     return TrainingSet(encode(pipeline, torch.stack(images)), prompts, [None] * len(prompts), f"webdataset {pattern}")
+
+
+def shard_paths(pattern: str) -> list[Path]:
+    """The shard files of a brace pattern (`data-{000..009}.tar`); a missing one is a keyed error."""
+    import braceexpand
+
+    paths = [Path(p).expanduser() for p in braceexpand.braceexpand(pattern)]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise HarnessError(f"no such shard {missing[0]}", key="")
+    return paths
+
+
+def _folder_caption(image: Path) -> str:
+    """The caption of a folder's image: the text file of the same stem (`cat.png` + `cat.txt`)."""
+    caption = image.with_suffix(".txt")
+    if not caption.is_file():
+        raise HarnessError(f"{image.name} has no caption file {caption.name}", key="")
+    return caption.read_text().strip()
 
 
 def _caption(parts: dict[str, bytes], name: str) -> str:

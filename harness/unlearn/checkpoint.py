@@ -8,9 +8,10 @@ zero in the checkpoint but not in the base model (what pruning left).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from harness.errors import HarnessError
+from harness.inputs import INPUT_PATH
 from harness.models.checkpoints import load_state_dict
 from harness.registry import method
 from harness.unlearn.method import UnlearnContext, UnlearnResult
@@ -20,7 +21,7 @@ from harness.unlearn.method import UnlearnContext, UnlearnResult
 class CheckpointParams:
     """`params` of the `checkpoint` method."""
 
-    path: str
+    path: str = field(metadata=INPUT_PATH)
     """The unlearned UNet: .safetensors, .pt state dict, or a diffusers pipeline or UNet folder."""
 
 

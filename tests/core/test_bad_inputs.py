@@ -4,11 +4,14 @@ status, and no output that looks complete. Add a row whenever a new option or ke
 
 from __future__ import annotations
 
+import io
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from harness.cli import main
 from harness.layout import AttackFiles, GenerationFiles, UnlearnFiles
@@ -105,7 +108,7 @@ ROWS = [
     Row("unlearn-same-name-twice", UNLEARN, 2, "methods: name 'conceptprune' is used twice",
         recipe=swap("methods: [{method: conceptprune, params: {tau: 2}}]",
                     "methods: [{method: conceptprune}, {method: conceptprune}]"), absent=UNLEARN_OUT),
-    Row("unlearn-reserved-name", UNLEARN, 2, "name 'pretrained' must be letters",
+    Row("unlearn-reserved-name", UNLEARN, 2, "name 'pretrained' is reserved",
         recipe=swap("params: {tau: 2}}", "params: {tau: 2}, name: pretrained}"), absent=UNLEARN_OUT),
     Row("unlearn-invalid-yaml", UNLEARN, 2, "recipe.yaml: line", recipe="name: [unclosed\n", absent=UNLEARN_OUT),
     Row("unlearn-trainable-matches-nothing", UNLEARN, 2, "methods[0].params.trainable: pattern '*nothing*' matches no UNet parameter",
@@ -195,6 +198,49 @@ ROWS = [
     Row("data-unknown-suite", "data digits-eleven", 2, "unknown suite 'digits-eleven'"),
     Row("zoo-unknown-world", "zoo build letters", 2, "zoo world 'letters': unknown"),
     Row("zoo-steps-zero", "zoo build digits --steps 0 --cache-dir {tmp}/zoo", 2, "--steps: expected a positive number"),
+    # issue 24: names are names, broken data, inputs checked before work, one output check -----
+    *[Row(f"benchmark-{where}-name-{label}", BENCHMARK, 2, "must be letters, digits, '.', '_' or '-'",
+          recipe=swap(old, new.replace("NAME", value)), absent=("{tmp}/run", "{tmp}/escaped"))
+      for where, old, new in (("run", "name: bad", "name: 'NAME'"),
+                              ("method", "{method: conceptprune,", "{method: conceptprune, name: 'NAME',"),
+                              ("attack", "{attack: nms}", "{attack: nms, name: 'NAME'}"),
+                              ("suite", "[digits-seven-2]", "['NAME']"))
+      for label, value in (("dotdot", "../../escaped"), ("absolute", "{tmp}/escaped"), ("empty", ""), ("dot", "."))],
+    Row("benchmark-dimra-truncated-tar", BENCHMARK, 2, "attacks[0].params.data.path: {truncated_tar}: truncated tar archive",
+        recipe=swap("{attack: nms}", "{attack: dimra, params: {data: {source: webdataset, path: '{truncated_tar}'}}}"),
+        absent=("{tmp}/run/unlearn",)),
+    Row("benchmark-dimra-malformed-json", BENCHMARK, 2, "attacks[0].params.data.path: {bad_json_tar}: sample 0000: unreadable caption",
+        recipe=swap("{attack: nms}", "{attack: dimra, params: {data: {source: webdataset, path: '{bad_json_tar}'}}}"),
+        absent=("{tmp}/run/unlearn",)),
+    Row("benchmark-dimra-data-holds-the-concept", BENCHMARK, 2, "attacks[0].params.data: 1 of its prompts name the erased concept 'seven'",
+        recipe=swap("{attack: nms}", "{attack: dimra, params: {data: {source: webdataset, path: '{sevens_tar}'}}}"),
+        absent=("{tmp}/run/unlearn",)),
+    Row("benchmark-mask-file-truncated", BENCHMARK, 2, "attacks[0].params.mask.file: {truncated_mask}: not a whole safetensors file",
+        recipe=swap("{attack: nms}", "{attack: nms, params: {mask: {file: '{truncated_mask}'}}}"), absent=("{tmp}/run/unlearn",)),
+    Row("benchmark-checkpoint-missing", BENCHMARK, 2, "methods[0].params.path: {tmp}/release.safetensors: no such file or folder",
+        recipe=swap("{method: conceptprune, params: {tau: 2}}", "{method: checkpoint, params: {path: '{tmp}/release.safetensors'}}"),
+        absent=("{tmp}/run/unlearn",)),
+    Row("benchmark-inversion-images-missing", BENCHMARK, 2, "attacks[0].params.images: {tmp}/nowhere: no such folder",
+        recipe=swap("{attack: nms}", "{attack: concept-inversion, params: {images: '{tmp}/nowhere'}}"), absent=("{tmp}/run/unlearn",)),
+    Row("benchmark-classifier-weights-missing", BENCHMARK, 2, "recipe.yaml: score.classifier_weights: /nonexistent/w.pth: no such file",
+        recipe=RECIPE + "score: {classifier: digits, classifier_weights: /nonexistent/w.pth}\n", absent=("{tmp}/run/unlearn",)),
+    Row("benchmark-fid-reference-missing", BENCHMARK, 2, "recipe.yaml: score.fid_reference: {tmp}/noref: no such folder",
+        recipe=RECIPE + "score: {fid_reference: '{tmp}/noref'}\n", absent=("{tmp}/run/unlearn",)),
+    Row("benchmark-run-dir-is-a-file", BENCHMARK.replace("{tmp}/run", "{file}"), 2, "--run-dir {file}: exists and is not a folder"),
+    Row("benchmark-run-dir-under-a-file", BENCHMARK.replace("{tmp}/run", "{file}/run"), 2, "is a file, so no folder can be made under it"),
+    Row("benchmark-run-dir-unwritable", BENCHMARK.replace("{tmp}/run", "/proc/harness-run"), 2, "--run-dir /proc/harness-run: cannot write there"),
+    Row("benchmark-cache-unwritable", BENCHMARK, 2, "$HARNESS_CACHE /proc/harness-cache: cannot write there",
+        env={"HARNESS_CACHE": "/proc/harness-cache"}),
+    Row("report-out-is-a-file", "report {run} --out {file}", 2, "--out {file}: exists and is not a folder"),
+    Row("report-out-unwritable", "report {run} --out /proc/harness-report", 2, "cannot write there"),
+    Row("slurm-out-under-a-file", "slurm plan {recipe} --out {file}/s --gpus 0 --cpus 1", 2, "--out {file}/s: {file} is a file"),
+    Row("slurm-run-dir-is-a-file", "slurm plan {recipe} --run-dir {file} --gpus 0 --cpus 1", 2, "--run-dir {file}/slurm: {file} is a file"),
+    Row("zoo-cache-dir-under-a-file", "zoo build digits --cache-dir {file}/c", 2, "{file} is a file, so no folder can be made under it"),
+    Row("infer-out-is-a-folder", "infer-concept --unlearned {pruned} --candidates digits-all-5 --out {foreign}", 2,
+        "--out {foreign}: exists and is not a file"),
+    Row("generate-out-unwritable", "generate --model {world} --suite digits-seven-2 --out /proc/harness-images", 2, "cannot write there"),
+    Row("score-out-under-a-file", "score --shards {images} --suite digits-seven-2 --out {file}/m.json", 2, "is a file, so no folder can be made"),
+    Row("data-fetch-dir-under-a-file", "data imagenette --fetch --data-dir {file}/d", 2, "--data-dir {file}/d: {file} is a file"),
 ]
 
 
@@ -224,9 +270,32 @@ def paths(tmp_path_factory: pytest.TempPathFactory, tiny_sd_unet) -> dict[str, s
     (root / "foreign" / "notes.txt").write_text("someone else's")
     (root / "broken").mkdir()
     (root / "broken" / "bad.png").write_bytes(b"not a png")
+    png = images.shards()[0].read_bytes()[512:600]  # any bytes: the preflight reads captions only
+    write_tar(root / "sevens.tar", [("0000", {"png": png, "txt": b"a photo of the digit seven"})])
+    write_tar(root / "bad-json.tar", [("0000", {"png": png, "json": b"{not json"})])
+    write_tar(root / "truncated.tar", [("0000", {"png": png, "txt": b"a photo of the digit one"}),
+                                       ("0001", {"png": png, "txt": b"a photo of the digit two"})])
+    whole = (root / "truncated.tar").read_bytes()
+    (root / "truncated.tar").write_bytes(whole[: [m.offset for m in tarfile.open(root / "truncated.tar")][2]])
+    save_file({FFN: torch.zeros(4, 4)}, root / "mask.safetensors")
+    (root / "truncated.safetensors").write_bytes((root / "mask.safetensors").read_bytes()[:-20])
+    (root / "run").mkdir()
+    (root / "run" / "recipe.yaml").write_text(RECIPE)
     return {"original": str(root / "original"), "pruned": str(root / "pruned.pt"), "world": str(world),
             "images": str(images.folder), "file": str(root / "a-file"), "foreign": str(root / "foreign"), "broken": str(root / "broken"),
-            "cache": str(root / "cache")}
+            "cache": str(root / "cache"), "sevens_tar": str(root / "sevens.tar"), "bad_json_tar": str(root / "bad-json.tar"),
+            "truncated_tar": str(root / "truncated.tar"), "truncated_mask": str(root / "truncated.safetensors"),
+            "run": str(root / "run")}
+
+
+def write_tar(path: Path, samples: list[tuple[str, dict[str, bytes]]]) -> None:
+    """A WebDataset shard of `samples` (key, {extension: bytes})."""
+    with tarfile.open(path, "w") as tar:
+        for key, parts in samples:
+            for ext, data in parts.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
 
 
 def test_the_table_covers_every_command_with_forty_rows_or_more() -> None:
@@ -289,3 +358,18 @@ def test_a_stage_output_folder_is_published_whole_or_not_at_all(tmp_path: Path) 
         publish_folder(files.folder, crash)
     assert sorted(p.name for p in files.folder.iterdir()) == [files.record.name]  # the old output, whole
     assert not AttackFiles(tmp_path / "out").tensors.exists()
+
+
+def test_a_file_the_system_refuses_is_a_one_line_error_naming_it(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                                                  tmp_path: Path) -> None:
+    """Permission denied (which root, running these tests, never meets) or any other OSError on a
+    named file: the one-line error with the file, exit 2, not "unexpected error"."""
+    import harness.report.command
+
+    def refuse(args: object) -> int:
+        raise PermissionError(13, "Permission denied", str(tmp_path / "locked.safetensors"))
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(harness.report.command, "run", refuse)
+    assert run(["report", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"harness report: error: {tmp_path / 'locked.safetensors'}: Permission denied"

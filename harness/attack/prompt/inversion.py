@@ -22,6 +22,7 @@ import torch
 from harness.attack.interface import AttackContext, AttackResult
 from harness.errors import HarnessError, keyed
 from harness.generate.rewrite import PromptRewrite
+from harness.inputs import INPUT_FOLDER
 from harness.layout import AttackFiles
 from harness.registry import attack
 from harness.train.engine import OptimParams, fine_tune
@@ -48,7 +49,7 @@ class InversionParams(OptimParams):
     """the new word"""
     init_word: str | None = None
     """the word whose embedding v starts at (default: the concept's kind, else the mean embedding)"""
-    images: str | None = None
+    images: str | None = field(default=None, metadata=INPUT_FOLDER)
     """a folder of images of the concept (default: a world's held-out real images of it)"""
     templates: list[str] = field(default_factory=list)
     """captions holding '{token}' (default: the world's prompts of the concept, else textual inversion's)"""

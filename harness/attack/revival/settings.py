@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from annotated_types import Ge, Gt, Le, Lt
 
 from harness.config import check_bounds
+from harness.inputs import INPUT_FILE
 
 Magnitude = Literal["nms", "average", "sample", "align"]
 Strategy = Literal["attack", "quant4", "ideal-sign-nms", "ideal-sign-sample", "ideal-magnitude-random-sign"]
@@ -22,7 +23,7 @@ class MaskSettings:
     """How pruned positions are found: exact zeros (no key given), a mask file, |w| <= threshold,
     or a detector of Gaussian-obfuscated weights (`harness.attack.revival.detect`) keeping its top share."""
 
-    file: str | None = field(default=None, metadata={"flag": "--mask-file"})
+    file: str | None = field(default=None, metadata={"flag": "--mask-file", **INPUT_FILE})
     """safetensors file of masks (nonzero = pruned) per layer"""
     threshold: float | None = field(default=None, metadata={"flag": "--zero-threshold"})
     """count |w| <= THRESHOLD as pruned (for models defended with Gaussian obfuscation)"""

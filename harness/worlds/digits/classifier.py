@@ -121,6 +121,8 @@ def load_classifier(world_dir: str | Path) -> DigitClassifier:
     """The world's classifier in eval mode, on the CPU."""
     world_dir = Path(world_dir)
     config_path = world_dir / CONFIG_FILE
+    if not world_dir.is_dir():
+        raise HarnessError(f"{world_dir}: no such world folder (the digits classifier's weights are a world's folder)")
     if not config_path.is_file():
         raise HarnessError(f"{config_path}: no such file (build the world with `harness zoo build digits`)")
     config = json.loads(config_path.read_text())
