@@ -76,5 +76,5 @@ def test_model_labels_parse_back_and_name_their_folders(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["pretrained", "none", "a/b", "", "-x", "with space"])
 def test_labels_that_would_break_the_layout_are_refused(name: str) -> None:
-    with pytest.raises(ValueError, match="must be letters, digits"):
+    with pytest.raises(ValueError, match="must be letters, digits|is reserved"):
         check_label(name, "name")

@@ -78,7 +78,7 @@ def test_repeated_names_and_bad_values_are_errors(tmp_path: Path) -> None:
     with pytest.raises(HarnessError, match="attacks: name 'nms' is used twice"):
         load_recipe(write(tmp_path, repeated))
     reserved = RECIPE.replace("name: q4", "name: none")
-    with pytest.raises(HarnessError, match="attacks\\[2\\]: name 'none' must be letters"):
+    with pytest.raises(HarnessError, match="attacks\\[2\\]: name 'none' is reserved"):
         load_recipe(write(tmp_path, reserved))
     typo = RECIPE.replace("{attack: nms, params: {top_k: 0.4}}", "{attack: nms, parms: {top_k: 0.4}}")
     with pytest.raises(HarnessError, match="attacks\\[0\\]: unknown key 'parms'"):
