@@ -279,9 +279,11 @@ class RunLayout:
 
 
 def is_run_dir(path: Path) -> bool:
-    """Whether `path` looks like a run directory (a recipe copy or results)."""
+    """Whether `path` looks like a run directory (a recipe copy, results, or the SLURM scripts
+    `harness slurm plan` writes there before the first job runs)."""
     layout = RunLayout(path)
-    return layout.recipe.is_file() or layout.results.is_file() or (path / "metrics").is_dir()
+    return (layout.recipe.is_file() or layout.results.is_file() or (path / "metrics").is_dir()
+            or layout.slurm.submit.is_file())
 
 
 def require_run_dir(path: Path) -> RunLayout:

@@ -16,7 +16,8 @@ import pytest
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.experiment.plan import build_plan
-from harness.layout import SlurmFiles
+from harness.layout import SlurmFiles, is_run_dir
+from harness.outputs import check_output
 from harness.recipe import load_recipe
 from harness.slurm.planner import SlurmOptions, submit, write_plan
 from harness.slurm.templates import DEFAULT_FOLDER, render
@@ -123,6 +124,8 @@ def test_cpu_plan_has_no_gres_and_plain_attack(recipe: Path, tmp_path: Path) -> 
         assert "--cpus-per-task=1" in sbatch_lines(job.script)
     attack = jobs[1].script.read_text()
     assert "accelerate" not in attack and "--device" not in attack
+    # the jobs then run the benchmark in that run directory, which now holds only the scripts
+    assert check_output(tmp_path / "run", "--run-dir", is_run_dir) == tmp_path / "run"
 
 
 def test_submit_sh_chains_jobs_by_their_ids(recipe: Path, tmp_path: Path) -> None:
