@@ -6,7 +6,9 @@ PROTOCOL.md section 6 describes, kept swappable as a method like any other:
 
 The forget prompts are trained with the plain denoising loss on alternative samples (by default
 the frozen model's samples of the recipe's `concept.anchor`, or of the prompt `alternative`), so
-the model memorises the alternative where the concept was; the retain term (weight 1) keeps the
+the model memorises the alternative where the concept was. Samples a classifier names as the
+erased concept are dropped first (`alternative_filter`: the world's classifier, or ResNet-50 for
+an object on SD; harness.unlearn.concept_filter), and the record says how many; the retain term (weight 1) keeps the
 rest: a world's real images of every other class with their prompts, or any data source
 (`retain`). Defaults: lr 1e-4, 500 steps, batch 4 per term, lambda 1, every UNet parameter.
 """
@@ -20,11 +22,13 @@ import torch
 from annotated_types import Ge
 
 from harness.errors import keyed
+from harness.inputs import INPUT_PATH
 from harness.registry import method
 from harness.train.data import DataSpec, TrainingSet, build_set, generated_set
 from harness.train.denoise import denoising_loss
 from harness.train.engine import FineTuneModule, Objective, TrainParams
 from harness.unlearn.ac import anchor_prompt
+from harness.unlearn.concept_filter import drop_concept_samples, filter_classifier
 from harness.unlearn.method import UnlearnContext, UnlearnResult
 from harness.unlearn.training import concept_prompts, train_method
 
@@ -43,6 +47,11 @@ class DiMUMParams(TrainParams):
     """the prompt whose samples replace the concept (default: concept.anchor)"""
     alternative_samples: Annotated[int, Ge(1)] = 50
     """how many alternative samples the frozen model makes"""
+    alternative_filter: str = "auto"
+    """the classifier that drops alternatives showing the concept: auto (the world's, resnet50 for
+    objects), none, a registered classifier or package.module:factory"""
+    alternative_filter_weights: str | None = field(default=None, metadata=INPUT_PATH)
+    """local weights of that classifier (a resnet50 state dict, a world folder)"""
     retain: DataSpec = field(default_factory=DataSpec)
     """the retain data (default: the world's real images of the other classes)"""
     prompts: list[str] = field(default_factory=list)
@@ -86,6 +95,10 @@ def dimum(context: UnlearnContext, params: DiMUMParams) -> UnlearnResult:
     with keyed("params"):
         alternatives = generated_set(context.pipeline, [alternative] * params.alternative_samples,
                                      context.generation, params.seed, "alternative samples")
-    objective = MemorisationObjective(retain, alternatives.inputs, forget, params)
+        classifier = filter_classifier(params.alternative_filter, context.model, context.concept.kind)
+        filtered = drop_concept_samples(context.pipeline, alternatives.inputs, context.concept.targets, classifier,
+                                        params.alternative_filter_weights)
+    objective = MemorisationObjective(retain, filtered.kept, forget, params)
     return train_method(context, objective, params, {"forget_prompts": forget, "alternative": alternative,
+                                                       "alternatives_filtered": filtered.info,
                                                        "retain": retain.source, "retain_samples": len(retain.inputs)})

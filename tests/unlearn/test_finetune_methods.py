@@ -41,7 +41,7 @@ def recipe(tmp_path: Path, model: Path, method: str, anchor: str = "a photo of a
     ("{method: esd, params: {steps: 2, ddim_steps: 4, trainable: esd-u}}", "not-attn2"),
     ("{method: ac, params: {steps: 3, anchor_samples: 2}}", ".attn2.to_"),
     ("{method: dimum, params: {steps: 3, alternative_samples: 2, batch_size: 2, trainable: esd-x, "
-     "retain: {source: prompts, prompts: [a photo of a cat, a photo of a dog]}}}", ".attn2."),
+     "alternative_filter: none, retain: {source: prompts, prompts: [a photo of a cat, a photo of a dog]}}}", ".attn2."),
 ])
 def test_each_method_trains_only_what_it_names_on_a_tiny_sd_pipeline(tiny: Path, tmp_path: Path, method: str,
                                                                       touched: str) -> None:
@@ -63,6 +63,31 @@ def test_each_method_trains_only_what_it_names_on_a_tiny_sd_pipeline(tiny: Path,
     else:
         assert all(touched in n for n in tensors)
     assert torch.isfinite(torch.tensor(record.info["final_loss"])) and record.info["train_seconds"] > 0
+
+
+class FirstIsTheConcept(torch.nn.Module):
+    """A stand-in classifier: the first image of every call is a golf ball, the rest cats."""
+
+    class_names = ["golf ball", "cat"]
+
+    def predict(self, images: torch.Tensor) -> list[str]:
+        assert images.dtype == torch.uint8 and images.shape[1:] == (3, 64, 64)  # decoded through the VAE
+        return ["golf ball"] + ["cat"] * (len(images) - 1)
+
+
+def test_dimum_drops_alternatives_the_classifier_names_as_the_concept(tiny: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import harness.score.metrics.classifiers as classifiers
+
+    asked = []
+    monkeypatch.setattr(classifiers, "load_image_classifier",
+                        lambda name, weights: asked.append((name, weights)) or FirstIsTheConcept())
+    method = ("{method: dimum, params: {steps: 1, alternative_samples: 3, batch_size: 2, trainable: esd-x, "
+              "retain: {source: prompts, prompts: [a photo of a cat]}}}")
+    record = run_unlearning(UnlearnJob.from_recipe(load_recipe(recipe(tmp_path, tiny, method)), None,
+                                                    tmp_path / "out", RuntimeSettings(device="cpu")))
+    assert asked == [("resnet50", None)]  # auto: ResNet-50 for an object on SD
+    assert record.info["alternatives_filtered"] == {"classifier": "resnet50", "dropped": 1, "kept": 2}
 
 
 def test_ac_and_dimum_need_an_anchor(tiny: Path, tmp_path: Path) -> None:
