@@ -151,6 +151,10 @@ class AttackFiles:
         """The attacked tensors after `step` training steps (the points of a recovery curve)."""
         return self.folder / "snapshots" / f"step-{step:06d}.safetensors"
 
+    def token_snapshot(self, step: int) -> Path:
+        """A prompt-space attack's new words after `step` training steps (its curve's points)."""
+        return self.folder / "snapshots" / f"tokens-step-{step:06d}.safetensors"
+
 
 SHARD_NAME = "shard-{:06d}.tar"
 SHARD_GLOB = "shard-*.tar"
@@ -261,13 +265,15 @@ class RunLayout:
         return self.root / "metrics" / model.method / model.attack_folder / f"{suite}.json"
 
     def model_tensors(self, model: ModelRef) -> list[Path]:
-        """The tensor files applied, in order, on top of the base model to make `model`."""
+        """The tensor files applied, in order, on top of the base model to make `model` (a token
+        attack's curve point changes words, not tensors: its tensors are the final ones)."""
         if model.method == PRETRAINED:
             return []
         files = [self.unlearn(model.method).tensors]
         if model.attack != NO_ATTACK:
             attack = self.attack(model.method, model.attack)
-            files.append(attack.tensors if model.step is None else attack.snapshot(model.step))
+            weights_at_step = model.step is not None and not attack.token_snapshot(model.step).is_file()
+            files.append(attack.snapshot(model.step) if weights_at_step else attack.tensors)
         return files
 
     def scored(self) -> dict[tuple[ModelRef, str], Path]:

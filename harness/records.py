@@ -369,6 +369,11 @@ class ResultRow:
     """done, or why the cell has no numbers (not run, not applicable)."""
     step: int | None = None
     """For a snapshot of a training attack (a recovery curve's point): its training steps."""
+    budget: dict[str, Any] | None = None
+    """The attack's budget (harness.budgets.budget_record), for attacks with named budgets."""
+    rising: bool | None = None
+    """For a training attack's final row: whether its curve was still rising at the end (the
+    last point above every earlier one, the unattacked model's included); None without a curve."""
 
 
 @dataclass

@@ -132,9 +132,10 @@ class Plugin:
     def parse(self, data: Mapping[str, Any] | None) -> Any:
         """The params `data` (a recipe entry's `params`) as this plug-in's params type, with what
         its name fixes; an error names the key relative to `params`."""
+        from harness.budgets import with_budget
         from harness.config import parse_dataclass
 
-        data = dict(data or {})
+        data = with_budget(self.params, data or {})
         for key, value in self.fixed.items():
             if key in data and data[key] != value:
                 raise HarnessError(f"this attack fixes {key} = {value}; choose the attack named for {data[key]} instead",

@@ -57,13 +57,15 @@ class NotApplicable(Exception):
 @dataclass
 class AttackResult:
     """What an attack changed, and its record; `snapshots` maps a training step to a tensor
-    file of the attacked tensors after it (the points of a recovery curve)."""
+    file of the attacked tensors after it (the points of a recovery curve), `token_snapshots`
+    to a file of the new words' embeddings after it (a token attack's curve)."""
 
     tensors: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)
     revival: ReviveReport | None = None
     snapshots: dict[int, Path] = field(default_factory=dict)
     tokens: dict[str, torch.Tensor] = field(default_factory=dict)
+    token_snapshots: dict[int, Path] = field(default_factory=dict)
     prompt_rewrite: PromptRewrite | None = None
 
 

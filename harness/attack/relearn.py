@@ -26,7 +26,7 @@ from harness.layout import AttackFiles
 from harness.registry import attack
 from harness.train.data import DataSpec, TrainingSet
 from harness.train.denoise import denoising_loss
-from harness.train.engine import FineTuneModule, Objective, TrainParams, fine_tune
+from harness.train.engine import FineTuneModule, Objective, Snapshots, TrainParams, fine_tune
 
 
 @dataclass
@@ -73,7 +73,7 @@ def dimra(context: AttackContext, params: DiMRAParams) -> AttackResult:
     with keyed("params"):
         outcome = fine_tune(pipeline, DenoisingObjective(data, params.batch_size), params, files.checkpoints,
                             context.settings_key, context.job.label, context.device, context.runtime,
-                            snapshot=(params.curve_every, files.snapshot))
+                            snapshot=Snapshots(params.curve_every, files.snapshot))
     snapshots = {step: files.snapshot(step) for step in range(params.curve_every, outcome.steps + 1, params.curve_every)
                  if files.snapshot(step).is_file()}
     info = {"steps": outcome.steps, "final_loss": outcome.final_loss, "train_seconds": outcome.seconds,

@@ -75,7 +75,7 @@ def _run(job: AttackJob, accelerator: Accelerator) -> AttackRecord | None:
         key=key, name=job.label, attack=job.attack, method=job.method,
         params=params_dict(job.params), reads=sorted(attack.reads - {"sharded"}), applicable=reason is None,
         reason=reason, revival=result.revival if result else None,
-        info=(result.info | {"snapshots": sorted(result.snapshots)}) if result else {},
+        info=(result.info | {"snapshots": sorted({*result.snapshots, *result.token_snapshots})}) if result else {},
         fidelity=job.fidelity, seconds=round(time.perf_counter() - start, 3), provenance=provenance(),
         prompt_rewrite=dataclasses.asdict(result.prompt_rewrite) if result and result.prompt_rewrite else None,
     )
@@ -91,6 +91,9 @@ def _run(job: AttackJob, accelerator: Accelerator) -> AttackRecord | None:
             for step, path in sorted(result.snapshots.items()):
                 out.snapshot(step).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, out.snapshot(step))
+            for step, path in sorted(result.token_snapshots.items()):
+                out.token_snapshot(step).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, out.token_snapshot(step))
         write_record(out.record, record)
 
     publish_folder(files.folder, fill)

@@ -65,7 +65,10 @@ class Plan:
         attack's new tokens and prompt rewrite."""
         tokens, rewrite = None, None
         if model.method != PRETRAINED and model.attack != NO_ATTACK:
-            tokens, rewrite = prompt_changes(self.layout.attack(model.method, model.attack).folder)
+            attack = self.layout.attack(model.method, model.attack)
+            tokens, rewrite = prompt_changes(attack.folder)
+            if model.step is not None and attack.token_snapshot(model.step).is_file():
+                tokens = attack.token_snapshot(model.step)
         return GenerateJob(self.recipe.model, self.layout.model_tensors(model), self.suite(suite),
                            self.recipe.generation, self.layout.images(model, suite).folder, model.label,
                            shard=shard, runtime=self.runtime, tokens=tokens, rewrite=rewrite)

@@ -5,6 +5,7 @@ cell without numbers says why."""
 
 from __future__ import annotations
 
+from harness.budgets import budget_note
 from harness.records import ResultRow, Results
 from harness.stats import format_share
 
@@ -22,14 +23,16 @@ def erased_suite(results: Results) -> str | None:
 
 def matrix_lines(results: Results, target: str | None, suite: str | None = None) -> list[str]:
     """The matrix on one suite: a row per method, a column per attack, the erased class's
-    accuracy `0.05 [0.01,0.24] n=20` in each cell (or why it has none)."""
+    accuracy `0.05 [0.01,0.24] n=20` in each cell (or why it has none), with an attack's budget
+    (`@300 steps (quick)`: the preset when below the published strength) and `rising` when its
+    curve was still rising at its end."""
     suite = suite or erased_suite(results)
     chosen = [r for r in results.rows if r.suite == suite and r.step is None]
     methods = list(dict.fromkeys(r.method for r in chosen))
     attacks = list(dict.fromkeys(r.attack for r in chosen))
     cells = {(r.method, r.attack): _cell(r) for r in chosen}
     width = max([len("method"), *(len(m) for m in methods)])
-    column = max([22, *(len(c) for c in cells.values() if len(c) <= 40)])
+    column = max([22, *(len(c) for c in cells.values() if len(c) <= 48)])
     lines = [f"\nThe matrix: '{target}' accuracy after each attack, suite {suite} (95% Wilson interval, n images)",
              f"{'method':<{width}} " + " ".join(f"{a:<{column}}" for a in attacks)]
     for method in methods:
@@ -40,7 +43,7 @@ def matrix_lines(results: Results, target: str | None, suite: str | None = None)
 def _cell(row: ResultRow) -> str:
     if row.status != "done":
         return "n/a" if row.status.startswith("not applicable") else row.status.split(":")[0]
-    return format_share(row.erased_accuracy, row.n_erased, row.erased_ci, 2)
+    return format_share(row.erased_accuracy, row.n_erased, row.erased_ci, 2) + budget_note(row.budget, row.rising)
 
 
 def preserved_suite(results: Results) -> str | None:

@@ -43,6 +43,7 @@ def collect_results(layout: RunLayout, recipe: Recipe | None) -> Results:
     suites += sorted({s for _, s in scored} - set(suites))
     targets = recipe.concept.targets if recipe is not None and recipe.concept is not None else None
     rows = [result_row(layout, model, suite, targets) for model in models for suite in suites]
+    mark_rising_curves(rows)
     return Results(
         recipe=_recipe_data(recipe),
         versions=package_versions(),
@@ -80,7 +81,25 @@ def result_row(layout: RunLayout, model: ModelRef, suite: str, targets: list[str
         row.metrics["erased_per_concept"] = per_concept(score, targets)
     if attack is not None and attack.revival is not None:
         row.metrics["sign_accuracy"] = attack.revival.summary.sign_accuracy
+    if attack is not None and model.step is None:
+        row.budget = attack.info.get("budget")
     return row
+
+
+def mark_rising_curves(rows: list[ResultRow]) -> None:
+    """Set `rising` on each training attack's final row that has curve points: the curve runs
+    from the unattacked model (step 0) through the snapshots to the final model, and it is rising
+    when the final share is above every earlier point's."""
+    shares = {(r.method, r.attack, r.suite, r.step): r.erased_accuracy for r in rows if r.erased_accuracy is not None}
+    for row in rows:
+        if row.step is not None or row.erased_accuracy is None:
+            continue
+        points = [v for (m, a, s, step), v in shares.items() if (m, a, s) == (row.method, row.attack, row.suite)
+                  and step is not None]
+        if points:
+            start = shares.get((row.method, NO_ATTACK, row.suite, None))
+            earlier = [*points, *([start] if start is not None else [])]
+            row.rising = row.erased_accuracy > max(earlier)
 
 
 def per_concept(score: ScoreResult, targets: list[str]) -> dict[str, dict[str, Any]]:

@@ -3,6 +3,7 @@ its 95% interval and n, per suite that scores it; a cell without numbers says wh
 
 from __future__ import annotations
 
+from harness.budgets import budget_note
 from harness.layout import ModelRef
 from harness.records import ResultRow
 from harness.registry import table
@@ -12,12 +13,12 @@ from harness.stats import format_share
 
 
 def cell_text(row: ResultRow | None) -> Cell:
-    """`0.80 [0.49, 0.94] n=10 (kept 1.00)`, or why the cell is empty."""
+    """`0.80 [0.49, 0.94] n=10 @300 steps (quick), rising; preserved 1.00`, or why the cell is empty."""
     if row is None:
         return None
     if row.status != "done":
         return row.status
-    erased = format_share(row.erased_accuracy, row.n_erased, row.erased_ci)
+    erased = format_share(row.erased_accuracy, row.n_erased, row.erased_ci) + budget_note(row.budget, row.rising)
     if row.preserved_accuracy is not None:
         return f"{erased}; preserved {row.preserved_accuracy:.2f}"
     return erased
@@ -39,5 +40,6 @@ def matrix_tables(runs: list[RunData]) -> list[Table]:
                                 f"The matrix: erased-class accuracy after each attack ({run.name}, {suite})",
                                 ["Method", *attacks], rows,
                                 [f"'{run.target}' accuracy [95% Wilson interval] n=images; preserved: the other "
-                                 "classes' accuracy; the run's results hold every number"]))
+                                 "classes' accuracy; @N steps: the attack's budget, with its preset when below the authors'; "
+                                 "rising: its curve was still rising at its end; the run's results hold every number"]))
     return tables

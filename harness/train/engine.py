@@ -58,7 +58,9 @@ class OptimParams:
     weight_decay: Annotated[float, Ge(0)] = 0.0
     """AdamW weight decay"""
     batch_size: Annotated[int, Ge(1)] = 1
-    """samples per step"""
+    """samples per micro-batch"""
+    accumulate: Annotated[int, Ge(1)] = 1
+    """micro-batches per optimizer step (gradient accumulation: batch_size x accumulate samples a step)"""
     grad_clip: Annotated[float, Ge(0)] = 1.0
     """gradient-norm clipping (0: none)"""
     checkpoint_every: Annotated[int, Ge(1)] = 100
@@ -140,12 +142,15 @@ class FineTuneModule(pl.LightningModule):
         embeddings, _ = self.pipeline.encode_prompt(prompts, self.device, 1, False)
         return embeddings.to(self.device)
 
-    def step_generator(self) -> torch.Generator:
-        """A CPU generator for this step and process: the same draws on a resumed run."""
-        return torch.Generator().manual_seed(self.params.seed * 1_000_003 + self.global_step * 1_009 + self.global_rank)
+    def step_generator(self, batch_idx: int) -> torch.Generator:
+        """A CPU generator for this micro-batch and process: the same draws on a resumed run
+        (checkpoints fall on optimizer steps, so the micro-batch's place in its step is
+        `batch_idx` modulo the accumulation however Lightning counts after a resume)."""
+        micro = self.global_step * self.params.accumulate + batch_idx % self.params.accumulate
+        return torch.Generator().manual_seed(self.params.seed * 1_000_003 + micro * 1_009 + self.global_rank)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss = self.objective.loss(self, self.step_generator())
+        loss = self.objective.loss(self, self.step_generator(batch_idx))
         self.log("loss", loss.detach(), prog_bar=True, on_step=True, logger=True, batch_size=self.params.batch_size)
         return loss
 
@@ -191,15 +196,18 @@ class StepBar(TQDMProgressBar):
 
 
 class Snapshots(Callback):
-    """Write the trained parameters every `every` steps (for curves over training)."""
+    """Write what trains every `every` optimizer steps (for curves over training): the trained
+    UNet parameters, or what `content` picks from the module (a token attack's embeddings)."""
 
-    def __init__(self, every: int, path: Callable[[int], Path]) -> None:
+    def __init__(self, every: int, path: Callable[[int], Path],
+                 content: Callable[[FineTuneModule], dict[str, torch.Tensor]] | None = None) -> None:
         self.every, self.path = every, path
+        self.content = content or FineTuneModule.trained
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        step = trainer.global_step
-        if step % self.every == 0 and trainer.is_global_zero and not self.path(step).is_file():
-            save_tensors(pl_module.trained(), self.path(step))
+        step = trainer.global_step  # called after every micro-batch: a step's last one sees it counted
+        if step and step % self.every == 0 and trainer.is_global_zero and not self.path(step).is_file():
+            save_tensors(self.content(pl_module), self.path(step))
 
 
 @dataclass
@@ -236,13 +244,13 @@ def fine_tune(
     label: str,
     device: torch.device,
     runtime: RuntimeSettings | None = None,
-    snapshot: tuple[int, Callable[[int], Path]] | None = None,
+    snapshot: Snapshots | None = None,
 ) -> TrainOutcome:
     """Train toward `objective` for `params.steps` steps (the UNet weights `params.trainable`
     names, when the params are TrainParams, and the objective's own parameters), checkpointing
-    into `folder` (resumed when it holds a checkpoint of the same `key`); `snapshot` = (every,
-    path of step) also writes the trained UNet parameters along the way. `label` names the run in
-    the progress bar and the log; errors are keyed at the params (`trainable`)."""
+    into `folder` (resumed when it holds a checkpoint of the same `key`); `snapshot` also writes what
+    trains along the way. `label` names the run in the progress bar and the log; errors are keyed
+    at the params (`trainable`)."""
     trainable = params.trainable if isinstance(params, TrainParams) else []
     module = FineTuneModule(pipeline, trainable, objective, params)
     folder = Path(folder)
@@ -258,7 +266,7 @@ def fine_tune(
                                                  save_last=True, save_top_k=0, enable_version_counter=False),
                                  StepBar(f"train {label}")]
     if snapshot is not None:
-        callbacks.append(Snapshots(*snapshot))
+        callbacks.append(snapshot)
     runtime = runtime or RuntimeSettings(accelerator="gpu" if device.type == "cuda" else "cpu")
     started = time.perf_counter()
     with quiet_lightning():
@@ -266,10 +274,11 @@ def fine_tune(
             max_steps=params.steps, accelerator="gpu" if device.type == "cuda" else "cpu",
             devices=runtime.lightning_devices if device.type == "cuda" else 1, strategy=runtime.strategy,
             num_nodes=runtime.num_nodes, precision=precision_for(device), gradient_clip_val=params.grad_clip or None,
+            accumulate_grad_batches=params.accumulate,
             logger=loggers, callbacks=callbacks, enable_model_summary=False, log_every_n_steps=1,
             num_sanity_val_steps=0, deterministic=False,
         )
-        steps = DataLoader(range(params.steps), batch_size=None)
+        steps = DataLoader(range(params.steps * params.accumulate), batch_size=None)
         with interrupt_raised(trainer):
             trainer.fit(module, train_dataloaders=steps, ckpt_path=str(last) if resumed else None, weights_only=True)
     seconds = time.perf_counter() - started

@@ -110,11 +110,14 @@ def _inversion_loss(tiny: Path, folder: Path, vector: torch.Tensor) -> float:
 @pytest.mark.timeout(360)
 def test_concept_inversion_learns_a_token_that_fits_the_concepts_images_better(tiny: Path, tmp_path: Path) -> None:
     folder = _concept_folder(tmp_path)
-    params = {"steps": 40, "lr": 0.1, "batch_size": 4, "images": str(folder), "templates": ["a photo of a {token}"],
-              "checkpoint_every": 20}
+    params = {"steps": 12, "lr": 0.1, "batch_size": 4, "images": str(folder), "templates": ["a photo of a {token}"],
+              "checkpoint_every": 6, "curve_every": 4}  # the published 4 micro-batches a step
     record = run_attack(_job(tiny, tmp_path, "concept-inversion", params))
     assert record is not None and record.reads == ["concept"] and record.applicable
     files = AttackFiles(tmp_path / "attack")
+    assert record.info["snapshots"] == [4, 8] and files.token_snapshot(4).is_file()  # the curve's points
+    assert record.info["budget"]["samples"] == 12 * 4 * 4 and not record.info["budget"]["at_published_strength"]
+    assert not torch.equal(load_file(files.token_snapshot(4))["<concept>"], load_file(files.tokens)["<concept>"])
     learned = load_file(files.tokens)["<concept>"]
     assert load_file(files.tensors) == {}  # no UNet weight changes
     tokens, rewrite = prompt_changes(files.folder)

@@ -126,3 +126,58 @@ def test_the_printed_matrix_has_a_row_per_method_and_a_column_per_attack() -> No
     assert [line.split()[0] for line in body] == ["pretrained", "cp", "cp-sigma"]
     assert body[1].split()[1] == "0.05" and "n=20" in body[1] and body[1].split()[5] == "0.85"
     assert body[2].split()[-1] == "n/a" and body[0].split()[-1] == "-"  # not applicable; not in the matrix
+
+
+def test_a_verdict_carries_its_budget_and_a_curve_still_rising_at_its_end_says_so() -> None:
+    from harness.budgets import budget_record
+    from harness.registry import resolve
+    from harness.report.results import mark_rising_curves
+
+    def row(attack: str, correct: int, step: int | None = None) -> ResultRow:
+        return ResultRow(method="esd", attack=attack, suite="s", erased_accuracy=correct / 20, preserved_accuracy=None,
+                         n_erased=20, n_preserved=0, erased_ci=list(wilson_interval(correct, 20)), preserved_ci=None,
+                         fid=None, step=step)
+
+    quick = budget_record(resolve("attack", "concept-inversion").parse({"budget": "quick"}))
+    published = budget_record(resolve("attack", "concept-inversion").parse({}))
+    rows = [row("none", 0), row("ci", 2, 100), row("ci", 5, 200), row("ci", 7), row("full", 9, 2500), row("full", 8),
+            row("nms", 9)]
+    rows[3].budget, rows[5].budget = quick, published
+    mark_rising_curves(rows)
+    assert [r.rising for r in rows if r.step is None] == [None, True, False, None]  # no curve: no claim either way
+    cells = matrix_lines(Results(recipe={}, versions={}, seeds={}, rows=rows, provenance={}), "seven")[2]
+    assert "0.35 [0.18, 0.57] n=20 @300 steps (quick), rising" in cells
+    assert "0.40 [0.22, 0.61] n=20 @5000 steps " in cells + " " and "0.45 [0.26, 0.66] n=20 " in cells
+
+
+def test_a_curve_point_of_a_token_attack_generates_with_its_tokens_and_of_a_weight_attack_with_its_tensors(
+        tmp_path: Path) -> None:
+    from harness.records import AttackRecord
+    from harness.report.results import snapshot_models
+
+    text = RECIPE.replace("  - {attack: quant4, name: q4}",
+                          "  - {attack: concept-inversion, name: ci}\n  - {attack: dimra, name: relearn}")
+    plan = build_plan(load_recipe(write(tmp_path, text)), tmp_path / "run")
+    layout = RunLayout(tmp_path / "run")
+    for name, token in (("ci", True), ("relearn", False)):
+        files = layout.attack("conceptprune", name)
+        files.folder.mkdir(parents=True)
+        rewrite = {"names": ["seven"], "labels": ["seven"], "kind": "digit", "replacement": "<c>"} if token else None
+        write_record(files.record, AttackRecord(key="k", name=name, attack=name, method="conceptprune", params={},
+                                                reads=[], applicable=True, reason=None, revival=None,
+                                                info={"snapshots": [4]}, fidelity="paper", seconds=0.0,
+                                                provenance={}, prompt_rewrite=rewrite))
+        files.snapshot(4).parent.mkdir()
+        (files.token_snapshot(4) if token else files.snapshot(4)).write_bytes(b"")
+        if token:
+            files.tokens.write_bytes(b"")
+    assert snapshot_models(layout, ModelRef("conceptprune", "ci")) == [ModelRef("conceptprune", "ci", 4)]
+    inversion = plan.generate_job(ModelRef("conceptprune", "ci", 4), "digits-seven-5")
+    ci = layout.attack("conceptprune", "ci")
+    assert inversion.tokens == ci.token_snapshot(4) and inversion.rewrite is not None
+    assert inversion.tensors == [layout.unlearn("conceptprune").tensors, ci.tensors]
+    final = plan.generate_job(ModelRef("conceptprune", "ci"), "digits-seven-5")
+    assert final.tokens == ci.tokens
+    relearn = plan.generate_job(ModelRef("conceptprune", "relearn", 4), "digits-seven-5")
+    assert relearn.tokens is None
+    assert relearn.tensors == [layout.unlearn("conceptprune").tensors, layout.attack("conceptprune", "relearn").snapshot(4)]

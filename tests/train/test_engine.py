@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from harness.errors import HarnessError, keyed
 from harness.layout import UnlearnFiles
+from harness.train.engine import FineTuneModule, Objective, OptimParams, Snapshots, fine_tune
 from harness.train.trainable import trainable_names
 
 RECIPE = """\
@@ -77,3 +78,31 @@ def test_a_run_killed_midway_resumes_to_the_same_weights(tmp_path: Path, repo: P
     a, b = load_file(UnlearnFiles(tmp_path / "whole").tensors), load_file(killed.tensors)
     assert sorted(a) == sorted(b) and all(torch.equal(a[n], b[n]) for n in a)
     assert not killed.checkpoints.exists()  # the published folder holds the outputs only
+
+
+class DrawRecorder(Objective):
+    """A toy objective on one parameter of its own that records each micro-batch's first draw."""
+
+    def __init__(self) -> None:
+        self.draws: list[float] = []
+
+    def attach(self, module: FineTuneModule) -> None:
+        module.extra["w"] = torch.nn.Parameter(torch.zeros(3))
+
+    def loss(self, module: FineTuneModule, generator: torch.Generator) -> torch.Tensor:
+        self.draws.append(float(torch.rand(1, generator=generator)))
+        return ((module.extra["w"] - 1.0) ** 2).sum()
+
+
+def test_accumulation_draws_fresh_samples_per_micro_batch_and_snapshots_optimizer_steps(
+        tiny_sd_pipeline, tmp_path: Path) -> None:
+    objective = DrawRecorder()
+    params = OptimParams(steps=2, lr=0.1, accumulate=3, checkpoint_every=10)
+    written = Snapshots(1, lambda step: tmp_path / f"w-{step}.safetensors", lambda module: module.trained_extra())
+    outcome = fine_tune(tiny_sd_pipeline(), objective, params, tmp_path / "ckpt", "k", "toy", torch.device("cpu"),
+                        snapshot=written)
+    assert outcome.steps == 2 and len(objective.draws) == 6 and len(set(objective.draws)) == 6
+    assert sorted(p.name for p in tmp_path.glob("w-*")) == ["w-1.safetensors", "w-2.safetensors"]  # never step 0
+    first, last = load_file(tmp_path / "w-1.safetensors")["w"], outcome.extra["w"]
+    # one AdamW update (about lr per entry) per optimizer step, not one per micro-batch
+    assert torch.allclose(first, torch.full((3,), 0.1), atol=1e-3) and torch.allclose(last, torch.full((3,), 0.2), atol=2e-3)

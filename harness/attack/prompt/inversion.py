@@ -8,24 +8,34 @@ generation then asks for the concept with the token in place of its name (a prom
 concept that does not name it gets the token before it). The images: a folder the user names
 (`images`), else a world's held-out real images of the concept. The captions: the world's
 prompts of the concept with the token for its name, else textual inversion's templates
-("a photo of a {token}", ...). Defaults after the authors' code: AdamW lr 5e-3 and batch 4;
-500 steps here (theirs 5000); v starts at the embedding of `init_word` (default: the concept's
+("a photo of a {token}", ...). v starts at the embedding of `init_word` (default: the concept's
 kind when it is one word, else the vocabulary's mean embedding).
+
+Budget (harness.budgets): the default is the authors' (their `esd/train.sh` and siblings call
+diffusers' textual-inversion trainer with `--train_batch_size 4 --gradient_accumulation_steps 4
+--learning_rate 5e-3 --scale_lr --max_train_steps 5000`, AdamW weight decay 1e-2): lr 0.08
+(5e-3 x 4 x 4), batch 4 with 4 micro-batches a step, 5000 steps (80,000 samples). `budget:
+quick` is the cheaper run the main job uses (300 steps, lr 5e-3, no accumulation, no decay; about
+1/270 of the samples), and its record says it was not the published strength. The token is
+written every `curve_every` steps and the benchmark scores each point (the attack's curve).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated, Any, ClassVar
 
 import torch
+from annotated_types import Ge
 
 from harness.attack.interface import AttackContext, AttackResult
+from harness.budgets import PUBLISHED, budget_record
 from harness.errors import HarnessError, keyed
 from harness.generate.rewrite import PromptRewrite
 from harness.inputs import INPUT_FOLDER
 from harness.layout import AttackFiles
 from harness.registry import attack
-from harness.train.engine import OptimParams, fine_tune
+from harness.train.engine import FineTuneModule, OptimParams, Snapshots, fine_tune
 from harness.train.tokens import TokenObjective, word_embedding
 from harness.world import concept_names, world_of_kind
 
@@ -42,9 +52,21 @@ TEMPLATES = {
 class InversionParams(OptimParams):
     """`params` of `concept-inversion`."""
 
-    steps: int = 500
-    lr: float = 5e-3
+    BUDGETS: ClassVar[dict[str, dict[str, Any]]] = {
+        PUBLISHED: {},
+        "quick": {"steps": 300, "lr": 5e-3, "accumulate": 1, "weight_decay": 0.0, "curve_every": 100,
+                  "checkpoint_every": 100},
+    }
+    budget: str = PUBLISHED
+    """a named budget: published (the authors') or quick; keys named beside it override it"""
+    steps: int = 5000
+    lr: float = 0.08
+    weight_decay: float = 1e-2
     batch_size: int = 4
+    accumulate: int = 4
+    checkpoint_every: int = 500
+    curve_every: Annotated[int, Ge(1)] = 500
+    """steps between the token snapshots the curve is scored at"""
     token: str = "<concept>"
     """the new word"""
     init_word: str | None = None
@@ -111,12 +133,21 @@ def concept_inversion(context: AttackContext, params: InversionParams) -> Attack
     with keyed("params.init_word"):
         init = initial_embedding(pipeline, params.init_word, concept.kind)
     objective = InversionObjective(images, captions, [params.token], init[None], params.batch_size)
+    files = AttackFiles(context.scratch)
+
+    def token_at_step(module: FineTuneModule) -> dict[str, torch.Tensor]:
+        return {params.token: module.trained_extra()["tokens"][0]}
+
     with keyed("params"):
-        outcome = fine_tune(pipeline, objective, params, AttackFiles(context.scratch).checkpoints,
-                            context.settings_key, context.job.label, context.device, context.runtime)
+        outcome = fine_tune(pipeline, objective, params, files.checkpoints, context.settings_key, context.job.label,
+                            context.device, context.runtime,
+                            snapshot=Snapshots(params.curve_every, files.token_snapshot, token_at_step))
+    curve = {step: files.token_snapshot(step) for step in range(params.curve_every, outcome.steps, params.curve_every)
+             if files.token_snapshot(step).is_file()}
     names = concept_names(concept.target, concept.kind)
     rewrite = PromptRewrite(names=names, labels=names, kind=concept.kind, replacement=params.token)
     info = {"steps": outcome.steps, "final_loss": outcome.final_loss, "train_seconds": outcome.seconds,
             "resumed_from_step": outcome.resumed_from, "images": len(images), "captions": captions,
-            "token": params.token}
-    return AttackResult(tensors={}, tokens={params.token: outcome.extra["tokens"][0]}, prompt_rewrite=rewrite, info=info)
+            "token": params.token, "budget": budget_record(params)}
+    return AttackResult(tensors={}, tokens={params.token: outcome.extra["tokens"][0]}, prompt_rewrite=rewrite, info=info,
+                        token_snapshots=curve)
