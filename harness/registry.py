@@ -55,6 +55,7 @@ BUILTIN: dict[str, dict[str, str]] = {
         "dimra": "harness.attack.relearn",
         "concept-inversion": "harness.attack.prompt.inversion",
         "adversarial-prompt": "harness.attack.prompt.adversarial",
+        "unlearndiff": "harness.attack.prompt.unlearndiff",
     },
     "detector": {
         "eq7": "harness.attack.revival.detect",
@@ -93,7 +94,7 @@ BUILTIN: dict[str, dict[str, str]] = {
 """kind -> the harness's own names, in order, -> the module that declares each."""
 
 KINDS = tuple(BUILTIN)
-READS = ("concept", "original", "sharded")
+READS = ("concept", "original", "sharded", "suites")
 """What an attack may declare it reads beyond the unlearned model (harness.attack.interface)."""
 
 
@@ -118,7 +119,7 @@ class Plugin:
     layers: tuple[str, ...] | None = None
     """A method's default layer globs (else the harness's default, SD's ff.net.2)."""
     reads: frozenset[str] = frozenset()
-    """What an attack reads beyond the unlearned model (`concept`, `original`, `sharded`)."""
+    """What an attack reads beyond the unlearned model (`concept`, `original`, `sharded`, `suites`)."""
     label: str = ""
     """A report table's title."""
     absent: str = ""

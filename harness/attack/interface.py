@@ -10,7 +10,8 @@ An attack is one decorated function:
 - `concept`: the erased concept (prompt-space attacks that target it);
 - `original`: the original weights (only the ideal-case studies; flagged as such in results);
 - `sharded`: it spreads its own work over Accelerate processes (every process calls it);
-  an undeclared attack runs on the main process only.
+  an undeclared attack runs on the main process only;
+- `suites`: the recipe's prompt suites (a per-prompt attack attacks their prompts of the concept).
 
 What every attack gets: its params, parsed into the declared type before any work; a view of
 the stage's job (`context.job`: the base model, the unlearned model's tensor files, the method's
@@ -168,6 +169,12 @@ class AttackContext:
         if self.job.concept.several:
             raise NotApplicable(f"it learns one concept; the model erases {self.job.concept.label}")
         return self.job.concept
+
+    @property
+    def suites(self) -> list[str]:
+        """The recipe's prompt suites, in order; only for attacks that declare `suites`."""
+        self._require("suites")
+        return list(self.job.suites)
 
     def concept_images(self, pipeline: Any, folder: str | None) -> torch.Tensor:
         """Images of the erased concept in `pipeline`'s input space: the ones in `folder`, else

@@ -12,7 +12,7 @@ from harness.layout import UnlearnFiles
 from harness.models.checkpoints import source_identity
 from harness.recipe import Recipe, declared
 from harness.records import UnlearnRecord, file_digest, read_record, settings_key
-from harness.registry import params_dict
+from harness.registry import params_dict, resolve
 from harness.runtime import RuntimeSettings
 from harness.settings.generate import GenerationSettings
 from harness.settings.unlearn import ConceptSettings
@@ -47,6 +47,8 @@ class AttackJob:
     """The recipe file (errors name it)."""
     entry: str = "attack"
     """The recipe key of the attack's entry (`attacks[0]`)."""
+    suites: list[str] = field(default_factory=list)
+    """The recipe's prompt suites (for attacks that declare `suites`)."""
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, attack: str | None, unlearned: Path, out: Path,
@@ -64,7 +66,7 @@ class AttackJob:
                    out=Path(out), name=entry.name or entry.attack, method=record.name,
                    layers=list(record.selected_layers), generation=recipe.generation, fidelity=recipe.fidelity,
                    concept=recipe.concept, original=recipe.model, runtime=runtime or RuntimeSettings(),
-                   source=recipe.source, entry=f"attacks[{index}]")
+                   source=recipe.source, entry=f"attacks[{index}]", suites=list(recipe.suites or []))
 
     @property
     def label(self) -> str:
@@ -73,8 +75,9 @@ class AttackJob:
     def key(self) -> str:
         """The identity of the output: the attack and its params, and the unlearned model's content."""
         concept = dataclasses.asdict(self.concept) | {"data_dir": None} if self.concept else None
+        suites = self.suites if "suites" in resolve("attack", self.attack).reads else []
         return settings_key(
-            "attack", self.attack, params_dict(self.params), source_identity(self.model),
+            "attack", self.attack, params_dict(self.params), *([suites] if suites else []), source_identity(self.model),
             [file_digest(path) for path in self.unlearned_files], self.layers, dataclasses.asdict(self.generation),
             self.fidelity, concept, source_identity(self.original) if self.original else None,
         )

@@ -12,9 +12,6 @@ from typing import Any
 import torch
 
 from harness.errors import HarnessError, keyed
-from harness.world import world_of_source
-
-NO_FILTER = "none"
 
 
 @dataclass
@@ -23,20 +20,6 @@ class FilterOutcome:
 
     kept: torch.Tensor
     info: dict[str, Any]
-
-
-def filter_classifier(choice: str, model: str, kind: str) -> str | None:
-    """The classifier `choice` names: `auto` is the base world's own classifier, ResNet-50 for an
-    object on any other model, and none for other kinds (no classifier knows them); `none` turns
-    the filter off."""
-    if choice == NO_FILTER:
-        return None
-    if choice != "auto":
-        return choice
-    world = world_of_source(model)
-    if world is not None:
-        return world.name
-    return "resnet50" if kind == "object" else None
 
 
 def sample_images(pipeline: Any, samples: torch.Tensor) -> torch.Tensor:

@@ -24,11 +24,12 @@ from annotated_types import Ge
 from harness.errors import keyed
 from harness.inputs import INPUT_PATH
 from harness.registry import method
+from harness.score.metrics.classifiers import concept_classifier
 from harness.train.data import DataSpec, TrainingSet, build_set, generated_set
 from harness.train.denoise import denoising_loss
 from harness.train.engine import FineTuneModule, Objective, TrainParams
 from harness.unlearn.ac import anchor_prompt
-from harness.unlearn.concept_filter import drop_concept_samples, filter_classifier
+from harness.unlearn.concept_filter import drop_concept_samples
 from harness.unlearn.method import UnlearnContext, UnlearnResult
 from harness.unlearn.training import concept_prompts, train_method
 
@@ -95,7 +96,7 @@ def dimum(context: UnlearnContext, params: DiMUMParams) -> UnlearnResult:
     with keyed("params"):
         alternatives = generated_set(context.pipeline, [alternative] * params.alternative_samples,
                                      context.generation, params.seed, "alternative samples")
-        classifier = filter_classifier(params.alternative_filter, context.model, context.concept.kind)
+        classifier = concept_classifier(params.alternative_filter, context.model, context.concept.kind)
         filtered = drop_concept_samples(context.pipeline, alternatives.inputs, context.concept.targets, classifier,
                                         params.alternative_filter_weights)
     objective = MemorisationObjective(retain, filtered.kept, forget, params)

@@ -8,7 +8,8 @@ import torch
 
 import harness.score.metrics.classifiers as classifiers
 from harness.errors import HarnessError
-from harness.unlearn.concept_filter import drop_concept_samples, filter_classifier, sample_images
+from harness.score.metrics.classifiers import concept_classifier
+from harness.unlearn.concept_filter import drop_concept_samples, sample_images
 
 
 class BrightIsSeven(torch.nn.Module):
@@ -26,11 +27,11 @@ def stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_auto_is_the_worlds_classifier_resnet_for_objects_and_none_otherwise() -> None:
-    assert filter_classifier("auto", "zoo:digits", "digit") == "digits"
-    assert filter_classifier("auto", "stable-diffusion-v1-5/stable-diffusion-v1-5", "object") == "resnet50"
-    assert filter_classifier("auto", "/models/sd", "artist") is None
-    assert filter_classifier("none", "zoo:digits", "digit") is None
-    assert filter_classifier("pkg.mod:make", "zoo:digits", "digit") == "pkg.mod:make"
+    assert concept_classifier("auto", "zoo:digits", "digit") == "digits"
+    assert concept_classifier("auto", "stable-diffusion-v1-5/stable-diffusion-v1-5", "object") == "resnet50"
+    assert concept_classifier("auto", "/models/sd", "artist") is None
+    assert concept_classifier("none", "zoo:digits", "digit") is None
+    assert concept_classifier("pkg.mod:make", "zoo:digits", "digit") == "pkg.mod:make"
 
 
 def test_pixel_samples_map_from_minus_one_one_to_uint8() -> None:

@@ -1,1 +1,1 @@
-"""Prompt-space attacks: concept inversion and adversarial prompts."""
+"""Prompt-space attacks: concept inversion, UnlearnDiff, and the universal adversarial prefix."""

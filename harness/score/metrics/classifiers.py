@@ -58,6 +58,22 @@ class ResNet50Classifier(ImageClassifier):
         return self.model(self.transforms(_rgb(images)))
 
 
+def concept_classifier(choice: str, model: str, kind: str) -> str | None:
+    """The classifier that judges whether an image shows a concept of `kind` made by `model`:
+    `choice` itself, or for `auto` the base world's own classifier, ResNet-50 for an object on any
+    other model, and None for other kinds (no classifier knows them); `none` is None."""
+    from harness.world import world_of_source
+
+    if choice == "none":
+        return None
+    if choice != "auto":
+        return choice
+    world = world_of_source(model)
+    if world is not None:
+        return world.name
+    return "resnet50" if kind == "object" else None
+
+
 def load_image_classifier(name: str, weights: str | None = None) -> ImageClassifier:
     """A declared classifier by registered name or `package.module:factory`, in eval mode (errors
     are keyed: callers name the key, e.g. `score.classifier`)."""

@@ -1,0 +1,104 @@
+"""UnlearnDiff's relaxed prompt tokens (OPTML-Group/Diffusion-MU-Attack, `src/attackers/
+text_grad_.py`): each of k prefix positions is a distribution over the whole vocabulary, kept on
+the probability simplex by a bisection projection after every step; the forward pass samples one
+word per position and feeds its embedding, the gradient passes straight through to the
+distribution (their `STERandSelect`); at the end of a round the prefix is each distribution's
+most likely word.
+
+`PrefixEncoder` makes the conditioning of "prefix + prompt" from embedding vectors for the prefix
+positions (a forward hook on the text encoder's input embeddings), so any CLIP-style text encoder
+works without a change to the pipeline. The distributions range over the vocabulary's real words:
+the special tokens (start, end, padding) have no text a prompt could carry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from harness.errors import HarnessError
+from harness.train.tokens import real_word_ids
+
+BISECTION_STEPS = 50
+
+
+def project_simplex(x: torch.Tensor) -> torch.Tensor:
+    """Each row of `x` (last dimension) projected onto the probability simplex: clamp(x - mu, 0, 1)
+    with mu found by bisection so that the row sums to 1 (the authors' `project_simplex`)."""
+    low = (x.min(-1, keepdim=True).values - 1).detach()
+    high = x.max(-1, keepdim=True).values.detach()
+    for _ in range(BISECTION_STEPS):
+        mu = (low + high) / 2
+        over = (x - mu).clamp(0, 1).sum(-1, keepdim=True) > 1
+        low = torch.where(over, mu, low)
+        high = torch.where(over, high, mu)
+    return (x - (low + high) / 2).clamp(0, 1)
+
+
+def sample_one_hot(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One word per row drawn from `probs` (rows on the simplex) as a one-hot vector; the gradient
+    of the one-hot goes straight through to `probs`."""
+    flat = probs.detach().reshape(-1, probs.shape[-1]).float().clamp_min(0).cpu()
+    drawn = torch.multinomial(flat + 1e-12, 1, generator=generator).reshape(probs.shape[:-1]).to(probs.device)
+    one_hot = F.one_hot(drawn, probs.shape[-1]).to(probs.dtype)
+    return one_hot + probs - probs.detach()
+
+
+class PrefixEncoder:
+    """The text encoder's conditioning for `k` prefix positions (given as embeddings) before each
+    prompt, and the prefix's words as text."""
+
+    def __init__(self, pipeline: Any, k: int) -> None:
+        self.tokenizer, self.encoder, self.k = pipeline.tokenizer, pipeline.text_encoder, k
+        self.embedding = self.encoder.get_input_embeddings()
+        self.word_ids = torch.tensor(real_word_ids(self.tokenizer), dtype=torch.long)
+
+    @property
+    def vocabulary_size(self) -> int:
+        """How many words a prefix position chooses from."""
+        return len(self.word_ids)
+
+    def ids(self, prompts: list[str]) -> torch.Tensor:
+        """Token ids of each prompt with `k` placeholder slots after the start token; a prompt
+        that leaves no room for them is a keyed error (`k`)."""
+        length = self.tokenizer.model_max_length
+        rows = []
+        for prompt in prompts:
+            ids = self.tokenizer(prompt, truncation=True, max_length=length).input_ids
+            if len(ids) + self.k > length:
+                raise HarnessError(f"{self.k} prefix tokens do not fit before '{prompt}' ({len(ids)} of the "
+                                   f"encoder's {length} tokens); choose k <= {max(length - len(ids), 0)}", key="k")
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else ids[-1]
+            row = [ids[0], *([ids[0]] * self.k), *ids[1:]]
+            rows.append(row + [pad] * (length - len(row)))
+        return torch.tensor(rows, dtype=torch.long)
+
+    def prefix_embeddings(self, one_hot: torch.Tensor) -> torch.Tensor:
+        """The embeddings of (relaxed) one-hot rows over the words."""
+        weight = self.embedding.weight.detach()[self.word_ids.to(self.embedding.weight.device)]
+        return one_hot.to(weight.dtype) @ weight
+
+    def encode(self, ids: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """The conditioning of `ids` (from `ids()`) with the slots' embeddings replaced by `prefix`
+        (n, k, dim)."""
+        with self._slots(prefix):
+            return self.encoder(ids.to(self.embedding.weight.device))[0]
+
+    def words(self, choices: torch.Tensor) -> list[str]:
+        """The prefix text of each row of chosen words (n, k; indices into the words)."""
+        return [self.tokenizer.decode(self.word_ids[row.cpu()].tolist()).strip() for row in choices]
+
+    @contextmanager
+    def _slots(self, prefix: torch.Tensor) -> Iterator[None]:
+        def replace(_module: torch.nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+            return torch.cat([output[:, :1], prefix.to(output.dtype), output[:, 1 + self.k:]], dim=1)
+
+        handle = self.embedding.register_forward_hook(replace)
+        try:
+            yield
+        finally:
+            handle.remove()
