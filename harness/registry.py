@@ -54,8 +54,9 @@ BUILTIN: dict[str, dict[str, str]] = {
         "ideal-magnitude-random-sign": "harness.attack.revival.family",
         "dimra": "harness.attack.relearn",
         "concept-inversion": "harness.attack.prompt.inversion",
-        "adversarial-prompt": "harness.attack.prompt.adversarial",
+        "adversarial-prefix": "harness.attack.prompt.adversarial",
         "unlearndiff": "harness.attack.prompt.unlearndiff",
+        "p4d": "harness.attack.prompt.p4d",
     },
     "detector": {
         "eq7": "harness.attack.revival.detect",

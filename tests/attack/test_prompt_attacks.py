@@ -149,7 +149,7 @@ def test_an_inversion_folder_that_is_empty_or_unreadable_is_refused(tiny: Path, 
 def test_the_adversarial_prefix_is_real_words_or_soft_tokens(tiny: Path, tmp_path: Path, soft: bool) -> None:
     params = {"steps": 4, "tokens": 3, "prompts": ["a golf ball", "a golf ball on grass"], "images_per_prompt": 1,
               "batch_size": 2, "soft": soft}
-    record = run_attack(_job(tiny, tmp_path, "adversarial-prompt", params))
+    record = run_attack(_job(tiny, tmp_path, "adversarial-prefix", params))
     assert record is not None and record.reads == ["concept", "original"]
     files = AttackFiles(tmp_path / "attack")
     tokens, rewrite = prompt_changes(files.folder)

@@ -92,7 +92,7 @@ def test_the_matrix_recipes_cover_every_family() -> None:
     full, quick = load_recipe(RECIPES / "digits-matrix.yaml"), load_recipe(RECIPES / "digits-matrix-quick.yaml")
     assert {m.method for m in full.methods} == {"conceptprune", "saliency", "p-esd", "p-ac", "esd", "ac", "dimum"}
     assert sorted(m.defense.sigma for m in full.methods if m.defense) == [0.001, 0.01]
-    assert {"nms", "average", "sample", "quant4", "dimra", "concept-inversion", "adversarial-prompt"} <= {
+    assert {"nms", "average", "sample", "quant4", "dimra", "concept-inversion", "adversarial-prefix"} <= {
         a.attack for a in full.attacks}
     assert {m.method for m in quick.methods} >= {"conceptprune", "p-esd"} and any(m.defense for m in quick.methods)
     assert {m.method for m in quick.methods} & {"esd", "ac", "dimum"}

@@ -1,6 +1,6 @@
-"""UnlearnDiff-style adversarial prompts (Zhang et al., ECCV 2024, "To Generate or Not?
-Safety-Driven Unlearned Diffusion Models Are Still Easy to Generate Unsafe Images ... For Now"),
-registered as `adversarial-prompt`.
+"""A universal adversarial prefix, registered as `adversarial-prefix`: a variant of UnlearnDiff
+(Zhang et al., ECCV 2024; the published per-prompt attack is `unlearndiff`,
+harness.attack.prompt.unlearndiff) with the P4D baseline's PEZ-style optimiser.
 
 `tokens` prefix embeddings are optimised so that the *unlearned* model's denoising loss
 E ||eps - eps_theta(x_t, c(prefix + p), t)|| on target images is minimal, every weight frozen
@@ -41,7 +41,7 @@ from harness.world import concept_names
 
 @dataclass
 class AdversarialParams(OptimParams):
-    """`params` of `adversarial-prompt`."""
+    """`params` of `adversarial-prefix`."""
 
     steps: int = 200
     lr: float = 1e-2
@@ -79,7 +79,7 @@ def concept_prompt_list(context: AttackContext, count: int) -> list[str]:
     return prompt_pairs(concept, data_dir, context.fidelity).target[:count]
 
 
-@attack("adversarial-prompt", params=AdversarialParams, reads={"concept", "original"})
+@attack("adversarial-prefix", params=AdversarialParams, reads={"concept", "original"})
 def adversarial_prompt(context: AttackContext, params: AdversarialParams) -> AttackResult:
     """A universal adversarial prefix (UnlearnDiff-style; harness.attack.interface)."""
     concept = context.concept

@@ -77,9 +77,13 @@ class PrefixEncoder:
             rows.append(row + [pad] * (length - len(row)))
         return torch.tensor(rows, dtype=torch.long)
 
+    def word_table(self) -> torch.Tensor:
+        """The input embeddings of the words (rows in the order of the choices' indices)."""
+        return self.embedding.weight.detach()[self.word_ids.to(self.embedding.weight.device)]
+
     def prefix_embeddings(self, one_hot: torch.Tensor) -> torch.Tensor:
         """The embeddings of (relaxed) one-hot rows over the words."""
-        weight = self.embedding.weight.detach()[self.word_ids.to(self.embedding.weight.device)]
+        weight = self.word_table()
         return one_hot.to(weight.dtype) @ weight
 
     def encode(self, ids: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:

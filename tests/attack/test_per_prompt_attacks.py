@@ -1,6 +1,7 @@
-"""UnlearnDiff as published: the simplex projection, straight-through sampling, the prefix slots
-in the text encoder, and the per-prompt loop on a tiny SD pipeline with a stand-in judge (a
-prompt that already succeeds costs no step; success at round r stops at round r)."""
+"""UnlearnDiff as published and P4D: the simplex projection, straight-through sampling, the
+prefix slots in the text encoder, PEZ's projection, P4D's loss, and the per-prompt loop on a tiny
+SD pipeline with a stand-in judge (a prompt that already succeeds costs no step; success at
+round r stops at round r)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import harness.attack.prompt.unlearndiff as unlearndiff
+import harness.attack.prompt.per_prompt as per_prompt
 from harness.attack.job import AttackJob
+from harness.attack.prompt.per_prompt import round_timesteps
 from harness.attack.prompt.relaxed import PrefixEncoder, project_simplex, sample_one_hot
-from harness.attack.prompt.unlearndiff import round_timesteps
 from harness.attack.run import run as run_attack
 from harness.errors import HarnessError
 from harness.generate.rewrite import prompt_changes
@@ -94,10 +95,11 @@ class JudgeFrom(torch.nn.Module):
         return ["golf ball" if self.calls >= self.first else "cat"] * len(images)
 
 
-def attack(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: int, **params):
+def attack(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: int, name: str = "unlearndiff",
+           **params):
     judge = JudgeFrom(first)
-    monkeypatch.setattr(unlearndiff, "load_image_classifier", lambda name, weights: judge)
-    job = AttackJob(attack="unlearndiff", params=resolve("attack", "unlearndiff").parse(
+    monkeypatch.setattr(per_prompt, "load_image_classifier", lambda name, weights: judge)
+    job = AttackJob(attack=name, params=resolve("attack", name).parse(
         {"prompts": ["a golf ball", "a golf ball on grass"], "timesteps": 4, "iterations": 2, "k": 2, **params}),
         model=str(tiny), unlearned_files=[], out=tmp_path / "attack", method="m",
         generation=GenerationSettings(steps=2, guidance=3.0, height=64, width=64, batch_size=4),
@@ -115,10 +117,10 @@ def test_a_prompt_that_already_succeeds_costs_no_step(tiny: Path, tmp_path: Path
     assert record.info["pre_asr"]["share"] == record.info["asr"]["share"] == 1.0 and record.info["asr"]["n"] == 2
 
 
-@pytest.mark.parametrize("batch_prompts", [2, 1])
+@pytest.mark.parametrize(("name", "batch_prompts"), [("unlearndiff", 2), ("unlearndiff", 1), ("p4d", 2)])
 def test_success_at_round_r_stops_the_loop_at_round_r(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      batch_prompts: int) -> None:
-    record, judge = attack(tiny, tmp_path, monkeypatch, first=3 if batch_prompts == 2 else 4,
+                                                      name: str, batch_prompts: int) -> None:
+    record, judge = attack(tiny, tmp_path, monkeypatch, first=3 if batch_prompts == 2 else 4, name=name,
                            batch_prompts=batch_prompts)
     # batched: call 1 the pre-check, calls 2 and 3 rounds 1 and 2 of both prompts; one at a time:
     # call 2 and 3 the first prompt's rounds 1 and 2 (judged a golf ball at its round 3, call 4),
@@ -140,7 +142,7 @@ def test_a_judge_without_the_concept_is_a_keyed_error(tiny: Path, tmp_path: Path
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     judge = JudgeFrom(1)
     judge.class_names = ["cat"]
-    monkeypatch.setattr(unlearndiff, "load_image_classifier", lambda name, weights: judge)
+    monkeypatch.setattr(per_prompt, "load_image_classifier", lambda name, weights: judge)
     job = AttackJob(attack="unlearndiff", params=resolve("attack", "unlearndiff").parse({"prompts": ["a golf ball"]}),
                     model=str(tiny), unlearned_files=[], out=tmp_path / "attack", method="m",
                     concept=ConceptSettings(target="golf ball", kind="object"), original=str(tiny),
@@ -148,3 +150,26 @@ def test_a_judge_without_the_concept_is_a_keyed_error(tiny: Path, tmp_path: Path
     with pytest.raises(HarnessError, match="params.classifier: classifier resnet50 has no class 'golf ball'"):
         run_attack(job)
     assert not (tmp_path / "attack" / "attack.json").exists()
+
+
+def test_p4d_feeds_real_words_and_matches_the_original_models_prediction(tiny: Path) -> None:
+    from harness.attack.prompt.p4d import HardPrefix, MatchOriginal
+
+    pipeline = load_pipeline(str(tiny))
+    encoder = PrefixEncoder(pipeline, 3)
+    params = resolve("attack", "p4d").parse({"k": 3})
+    prefix = HardPrefix(encoder, params, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        prefix.vectors.add_(0.01 * torch.randn_like(prefix.vectors))  # off the words, still nearest to them
+    fed = prefix.embeddings(encoder, torch.Generator())
+    assert torch.allclose(fed.detach(), encoder.word_table()[prefix.choices(encoder)], atol=1e-6)
+    fed.sum().backward()
+    assert torch.equal(prefix.vectors.grad, torch.ones_like(prefix.vectors))  # straight through to the vectors
+    records = [PromptRecord(0, "a golf ball", 1)]
+    loss = MatchOriginal(pipeline, records)
+    x = torch.randn(1, 4, 8, 8)
+    t = torch.tensor([500])
+    with torch.no_grad():
+        same = pipeline.unet(x, t, encoder_hidden_states=loss.plain).sample
+    assert loss(same, x, torch.zeros_like(x), t, [0]).item() == 0.0
+    assert loss(same + 1, x, torch.zeros_like(x), t, [0]).item() == pytest.approx(1.0)
