@@ -67,6 +67,10 @@ class World:
         """Every way a prompt names the concept `target` (a prompt attack rewrites them)."""
         return [target]
 
+    def neutral_prompts(self) -> list[str]:
+        """The prompts that name no concept the world was trained with (its prompt dropout's)."""
+        return []
+
 
 def all_worlds() -> list[World]:
     """Every registered world."""

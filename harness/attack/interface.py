@@ -152,13 +152,16 @@ class AttackContext:
         return pipeline.to(self.device)
 
     def auxiliary_set(self, pipeline: Any, spec: Any) -> Any:
-        """An attacker's training data (a harness.train.data.DataSpec) built for `pipeline`. The
-        harness, not the attack, keeps the erased concept out of it: a world's images of that
-        class are left out, and a caption naming it is an error; the attack never learns which."""
+        """An attacker's training data (a harness.train.data.DataSpec) built for `pipeline` (the
+        model that draws a generated set). The harness, not the attack, keeps the erased concept
+        out of it: a world's images of that class are left out, a caption naming it is an error,
+        and generated images a classifier names as it are dropped; the attack never learns which."""
         from harness.train.data import build_set
 
-        exclude = self.job.concept.targets if self.job.concept else []
-        return build_set(pipeline, spec, self.generation, self.model, self.seed, exclude, self.data_dir)
+        concept = self.job.concept
+        exclude = concept.targets if concept else []
+        return build_set(pipeline, spec, self.generation, self.model, self.seed, exclude, self.data_dir,
+                         concept.kind if concept else None)
 
     @property
     def concept(self) -> ConceptSettings:

@@ -21,19 +21,24 @@ from torch.nn import functional as F
 
 from harness.config import check_bounds
 from harness.errors import HarnessError, keyed
+from harness.inputs import INPUT_PATH
 from harness.settings.generate import GenerationSettings
 from harness.tars import tar_samples
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+GENERATED_SOURCES = ("world-prompts", "suite", "prompts")
+"""Sources whose samples a model draws (an attacker's D_au)."""
 
 
 @dataclass
 class DataSpec:
     """Where a training set comes from (a method's or an attack's `data` params)."""
 
-    source: Literal["world", "folder", "webdataset", "suite", "prompts"] = "world"
-    """world: the base world's real images; folder: image + .txt caption pairs; webdataset: tar
-    shards; suite: the pretrained model's images of a prompt suite; prompts: of the given prompts"""
+    source: Literal["world", "world-prompts", "folder", "webdataset", "suite", "prompts"] = "world"
+    """world: the base world's real images (D_r); world-prompts: generated images of the world's
+    neutral prompts and its other classes' prompts (D_au), as many as its real images of those
+    classes unless `count`; folder: image + .txt caption pairs; webdataset: tar shards; suite:
+    generated images of a prompt suite; prompts: of the given prompts"""
     path: str | None = None
     """the folder, the shard pattern, or the suite's name"""
     prompts: list[str] = field(default_factory=list)
@@ -42,6 +47,11 @@ class DataSpec:
     """at most this many samples (suite and prompts: how many to generate)"""
     split: Literal["train", "heldout"] = "train"
     """the world's split (source world)"""
+    concept_filter: str = "auto"
+    """for generated sets (suite, prompts) that must not hold a concept: the classifier whose
+    images of it are dropped (auto: the world's, resnet50 for objects; none; a registered name)"""
+    concept_filter_weights: str | None = field(default=None, metadata=INPUT_PATH)
+    """local weights of that classifier"""
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -52,10 +62,11 @@ class DataSpec:
 
 
 def build_set(pipeline: Any, spec: DataSpec, generation: GenerationSettings, base_model: str, seed: int,
-              exclude: list[str], data_dir: str | None = None) -> TrainingSet:
-    """The training set `spec` names. `exclude` are concepts the set must not hold (the erased
-    ones, for an attacker's data): left out of a world's labels, and an error where a caption or
-    prompt names one. Errors are keyed at the spec."""
+              exclude: list[str], data_dir: str | None = None, kind: str | None = None) -> TrainingSet:
+    """The training set `spec` names. `exclude` are concepts (of `kind`) the set must not hold
+    (the erased ones, for an attacker's data): left out of a world's labels, an error where a
+    caption or prompt names one, and dropped from generated samples where the concept filter's
+    classifier sees one (`dropped` counts them). Errors are keyed at the spec."""
     from harness.world import world_of_source
 
     size = model_size(pipeline, generation)
@@ -70,6 +81,8 @@ def build_set(pipeline: Any, spec: DataSpec, generation: GenerationSettings, bas
         found = webdataset_set(pipeline, spec.path, size)
     else:
         prompts = list(spec.prompts)
+        if spec.source == "world-prompts":
+            prompts = _world_prompts(base_model, spec, exclude)
         if spec.source == "suite":
             from harness.generate.suites import load_suite
 
@@ -82,10 +95,43 @@ def build_set(pipeline: Any, spec: DataSpec, generation: GenerationSettings, bas
         if named:
             raise HarnessError(f"{len(named)} of its prompts name the erased concept '{concept}' "
                                f"(e.g. {named[0]!r}); the set must not hold it", key="")
+    if exclude and spec.source in GENERATED_SOURCES:
+        found = _without_concepts(pipeline, found, spec, exclude, base_model, kind)
     if spec.count is not None and len(found.inputs) > spec.count:
         found = TrainingSet(found.inputs[: spec.count], found.prompts[: spec.count], found.labels[: spec.count],
-                            found.source)
+                            found.source, found.dropped)
     return found
+
+
+def _world_prompts(base_model: str, spec: DataSpec, exclude: list[str]) -> list[str]:
+    """The world's neutral prompts and its other classes' prompts, cycled to the size of its real
+    training images of those classes (or `count`)."""
+    from harness.world import world_of_source
+
+    world = world_of_source(base_model)
+    if world is None:
+        raise HarnessError(f"'world-prompts' needs a world's model (zoo:NAME), not {base_model}", key="source")
+    found = world.labelled_images(spec.split, 8)
+    if found is None:
+        raise HarnessError(f"world {world.name} has no labelled images", key="source")
+    labels = [label for label in found[1] if label not in set(exclude)]
+    pool = [*world.neutral_prompts(), *(p for label in dict.fromkeys(labels) for p in world.label_prompts(label))]
+    size = spec.count or len(labels)
+    return [pool[i % len(pool)] for i in range(size)]
+
+
+def _without_concepts(pipeline: Any, found: TrainingSet, spec: DataSpec, exclude: list[str], base_model: str,
+                      kind: str | None) -> TrainingSet:
+    """A generated set without the samples the concept filter's classifier names as one of `exclude`."""
+    from harness.score.metrics.classifiers import concept_classifier
+    from harness.unlearn.concept_filter import drop_concept_samples
+
+    classifier = concept_classifier(spec.concept_filter, base_model, kind or "")
+    with keyed("concept_filter"):
+        outcome = drop_concept_samples(pipeline, found.inputs, exclude, classifier, spec.concept_filter_weights)
+    kept = outcome.kept_index
+    return TrainingSet(found.inputs[kept], [found.prompts[i] for i in kept], [found.labels[i] for i in kept],
+                       found.source, len(found.inputs) - len(kept))
 
 
 def check_spec(spec: DataSpec, exclude: list[str], data_dir: str | None = None) -> None:
@@ -123,6 +169,8 @@ class TrainingSet:
     prompts: list[str]
     labels: list[str | None]
     source: str
+    dropped: int = 0
+    """generated samples left out because a classifier saw an excluded concept in them"""
 
     def __post_init__(self) -> None:
         if len(self.inputs) == 0:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from harness.errors import HarnessError, keyed
+from harness.errors import HarnessError
 
 
 @dataclass
@@ -20,6 +20,7 @@ class FilterOutcome:
 
     kept: torch.Tensor
     info: dict[str, Any]
+    kept_index: list[int]
 
 
 def sample_images(pipeline: Any, samples: torch.Tensor) -> torch.Tensor:
@@ -36,24 +37,22 @@ def sample_images(pipeline: Any, samples: torch.Tensor) -> torch.Tensor:
 
 def drop_concept_samples(pipeline: Any, samples: torch.Tensor, concepts: list[str], classifier: str | None,
                          weights: str | None) -> FilterOutcome:
-    """`samples` without those the classifier names as one of `concepts` (errors keyed relative to
-    the caller's key: `alternative_filter`, or `alternative` when nothing is left)."""
+    """`samples` without those the classifier names as one of `concepts` (errors are keyed: the
+    caller names the filter's key)."""
     if classifier is None:
-        return FilterOutcome(samples, {"classifier": None, "dropped": 0, "kept": len(samples)})
+        return FilterOutcome(samples, {"classifier": None, "dropped": 0, "kept": len(samples)}, list(range(len(samples))))
     from harness.score.metrics.classifiers import load_image_classifier
 
-    with keyed("alternative_filter"):
-        model = load_image_classifier(classifier, weights)
+    model = load_image_classifier(classifier, weights)
     erased = {c.lower() for c in concepts}
     unknown = erased - {name.lower() for name in model.class_names}
     if unknown:
-        raise HarnessError(f"classifier {classifier} has no class '{sorted(unknown)[0]}' to filter out",
-                           key="alternative_filter")
+        raise HarnessError(f"classifier {classifier} has no class '{sorted(unknown)[0]}' to filter out", key="")
     images = sample_images(pipeline, samples)
     names = [name for chunk in images.split(64) for name in model.predict(chunk)]
     keep = [i for i, name in enumerate(names) if name.lower() not in erased]
     if not keep:
         raise HarnessError(f"every one of the {len(samples)} samples is a {'/'.join(concepts)} to {classifier}; "
-                           "choose another alternative prompt", key="alternative")
+                           "nothing is left to train on", key="")
     return FilterOutcome(samples[keep], {"classifier": classifier, "dropped": len(samples) - len(keep),
-                                         "kept": len(keep)})
+                                         "kept": len(keep)}, keep)

@@ -92,13 +92,15 @@ def dimum(context: UnlearnContext, params: DiMUMParams) -> UnlearnResult:
     forget = concept_prompts(context, params.prompts)
     with keyed("params.retain"):
         retain = build_set(context.pipeline, params.retain, context.generation, context.model, params.seed,
-                           context.concept.targets, str(context.data_dir) if context.data_dir else None)
+                           context.concept.targets, str(context.data_dir) if context.data_dir else None,
+                           context.concept.kind)
     with keyed("params"):
         alternatives = generated_set(context.pipeline, [alternative] * params.alternative_samples,
                                      context.generation, params.seed, "alternative samples")
         classifier = concept_classifier(params.alternative_filter, context.model, context.concept.kind)
-        filtered = drop_concept_samples(context.pipeline, alternatives.inputs, context.concept.targets, classifier,
-                                        params.alternative_filter_weights)
+        with keyed("alternative_filter"):
+            filtered = drop_concept_samples(context.pipeline, alternatives.inputs, context.concept.targets,
+                                            classifier, params.alternative_filter_weights)
     objective = MemorisationObjective(retain, filtered.kept, forget, params)
     return train_method(context, objective, params, {"forget_prompts": forget, "alternative": alternative,
                                                        "alternatives_filtered": filtered.info,

@@ -41,7 +41,8 @@ def recipe(tmp_path: Path, model: Path, method: str, anchor: str = "a photo of a
     ("{method: esd, params: {steps: 2, ddim_steps: 4, trainable: esd-u}}", "not-attn2"),
     ("{method: ac, params: {steps: 3, anchor_samples: 2}}", ".attn2.to_"),
     ("{method: dimum, params: {steps: 3, alternative_samples: 2, batch_size: 2, trainable: esd-x, "
-     "alternative_filter: none, retain: {source: prompts, prompts: [a photo of a cat, a photo of a dog]}}}", ".attn2."),
+     "alternative_filter: none, retain: {source: prompts, prompts: [a photo of a cat, a photo of a dog], "
+     "concept_filter: none}}}", ".attn2."),
 ])
 def test_each_method_trains_only_what_it_names_on_a_tiny_sd_pipeline(tiny: Path, tmp_path: Path, method: str,
                                                                       touched: str) -> None:
@@ -83,7 +84,7 @@ def test_dimum_drops_alternatives_the_classifier_names_as_the_concept(tiny: Path
     monkeypatch.setattr(classifiers, "load_image_classifier",
                         lambda name, weights: asked.append((name, weights)) or FirstIsTheConcept())
     method = ("{method: dimum, params: {steps: 1, alternative_samples: 3, batch_size: 2, trainable: esd-x, "
-              "retain: {source: prompts, prompts: [a photo of a cat]}}}")
+              "retain: {source: prompts, prompts: [a photo of a cat], concept_filter: none}}}")
     record = run_unlearning(UnlearnJob.from_recipe(load_recipe(recipe(tmp_path, tiny, method)), None,
                                                     tmp_path / "out", RuntimeSettings(device="cpu")))
     assert asked == [("resnet50", None)]  # auto: ResNet-50 for an object on SD

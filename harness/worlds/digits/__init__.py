@@ -81,6 +81,11 @@ class DigitsWorld(World):
 
         return concept_prompts(digit_of_name(label))
 
+    def neutral_prompts(self) -> list[str]:
+        from harness.worlds.digits.data import NEUTRAL_PROMPTS
+
+        return list(NEUTRAL_PROMPTS)
+
     def concept_names(self, target: str) -> list[str]:
         from harness.worlds.digits.data import DIGIT_NAMES, digit_of_name
 
