@@ -385,6 +385,14 @@ class Results:
     seeds: dict[str, Any]
     rows: list[ResultRow]
     provenance: dict[str, Any]
+    controls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per attack: whether it broke its positive control in this run (harness.report.controls)."""
+
+    def erased_suite(self) -> str | None:
+        """The first suite that scores the erased class (else the first suite)."""
+        suites = list(dict.fromkeys(r.suite for r in self.rows))
+        return next((s for s in suites if any(r.n_erased for r in self.rows if r.suite == s)),
+                    suites[0] if suites else None)
 
     def row(self, method: str, attack: str, suite: str, step: int | None = None) -> ResultRow | None:
         return next((r for r in self.rows if (r.method, r.attack, r.suite, r.step) == (method, attack, suite, step)), None)

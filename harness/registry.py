@@ -127,6 +127,8 @@ class Plugin:
     """Why a report table does not apply, when it builds nothing."""
     estimate: Callable[..., float] | None = None
     """A detector's estimate of the obfuscated share of a matrix (its default share)."""
+    control: str | None = None
+    """An attack's positive control: the method it is known to break (PROTOCOL.md section 8)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.target(*args, **kwargs)
@@ -172,12 +174,13 @@ def method(name: str, *, params: type = NoParams, prunes: bool = False,
 
 
 def attack(name: str, *, params: type = NoParams, reads: set[str] | frozenset[str] = frozenset(),
-           fixed: Mapping[str, Any] | None = None) -> Callable[[T], T]:
-    """Declare an attack `(context: AttackContext, params) -> AttackResult` and what it reads."""
+           fixed: Mapping[str, Any] | None = None, control: str | None = None) -> Callable[[T], T]:
+    """Declare an attack `(context: AttackContext, params) -> AttackResult`, what it reads and the
+    method it is known to break (its positive control)."""
     unknown = sorted(set(reads) - set(READS))
     if unknown:
         raise ValueError(f"unknown declaration '{unknown[0]}' (choose from {', '.join(READS)})")
-    return declare("attack", name, params=params, reads=frozenset(reads), fixed=dict(fixed or {}))
+    return declare("attack", name, params=params, reads=frozenset(reads), fixed=dict(fixed or {}), control=control)
 
 
 def metric(name: str) -> Callable[[T], T]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from harness.budgets import budget_note
 from harness.records import ResultRow, Results
+from harness.report.controls import control_lines, control_note
 from harness.stats import format_share
 
 
@@ -14,30 +15,25 @@ def _format(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def erased_suite(results: Results) -> str | None:
-    """The first suite that scores the erased class (else the first suite)."""
-    rows = results.rows
-    suites = list(dict.fromkeys(r.suite for r in rows))
-    return next((s for s in suites if any(r.n_erased for r in rows if r.suite == s)), suites[0] if suites else None)
-
-
 def matrix_lines(results: Results, target: str | None, suite: str | None = None) -> list[str]:
     """The matrix on one suite: a row per method, a column per attack, the erased class's
     accuracy `0.05 [0.01,0.24] n=20` in each cell (or why it has none), with an attack's budget
     (`@300 steps (quick)`: the preset when below the published strength) and `rising` when its
-    curve was still rising at its end."""
-    suite = suite or erased_suite(results)
+    curve was still rising at its end; an attack that did not break its positive control here,
+    or whose control is not in the run, has its column marked `*` and a line below says which."""
+    suite = suite or results.erased_suite()
     chosen = [r for r in results.rows if r.suite == suite and r.step is None]
     methods = list(dict.fromkeys(r.method for r in chosen))
     attacks = list(dict.fromkeys(r.attack for r in chosen))
     cells = {(r.method, r.attack): _cell(r) for r in chosen}
     width = max([len("method"), *(len(m) for m in methods)])
     column = max([22, *(len(c) for c in cells.values() if len(c) <= 48)])
+    heads = [a + ("*" if control_note(results.controls.get(a)) else "") for a in attacks]
     lines = [f"\nThe matrix: '{target}' accuracy after each attack, suite {suite} (95% Wilson interval, n images)",
-             f"{'method':<{width}} " + " ".join(f"{a:<{column}}" for a in attacks)]
+             f"{'method':<{width}} " + " ".join(f"{h:<{column}}" for h in heads)]
     for method in methods:
         lines.append(f"{method:<{width}} " + " ".join(f"{cells.get((method, a), '-'):<{column}}" for a in attacks))
-    return lines
+    return lines + control_lines({a: v for a, v in results.controls.items() if a in attacks})
 
 
 def _cell(row: ResultRow) -> str:
@@ -57,7 +53,7 @@ def preserved_suite(results: Results) -> str | None:
 def summary_lines(results: Results, target: str | None) -> list[str]:
     """Per model: the erased class's accuracy on its suite, the other classes' accuracy and FID
     on the suite with most of them, and the revival's sign accuracy."""
-    erased, preserved = erased_suite(results), preserved_suite(results)
+    erased, preserved = results.erased_suite(), preserved_suite(results)
     by_cell = {(r.method, r.attack, r.suite): r for r in results.rows if r.step is None}
     models = list(dict.fromkeys((r.method, r.attack) for r in results.rows if r.step is None))
     method_width = max([len("method"), *(len(m) for m, _ in models)])

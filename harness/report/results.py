@@ -27,6 +27,7 @@ from harness.records import (
     read_record,
     write_record,
 )
+from harness.report.controls import control_verdicts
 from harness.stats import wilson_interval
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,15 @@ def collect_results(layout: RunLayout, recipe: Recipe | None) -> Results:
     targets = recipe.concept.targets if recipe is not None and recipe.concept is not None else None
     rows = [result_row(layout, model, suite, targets) for model in models for suite in suites]
     mark_rising_curves(rows)
+    recipe_data = _recipe_data(recipe)
+    suite = Results(recipe=recipe_data, versions={}, seeds={}, rows=rows, provenance={}).erased_suite()
     return Results(
-        recipe=_recipe_data(recipe),
+        recipe=recipe_data,
         versions=package_versions(),
         seeds=_seeds(layout, recipe),
         rows=rows,
         provenance=provenance(),
+        controls=control_verdicts(recipe_data, rows, suite),
     )
 
 

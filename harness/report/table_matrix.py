@@ -8,6 +8,7 @@ from harness.layout import ModelRef
 from harness.records import ResultRow
 from harness.registry import table
 from harness.report.cells import Cell, Table, slug
+from harness.report.controls import control_lines, control_note
 from harness.report.runs import RunData
 from harness.stats import format_share
 
@@ -36,10 +37,15 @@ def matrix_tables(runs: list[RunData]) -> list[Table]:
                 continue
             rows: list[list[Cell]] = [[method, *(cell_text(run.row(ModelRef(method, attack), suite))
                                                  for attack in attacks)] for method in methods]
+            controls = run.results.controls
+            heads = [a + ("*" if control_note(controls.get(a)) else "") for a in attacks]
+            checks = [line.strip() for line in control_lines({a: v for a, v in controls.items() if a in attacks})]
             tables.append(Table(f"matrix_{slug(run.name)}_{slug(suite)}",
                                 f"The matrix: erased-class accuracy after each attack ({run.name}, {suite})",
-                                ["Method", *attacks], rows,
+                                ["Method", *heads], rows,
                                 [f"'{run.target}' accuracy [95% Wilson interval] n=images; preserved: the other "
                                  "classes' accuracy; @N steps: the attack's budget, with its preset when below the authors'; "
-                                 "rising: its curve was still rising at its end; the run's results hold every number"]))
+                                 "rising: its curve was still rising at its end; *: the attack did not break its positive "
+                                 "control here, or the control is not in the run; the run's results hold every number",
+                                 *checks]))
     return tables

@@ -181,3 +181,29 @@ def test_a_curve_point_of_a_token_attack_generates_with_its_tokens_and_of_a_weig
     relearn = plan.generate_job(ModelRef("conceptprune", "relearn", 4), "digits-seven-5")
     assert relearn.tokens is None
     assert relearn.tensors == [layout.unlearn("conceptprune").tensors, layout.attack("conceptprune", "relearn").snapshot(4)]
+
+
+def test_an_attack_that_did_not_break_its_control_is_marked_and_one_without_a_control_says_so() -> None:
+    from harness.report.controls import control_verdicts
+
+    def row(method: str, attack: str, correct: int) -> ResultRow:
+        return ResultRow(method=method, attack=attack, suite="s", erased_accuracy=correct / 20, preserved_accuracy=None,
+                         n_erased=20, n_preserved=0, erased_ci=list(wilson_interval(correct, 20)), preserved_ci=None,
+                         fid=None)
+
+    recipe = {"methods": [{"method": "conceptprune"}, {"method": "conceptprune", "name": "cp-d", "defense": {"sigma": 0.01}},
+                          {"method": "ac"}],
+              "attacks": [{"attack": "nms"}, {"attack": "dimra", "name": "relearn"}, {"attack": "unlearndiff"}]}
+    rows = [row("conceptprune", "none", 1), row("conceptprune", "nms", 18), row("ac", "none", 2), row("ac", "relearn", 3),
+            row("conceptprune", "relearn", 2), row("conceptprune", "unlearndiff", 1)]
+    controls = control_verdicts(recipe, rows, "s")
+    assert controls["nms"]["broken"] and controls["nms"]["method"] == "conceptprune"
+    assert controls["relearn"]["broken"] is False and controls["relearn"]["method"] == "ac"
+    assert controls["unlearndiff"]["method"] is None and controls["unlearndiff"]["control"] == "esd"
+    results = Results(recipe=recipe, versions={}, seeds={}, rows=rows, provenance={}, controls=controls)
+    lines = matrix_lines(results, "seven")
+    assert lines[1].split() == ["method", "none", "nms", "relearn*", "unlearndiff*"]
+    text = "\n".join(lines)
+    assert "nms: broke its control conceptprune (0.05 -> 0.90)" in text
+    assert "relearn: did NOT break its control ac (0.10 -> 0.15); its 'no' is weak evidence here" in text
+    assert "unlearndiff: its control (esd) is not in this run" in text

@@ -79,7 +79,7 @@ def concept_prompt_list(context: AttackContext, count: int) -> list[str]:
     return prompt_pairs(concept, data_dir, context.fidelity).target[:count]
 
 
-@attack("adversarial-prefix", params=AdversarialParams, reads={"concept", "original"})
+@attack("adversarial-prefix", params=AdversarialParams, reads={"concept", "original"}, control="esd")
 def adversarial_prompt(context: AttackContext, params: AdversarialParams) -> AttackResult:
     """A universal adversarial prefix (UnlearnDiff-style; harness.attack.interface)."""
     concept = context.concept

@@ -120,7 +120,7 @@ def initial_embedding(pipeline, word: str | None, kind: str) -> torch.Tensor:
         return pipeline.text_encoder.get_input_embeddings().weight.detach().float().mean(0).cpu()
 
 
-@attack("concept-inversion", params=InversionParams, reads={"concept"})
+@attack("concept-inversion", params=InversionParams, reads={"concept"}, control="esd")
 def concept_inversion(context: AttackContext, params: InversionParams) -> AttackResult:
     """Concept inversion (CCE): a new token learned on the concept's images (harness.attack.interface)."""
     concept = context.concept

@@ -69,7 +69,7 @@ class MatchOriginal:
         return ((predicted.float() - reference.float()) ** 2).flatten(1).mean(1)
 
 
-@attack("p4d", params=P4DParams, reads={"concept", "original", "suites"})
+@attack("p4d", params=P4DParams, reads={"concept", "original", "suites"}, control="esd")
 def p4d(context: AttackContext, params: P4DParams) -> AttackResult:
     """P4D, per prompt on UnlearnDiff's schedule and stopping rule (harness.attack.interface)."""
 

@@ -56,7 +56,7 @@ def denoising_error(predicted: torch.Tensor, noised: torch.Tensor, wanted: torch
     return ((predicted.float() - wanted.float()) ** 2).flatten(1).mean(1)
 
 
-@attack("unlearndiff", params=UnlearnDiffParams, reads={"concept", "original", "suites"})
+@attack("unlearndiff", params=UnlearnDiffParams, reads={"concept", "original", "suites"}, control="esd")
 def unlearndiff(context: AttackContext, params: UnlearnDiffParams) -> AttackResult:
     """UnlearnDiff, per prompt with its authors' schedule and stopping rule (harness.attack.interface)."""
 

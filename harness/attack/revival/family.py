@@ -54,5 +54,5 @@ def revive(context: AttackContext, params: RevivalParams) -> AttackResult:
 
 
 for _name, _fixed in REVIVAL_PRESETS.items():
-    attack(_name, params=RevivalParams, fixed=_fixed,
+    attack(_name, params=RevivalParams, fixed=_fixed, control="conceptprune",
            reads={"sharded", "original"} if _name in IDEAL_STRATEGIES else {"sharded"})(revive)
