@@ -87,6 +87,9 @@ def result_row(layout: RunLayout, model: ModelRef, suite: str, targets: list[str
         row.metrics["sign_accuracy"] = attack.revival.summary.sign_accuracy
     if attack is not None and model.step is None:
         row.budget = attack.info.get("budget")
+        shares = [p["share"] for p in attack.info.get("curve", []) if p.get("share") is not None]
+        if len(shares) > 1:
+            row.rising = shares[-1] > max(shares[:-1])
     return row
 
 
@@ -96,7 +99,7 @@ def mark_rising_curves(rows: list[ResultRow]) -> None:
     when the final share is above every earlier point's."""
     shares = {(r.method, r.attack, r.suite, r.step): r.erased_accuracy for r in rows if r.erased_accuracy is not None}
     for row in rows:
-        if row.step is not None or row.erased_accuracy is None:
+        if row.step is not None or row.erased_accuracy is None or row.rising is not None:
             continue
         points = [v for (m, a, s, step), v in shares.items() if (m, a, s) == (row.method, row.attack, row.suite)
                   and step is not None]

@@ -1,5 +1,7 @@
-"""Recovery curves of training attacks (DiMRA): the erased and preserved accuracy after every
-snapshot, from the unlearned model (step 0) to the attack's end, and the first step at which the
+"""Recovery curves of optimisation attacks: for a training attack (DiMRA, concept inversion) the
+erased and preserved accuracy after every snapshot, from the unlearned model (step 0) to the
+attack's end; for a per-prompt attack (UnlearnDiff, P4D) the share of prompts broken by each
+round against the steps a prompt had by then, from its record; and the first step at which the
 erased concept is back to half of the pretrained model's accuracy."""
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ def curves(runs: list[RunData]) -> list[Curve]:
                                          erased_row.erased_ci if erased_row else None))
             found.append(Curve(run, final.method, final.attack, _unique_steps(points),
                                pretrained.erased_accuracy if pretrained else None))
+        for model, record in run.attacks.items():
+            if model.step is None and record is not None and record.info.get("curve") and not record.info.get("snapshots"):
+                points = [CurvePoint(int(p["steps"]), p["share"], None, int(p["n"]), p["ci"]) for p in record.info["curve"]]
+                found.append(Curve(run, model.method, model.attack, points,
+                                   pretrained.erased_accuracy if pretrained else None))
     return found
 
 
