@@ -31,9 +31,9 @@ def test_every_method_has_recipes_for_sd15_and_the_world() -> None:
     entries = [(r, m) for r in map(load_recipe, UNLEARN_RECIPES) for m in r.methods]
     for method in PARAMS:
         models = {r.model for r, m in entries if m.method == method}
-        assert {"runwayml/stable-diffusion-v1-5", "zoo:digits"} <= models, method
+        assert {"stable-diffusion-v1-5/stable-diffusion-v1-5", "zoo:digits"} <= models, method
     defended = {r.model for r, m in entries if m.defense}
-    assert {"runwayml/stable-diffusion-v1-5", "zoo:digits"} <= defended
+    assert {"stable-diffusion-v1-5/stable-diffusion-v1-5", "zoo:digits"} <= defended
 
 
 @pytest.mark.parametrize("path", UNLEARN_RECIPES, ids=lambda p: p.name)
