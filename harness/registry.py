@@ -42,6 +42,7 @@ BUILTIN: dict[str, dict[str, str]] = {
         "dimum": "harness.unlearn.dimum",
         "p-esd": "harness.unlearn.learned_mask",
         "p-ac": "harness.unlearn.learned_mask",
+        "uce": "harness.unlearn.uce",
     },
     "attack": {
         "nms": "harness.attack.revival.family",

@@ -1,6 +1,6 @@
 """Reading UNet weights from wherever a user keeps them, and writing tensors to safetensors.
 
-A source is a hub id (`runwayml/stable-diffusion-v1-5`), `zoo:NAME`, a diffusers pipeline or UNet
+A source is a hub id (`stable-diffusion-v1-5/stable-diffusion-v1-5`), `zoo:NAME`, a diffusers pipeline or UNet
 folder, a `.safetensors` file, or a `.pt`/`.bin`/`.ckpt` state dict such as ConceptPrune's fp16
 full-UNet dump. Pickled files load with `weights_only=True`: plain tensors only.
 """
@@ -145,7 +145,7 @@ def _hub_snapshot(repo_id: str) -> Path:
     """The UNet files of a hub model: from the local hub cache, else downloaded when the hub answers."""
     from huggingface_hub import snapshot_download
 
-    from harness.models.hub import hub_reachable, unreachable_message
+    from harness.models.hub import hub_reachable, mirror_hint, unreachable_message
 
     patterns = ["model_index.json", "unet/*"]
     try:
@@ -153,8 +153,10 @@ def _hub_snapshot(repo_id: str) -> Path:
     except Exception:  # not in the cache: the hub client raises several types
         pass
     if not hub_reachable():
-        raise HarnessError(unreachable_message(repo_id, "a local path (a diffusers folder, .safetensors or .pt file)"))
+        raise HarnessError(unreachable_message(repo_id, "a local path (a diffusers folder, .safetensors or .pt file)",
+                                               repo_id))
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as error:  # network, auth and missing-repo errors all end here
-        raise HarnessError(f"{repo_id}: not a local path and the hub download failed ({type(error).__name__})") from None
+        raise HarnessError(f"{repo_id}: not a local path and the hub download failed ({type(error).__name__})"
+                           f"{mirror_hint(repo_id)}") from None

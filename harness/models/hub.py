@@ -1,6 +1,7 @@
 """Reaching the model hub: weights come from a local path, the hub's local cache, or a download
 that is tried only when the hub answers, so a machine without network gets one clear line (which
-weights, which option gives a local path) instead of a minute of retries."""
+weights, which option gives a local path) instead of a minute of retries. A hub id that is known
+to have moved (MOVED_IDS) gets its mirror named in that line."""
 
 from __future__ import annotations
 
@@ -8,6 +9,25 @@ import functools
 import os
 import socket
 from urllib.parse import urlparse
+
+MOVED_IDS = {
+    "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "runwayml/stable-diffusion-inpainting": "stable-diffusion-v1-5/stable-diffusion-inpainting",
+}
+"""Hub ids removed from the hub -> the mirror that holds the same files today (runwayml's
+repositories were taken down in 2024; the SD-v1.5 files live on under `stable-diffusion-v1-5/`)."""
+
+OTHER_BASELINE = "CompVis/stable-diffusion-v1-4"
+"""The field's other base model, named beside a moved SD id's mirror."""
+
+
+def mirror_hint(repo_id: str) -> str:
+    """`; ... try its mirror X ...` for a hub id known to have moved, else ``."""
+    moved = {old.lower(): new for old, new in MOVED_IDS.items()}.get(repo_id.strip().lower())
+    if moved is None:
+        return ""
+    return (f"; {repo_id} was removed from the hub in 2024: try its mirror {moved}"
+            f" (the field's other baseline is {OTHER_BASELINE})")
 
 
 @functools.cache
@@ -23,7 +43,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def unreachable_message(what: str, option: str) -> str:
-    """The one line for weights that are neither local nor downloadable."""
+def unreachable_message(what: str, option: str, repo_id: str = "") -> str:
+    """The one line for weights that are neither local nor downloadable (with the mirror of a
+    moved `repo_id`)."""
     return (f"{what}: not in the local hub cache and the hub cannot be reached; "
-            f"give a local copy with {option}")
+            f"give a local copy with {option}{mirror_hint(repo_id)}")

@@ -20,7 +20,7 @@ from diffusers import DiffusionPipeline
 
 from harness.errors import HarnessError
 from harness.models.checkpoints import is_hub_id, resolve_local
-from harness.models.hub import hub_reachable, unreachable_message
+from harness.models.hub import hub_reachable, mirror_hint, unreachable_message
 from harness.registry import registered, resolve
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,11 @@ def _from_pretrained(source: str, location: str | Path, dtype: torch.dtype | Non
         if not is_hub_id(source):
             raise HarnessError(f"{source}: cannot load the pipeline ({_first_line(error)})") from None
     if not hub_reachable():
-        raise HarnessError(unreachable_message(f"pipeline {source}", "a local diffusers folder as the model"))
+        raise HarnessError(unreachable_message(f"pipeline {source}", "a local diffusers folder as the model", source))
     try:
         return DiffusionPipeline.from_pretrained(location, dtype=dtype, **extra)
     except (OSError, ValueError) as error:
-        raise HarnessError(f"{source}: cannot load the pipeline ({_first_line(error)})") from None
+        raise HarnessError(f"{source}: cannot load the pipeline ({_first_line(error)}){mirror_hint(source)}") from None
 
 
 def _first_line(error: BaseException) -> str:

@@ -64,7 +64,7 @@ def test_unsafe_or_unknown_files_are_refused(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_hub_ids_are_told_from_paths(tmp_path: Path) -> None:
-    assert is_hub_id("runwayml/stable-diffusion-v1-5")
+    assert is_hub_id("stable-diffusion-v1-5/stable-diffusion-v1-5")
     assert not is_hub_id("zoo:digits") and not is_hub_id("./a/b") and not is_hub_id("a/b/c")
     (tmp_path / "owner" / "name").mkdir(parents=True)
     assert not is_hub_id(str(tmp_path / "owner" / "name"))

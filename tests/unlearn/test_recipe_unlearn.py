@@ -13,6 +13,7 @@ from harness.errors import in_file, keyed
 from harness.layout import UnlearnFiles
 from harness.recipe import check_entries, load_recipe
 from harness.records import UnlearnRecord, read_record
+from harness.registry import registered
 from harness.runtime import RuntimeSettings
 from harness.unlearn.conceptprune import ConceptPruneParams
 from harness.unlearn.job import UnlearnJob
@@ -31,9 +32,9 @@ def test_every_method_has_recipes_for_sd15_and_the_world() -> None:
     entries = [(r, m) for r in map(load_recipe, UNLEARN_RECIPES) for m in r.methods]
     for method in PARAMS:
         models = {r.model for r, m in entries if m.method == method}
-        assert {"runwayml/stable-diffusion-v1-5", "zoo:digits"} <= models, method
+        assert {"stable-diffusion-v1-5/stable-diffusion-v1-5", "zoo:digits"} <= models, method
     defended = {r.model for r, m in entries if m.defense}
-    assert {"runwayml/stable-diffusion-v1-5", "zoo:digits"} <= defended
+    assert {"stable-diffusion-v1-5/stable-diffusion-v1-5", "zoo:digits"} <= defended
 
 
 @pytest.mark.parametrize("path", UNLEARN_RECIPES, ids=lambda p: p.name)
@@ -90,7 +91,8 @@ def test_the_matrix_recipes_cover_every_family() -> None:
     """The full matrix has every registered method and the issue's attacks; the default subset
     keeps one method per family, a defended one, and the attacks none, nms and dimra."""
     full, quick = load_recipe(RECIPES / "digits-matrix.yaml"), load_recipe(RECIPES / "digits-matrix-quick.yaml")
-    assert {m.method for m in full.methods} == {"conceptprune", "saliency", "p-esd", "p-ac", "esd", "ac", "dimum"}
+    assert {m.method for m in full.methods} == set(registered("method")) - {"checkpoint"}
+    assert {"conceptprune", "saliency", "p-esd", "p-ac", "esd", "ac", "dimum", "uce"} <= set(registered("method"))
     assert sorted(m.defense.sigma for m in full.methods if m.defense) == [0.001, 0.01]
     assert {"nms", "average", "sample", "quant4", "dimra", "concept-inversion", "adversarial-prefix"} <= {
         a.attack for a in full.attacks}
