@@ -59,7 +59,7 @@ class LineBarMixin:
     """A tqdm (sub)class that logs whole lines at each tenth of its total instead of redrawing."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._line_step = -1
+        self._line_step = 0
         self._line_n = 0
         self._line_time = time.monotonic()
         kwargs["file"] = _Discard()
@@ -73,7 +73,7 @@ class LineBarMixin:
         n, total = self.n, self.total
         if total:
             step = n * min(LINES_PER_BAR, total) // total
-            if step > self._line_step and n > 0:
+            if step > self._line_step:
                 self._log_line()
             self._line_step = max(self._line_step, step)
         elif n > self._line_n and time.monotonic() - self._line_time >= SECONDS_PER_LINE:
@@ -81,13 +81,19 @@ class LineBarMixin:
         return True
 
     def reset(self, total: float | None = None) -> None:
-        self._line_step, self._line_n, self._line_time = -1, 0, time.monotonic()
+        self._line_step, self._line_n, self._line_time = 0, 0, time.monotonic()
         super().reset(total)
 
     def close(self) -> None:
         if not getattr(self, "disable", True) and self.n != self._line_n:
             self._log_line()
         super().close()
+
+    def __del__(self) -> None:
+        # a bar left open (Lightning's, after an exception) is closed when collected, perhaps after
+        # the run's last word (an error, "interrupted"): it says nothing more then
+        self._line_n = getattr(self, "n", 0)
+        super().__del__()
 
     def _log_line(self) -> None:
         values = dict(self.format_dict)

@@ -3,6 +3,7 @@ terminal (harness/progress.py); tqdm's bars on a terminal."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import subprocess
@@ -86,3 +87,17 @@ def test_a_stage_logged_to_a_file_has_lines_not_frames(tmp_path: Path, repo: Pat
     train = [line for line in lines if line.startswith("train ac: ")]
     assert len(train) == 10 and train[-1].startswith("train ac: 20 of 20 step (100%)") and "loss=" in train[-1]
     assert any(line.startswith("anchor samples: ") and "(100%)" in line for line in lines)
+
+
+def test_a_bar_collected_unclosed_says_nothing(monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Lightning leaves its bar open when training stops on an exception; the bar is closed when
+    collected, after the stage's last line (`interrupted`), and must not print after it."""
+    monkeypatch.setenv(progress.PROGRESS_ENV, "lines")
+    caplog.set_level(logging.INFO, logger="harness.progress")
+    bar = progress.bar(total=100, desc="open", mininterval=0)
+    bar.update(5)
+    caplog.clear()
+    del bar
+    gc.collect()
+    assert not caplog.records
