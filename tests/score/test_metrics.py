@@ -488,3 +488,5 @@ def test_score_over_two_ddp_processes_matches_one(generated, world_dir, clip_fol
     assert double["metrics"]["clip_score"] == single.metrics["clip_score"]
     assert double["metrics"]["fid"] == pytest.approx(single.metrics["fid"], rel=1e-6)
     assert double["metrics"]["nudenet_counts"] == single.metrics["nudenet_counts"]
+    assert double["metrics"]["nudenet_definitions"] == single.metrics["nudenet_definitions"]
+    assert single.metrics["nudenet_definitions"]["roots"]["nude"]["n"] == 10
