@@ -25,10 +25,10 @@ import lightning.pytorch as pl
 import torch
 from diffusers import DiffusionPipeline
 from torch.utils.data import DataLoader, Sampler
-from tqdm.auto import tqdm
 
 from harness.generate import shards
 from harness.generate.suites import PromptRecord, Suite
+from harness.progress import bar
 from harness.settings.generate import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -139,10 +139,10 @@ class ShardSink(pl.Callback):
         self.images = images
         self.writer: shards.ShardWriter | None = None
         self.committed: list[Path] = []
-        self.progress: tqdm | None = None
+        self.progress: Any = None
 
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.progress = tqdm(total=self.images, desc=f"generate {self.meta['model']} {self.suite.name}",
+        self.progress = bar(total=self.images, desc=f"generate {self.meta['model']} {self.suite.name}",
                              unit="image", disable=not trainer.is_global_zero, leave=False)
 
     def on_predict_batch_end(

@@ -151,12 +151,12 @@ def model_samples(pipeline: Any, prompts: list[str], generation: Any, seeds: lis
     """The pipeline's own samples for `prompts` in the UNet's input space, sample i from seed
     `seeds[i]` (`generation` is a recipe's GenerationSettings): a latent pipeline (one with a
     `vae`) gives its latents; a pixel-space pipeline's images in [0, 1] map back to [-1, 1]."""
-    from tqdm.auto import tqdm
+    from harness.progress import bar
 
     latent = getattr(pipeline, "vae", None) is not None
     batch = max(1, generation.batch_size)
     outputs = []
-    for start in tqdm(range(0, len(prompts), batch), desc=desc, unit="batch", leave=False):
+    for start in bar(range(0, len(prompts), batch), desc=desc, unit="batch", leave=False):
         kwargs = generation.pipeline_kwargs(prompts[start : start + batch], seeds[start : start + batch])
         kwargs["output_type"] = "latent" if latent else "pt"
         images = pipeline(**kwargs).images

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from harness.errors import HarnessError, keyed
 from harness.generate import shards
@@ -28,6 +27,7 @@ from harness.generate.suites import PromptRecord, Suite
 from harness.layout import GenerationFiles
 from harness.lightning_quiet import quiet_lightning
 from harness.outputs import check_output
+from harness.progress import bar
 from harness.provenance import provenance
 from harness.records import GenerationRecord, ScoreResult, completed, read_record, settings_key, write_record
 from harness.registry import resolve
@@ -84,8 +84,9 @@ def run(job: ScoreJob) -> ScoreResult:
         image_shape = next(samples).image.shape
     scorers = [cls(settings, suite, fabric, image_shape) for cls in scorer_classes]
     mine = list(range(shards.shard_count(len(suite), shard_size)))[fabric.global_rank :: fabric.world_size]
-    for images, records, ref_images in tqdm(
-        _batches(folder, ref_folder, mine, suite, shard_size, settings.batch_size),
+    batches = sum(-(-len(shards.shard_ids(i, len(suite), shard_size)) // settings.batch_size) for i in mine)
+    for images, records, ref_images in bar(
+        _batches(folder, ref_folder, mine, suite, shard_size, settings.batch_size), total=batches,
         desc=f"score {run.model} {suite.name}", disable=not fabric.is_global_zero, unit="batch", leave=False,
     ):
         for scorer in scorers:

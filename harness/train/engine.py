@@ -38,6 +38,7 @@ from harness.config import check_bounds
 from harness.errors import HarnessError, keyed
 from harness.lightning_quiet import interrupt_raised, quiet_lightning
 from harness.models.checkpoints import save_tensors
+from harness.progress import tqdm_class
 from harness.runtime import RuntimeSettings
 from harness.train.trainable import trainable_names
 
@@ -175,15 +176,17 @@ class FineTuneModule(pl.LightningModule):
 
 class StepBar(TQDMProgressBar):
     """Lightning's progress bar over steps, on the standard error like every other bar of the
-    harness, named after the run, without its logger version number."""
+    harness (whole lines when that is not a terminal: harness.progress), named after the run,
+    without its logger version number."""
 
     def __init__(self, desc: str) -> None:
         super().__init__()
         self.desc = desc
 
     def init_train_tqdm(self) -> Tqdm:
-        return Tqdm(desc=self.desc, position=2 * self.process_position, disable=self.is_disabled, leave=False,
-                    dynamic_ncols=True, file=sys.stderr, smoothing=0, bar_format=self.BAR_FORMAT)
+        return tqdm_class(Tqdm)(desc=self.desc, unit="step", position=2 * self.process_position,
+                                disable=self.is_disabled, leave=False, dynamic_ncols=True, file=sys.stderr,
+                                smoothing=0, bar_format=self.BAR_FORMAT)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, *_: Any) -> None:
         super().on_train_epoch_start(trainer)

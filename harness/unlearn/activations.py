@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
+from harness.progress import bar
 from harness.settings.generate import GenerationSettings
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def column_norms(
     recorder = ColumnNormRecorder(pipeline.unet, layers, calls)
     batch = max(1, generation.batch_size)
     with recorder, torch.no_grad():
-        for start in tqdm(range(0, len(prompts), batch), desc=desc, unit="batch"):
+        for start in bar(range(0, len(prompts), batch), desc=desc, unit="batch"):
             chunk = slice(start, start + batch)
             recorder.run(pipeline, generation.pipeline_kwargs(list(prompts[chunk]), list(seeds[chunk]),
                                                               generator_device=generator_device))

@@ -20,10 +20,10 @@ import torch
 from annotated_types import Ge, Gt, Lt
 from diffusers import DDPMScheduler
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from harness.config import check_bounds
 from harness.models.pipelines import model_samples, prompt_embeddings
+from harness.progress import bar
 from harness.registry import method
 from harness.unlearn.method import UnlearnContext, UnlearnResult
 from harness.unlearn.prompts import prompt_pairs
@@ -107,7 +107,7 @@ def forgetting_gradients(
             parameter.requires_grad_(name in sums)
         with torch.no_grad():
             conditions = prompt_embeddings(pipeline, prompts)
-        for _ in tqdm(range(settings.noise_draws), desc="forgetting loss", unit="draw"):
+        for _ in bar(range(settings.noise_draws), desc="forgetting loss", unit="draw"):
             x0 = samples.to(unet.device, unet.dtype)
             noise = torch.randn(x0.shape, generator=generator).to(x0)
             steps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), generator=generator)

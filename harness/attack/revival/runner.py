@@ -14,7 +14,6 @@ import shutil
 
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from harness.attack.revival.layer import LayerJob, revive_layer
 from harness.attack.revival.masks import check_finite, pruned_positions
@@ -24,6 +23,7 @@ from harness.errors import HarnessError, in_file, keyed
 from harness.layout import AttackFiles
 from harness.models.checkpoints import load_tensor_file, save_tensors
 from harness.models.layers import select_layers
+from harness.progress import bar
 from harness.provenance import write_json_atomic
 from harness.records import LayerReport, to_json
 from harness.settings.unlearn import SD_FFN_LAYERS
@@ -88,7 +88,7 @@ def revive_layers(
     rank = accelerator.process_index
     mine = balance([layer_cost(tuple(j.weight.shape)) for j in jobs], accelerator.num_processes)[rank]
     outcomes = []
-    for index in tqdm(mine, desc=f"revive [{rank}]", unit="layer", disable=not accelerator.is_local_main_process):
+    for index in bar(mine, desc=f"revive [{rank}]", unit="layer", disable=not accelerator.is_local_main_process):
         outcome = revive_layer(jobs[index], params, device, fidelity)
         log.debug("%s: pruned %d, %d iterations, rank %s, %.2fs", outcome.name, outcome.report.pruned,
                   outcome.report.iterations, outcome.report.rank, outcome.report.seconds)

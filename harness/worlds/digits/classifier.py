@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
 from harness.models.checkpoints import load_tensor_file, save_tensors
+from harness.progress import bar
 from harness.provenance import write_json_atomic
 from harness.worlds.digits.data import heldout_digits, train_digits
 
@@ -87,7 +87,7 @@ def train_classifier(size: int = 16, epochs: int = 30, seed: int = 0) -> tuple[D
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     steps_per_epoch = (len(images) + 63) // 64
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=epochs * steps_per_epoch)
-    for _ in tqdm(range(epochs), desc="classifier", unit="epoch"):
+    for _ in bar(range(epochs), desc="classifier", unit="epoch"):
         model.train()
         order = torch.randperm(len(images), generator=generator)
         for batch in order.split(64):

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from torch import nn
 from torch.utils.hooks import RemovableHandle
-from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
+from harness.progress import bar
 from harness.worlds.digits.data import NEUTRAL_PROMPTS, concept_prompts, train_digits
 from harness.worlds.digits.pipeline import DigitsPipeline, build_untrained_pipeline
 from harness.worlds.digits.quality import generation_accuracy
@@ -242,7 +242,7 @@ def train_generator(
 
     history: list[dict] = []
     started = time.time()
-    progress = tqdm(range(1, settings.steps + 1), desc="generator", unit="step")
+    progress = bar(range(1, settings.steps + 1), desc="generator", unit="step")
     running = 0.0
     for step in progress:
         batch = torch.randint(0, len(data), (settings.batch_size,), generator=generator)
