@@ -30,7 +30,6 @@ from typing import Annotated, Any, ClassVar, Protocol
 import torch
 from annotated_types import Ge, Gt
 from diffusers import DDPMScheduler
-from tqdm.auto import tqdm
 
 from harness.attack.interface import AttackContext, AttackResult
 from harness.attack.prompt.adversarial import concept_prompt_list
@@ -42,6 +41,7 @@ from harness.generate.rewrite import PromptRewrite, seeded
 from harness.generate.suites import PromptRecord, load_suite
 from harness.inputs import INPUT_PATH
 from harness.models.pipelines import model_samples
+from harness.progress import bar
 from harness.score.metrics.classifiers import ImageClassifier, concept_classifier, load_image_classifier
 from harness.stats import wilson_interval
 from harness.world import concept_names
@@ -234,7 +234,7 @@ def run_batch(pipeline: Any, encoder: PrefixEncoder, scheduler: DDPMScheduler, j
     """Attack a batch of prompts round by round until each succeeds or the rounds run out."""
     unet = pipeline.unet.requires_grad_(False)
     pipeline.text_encoder.requires_grad_(False)
-    bar = tqdm(total=len(timesteps), desc=f"{name} {len(attacks)} prompts", unit="round", leave=False)
+    progress = bar(total=len(timesteps), desc=f"{name} {len(attacks)} prompts", unit="round", leave=False)
     for number, t in enumerate(timesteps, start=1):
         chosen = [a for a in attacks if a.round is None]
         if not chosen:
@@ -249,8 +249,8 @@ def run_batch(pipeline: Any, encoder: PrefixEncoder, scheduler: DDPMScheduler, j
             a.adversarial = prompt
             if shows:
                 a.round = number
-        bar.update(1)
-    bar.close()
+        progress.update(1)
+    progress.close()
 
 
 def step(unet: torch.nn.Module, encoder: PrefixEncoder, scheduler: DDPMScheduler, loss: PrefixLoss,
