@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from harness.config import load_yaml, parse_dataclass
+from annotated_types import Ge
+
+from harness.config import check_bounds, load_yaml, parse_dataclass
 from harness.errors import HarnessError, in_file, keyed
 from harness.layout import PRETRAINED_MODEL, ModelRef, check_name
 from harness.resources import find_recipe
@@ -51,11 +53,14 @@ class Recipe:
     shipped suites by name, or a user's prompt file (a .csv or .txt path, named after its stem)."""
     fidelity: Fidelity = "paper"
     """paper: the paper's definitions; reference-code: the authors' published code's behaviour."""
+    limit: Annotated[int, Ge(1)] | None = None
+    """A pilot: only the first N prompts of every suite are generated and scored (`--limit N`)."""
     source: str = field(default="", metadata={"flag": False})
     """The file the recipe was read from (set on load)."""
 
     def __post_init__(self) -> None:
         check_name(self.name, "name")
+        check_bounds(self)
         from harness.generate.suites import suite_name
 
         for index, suite in enumerate(self.suites or []):

@@ -13,7 +13,7 @@ from harness.errors import HarnessError, in_file, keyed
 from harness.generate import shards
 from harness.generate.rewrite import prompt_changes
 from harness.generate.run import GenerateJob
-from harness.generate.suites import load_suite, suite_name
+from harness.generate.suites import first, load_suite, suite_name
 from harness.layout import NO_ATTACK, PRETRAINED, PRETRAINED_MODEL, ModelRef, RunLayout
 from harness.recipe import Recipe
 from harness.report.run import ReportJob
@@ -91,7 +91,8 @@ class Plan:
     def suite(self, name: str) -> Any:
         """A suite of the recipe, loaded."""
         with in_file(self.recipe.source), keyed("suites"):
-            return load_suite(self.suite_specs.get(name, name), self.runtime.data_dir, self.recipe.generation.fixed_seed)
+            return first(load_suite(self.suite_specs.get(name, name), self.runtime.data_dir,
+                                    self.recipe.generation.fixed_seed), self.recipe.limit)
 
     def as_dict(self) -> dict[str, Any]:
         """The plan as plain data (for --list-jobs and the SLURM planner)."""
@@ -101,6 +102,7 @@ class Plan:
             "methods": [m.name for m in self.recipe.methods],
             "attacks": [a.name for a in self.recipe.attacks],
             "models": [m.label for m in self.models],
+            "limit": self.recipe.limit,
             "suites": {suite: {"prompts": size, "shards": self.shard_count(suite)} for suite, size in self.suite_sizes.items()},
         }
 
@@ -124,7 +126,7 @@ def build_plan(recipe: Recipe, run_dir: Path, runtime: RuntimeSettings | None = 
         for index, spec in enumerate(recipe.suites):
             name = suite_name(spec)
             with keyed(f"[{index}]" if name != spec else ""):
-                sizes[name] = len(load_suite(spec, runtime.data_dir, recipe.generation.fixed_seed))
+                sizes[name] = len(first(load_suite(spec, runtime.data_dir, recipe.generation.fixed_seed), recipe.limit))
             if name != spec:
                 specs[name] = spec
     return Plan(recipe=recipe, layout=RunLayout(Path(run_dir)), suite_sizes=sizes, runtime=runtime, suite_specs=specs)

@@ -13,7 +13,6 @@ import csv
 import dataclasses
 import io
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,8 @@ class Suite:
     """Where the records came from (a manifest path, or 'built-in')."""
     score_defaults: dict[str, Any] = field(default_factory=dict)
     """What `auto` scoring settings mean for this suite (classifier, fid_features, fid_reference)."""
+    limit: int | None = None
+    """Set when the suite was cut to its first `limit` prompts (`--limit`, a pilot)."""
 
     def __len__(self) -> int:
         return len(self.records)
@@ -55,6 +56,15 @@ class Suite:
     def labels(self) -> list[str]:
         """The distinct labels, in order of first appearance."""
         return list(dict.fromkeys(r.label for r in self.records if r.label is not None))
+
+
+def first(suite: Suite, limit: int | None) -> Suite:
+    """The suite's first `limit` prompts (all of them when None), marked as cut for a pilot."""
+    if limit is None:
+        return suite
+    if limit < 1:
+        raise HarnessError(f"must be at least 1, got {limit}", key="--limit")
+    return dataclasses.replace(suite, records=suite.records[:limit], limit=limit)
 
 
 def list_suites() -> list[str]:
@@ -76,7 +86,7 @@ PROMPT_FILE_SUFFIXES = (".csv", ".txt")
 
 def is_prompt_file(spec: str) -> bool:
     """Whether a suite entry names a user's prompt file (a .csv or .txt path) rather than a suite."""
-    return spec.lower().endswith(PROMPT_FILE_SUFFIXES) or "/" in spec or os.sep in spec
+    return spec.lower().endswith(PROMPT_FILE_SUFFIXES)
 
 
 def suite_name(spec: str) -> str:
@@ -88,8 +98,6 @@ def load_prompt_file(spec: str, seed_base: int = 0) -> Suite:
     """A user's prompt file as a suite named after its stem (see the module's text). Scored by
     accuracy when its rows carry labels, else by the CLIP score."""
     path = Path(spec).expanduser()
-    if path.suffix.lower() not in PROMPT_FILE_SUFFIXES:
-        raise HarnessError(f"{path}: a prompt file is a .csv or a .txt file")
     if not path.is_file():
         raise HarnessError(f"{path}: no such prompt file")
     label = str(path)

@@ -97,3 +97,45 @@ def test_a_prompt_file_beside_a_shipped_suite_runs_end_to_end(
     samples = [s for p in layout.images(PRETRAINED_MODEL, "mine").shards() for s in shards.read_shard(p)]
     assert sorted(s.record["seed"] for s in samples) == [11, 13, 41]
     assert read_record(ScoreResult, layout.metrics(PRETRAINED_MODEL, "mine")).count == 3
+
+
+@pytest.mark.timeout(300)
+def test_limit_generates_and_scores_the_first_n_prompts_of_every_suite_and_says_so(
+        cache: Path, local_classifier: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("HARNESS_CACHE", str(cache))
+    (tmp_path / "mine.csv").write_text(CSV)
+    recipe = tmp_path / "pilot.yaml"
+    recipe.write_text(RECIPE.format(weights=local_classifier, suites=f"digits-seven-3, {tmp_path / 'mine.csv'}"))
+    run = tmp_path / "run"
+    argv = ["benchmark", str(recipe), "--run-dir", str(run), "--device", "cpu", "--accelerator", "cpu"]
+    assert main([*argv, "--limit", "2"]) == 0
+    assert "pilot: only the first 2 prompts of every suite" in capsys.readouterr().out
+    layout = RunLayout(run)
+    results = read_record(Results, layout.results)
+    assert results.recipe["limit"] == 2
+    for suite, seeds in (("digits-seven-3", None), ("mine", [11, 41])):
+        row = results.row("pretrained", "none", suite)
+        assert row.status == "done" and row.n_images == 2
+        samples = [s for p in layout.images(PRETRAINED_MODEL, suite).shards() for s in shards.read_shard(p)]
+        assert sorted(s.id for s in samples) == [0, 1]
+        if seeds:
+            assert sorted(s.record["seed"] for s in samples) == seeds
+        score = read_record(ScoreResult, layout.metrics(PRETRAINED_MODEL, suite))
+        assert score.count == 2 and score.config["limit"] == 2
+    # the run directory of a pilot never resumes as a whole run, nor as a pilot of another size
+    for other in ([], ["--limit", "3"]):
+        assert main([*argv, *other]) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and "holds a run made with --limit 2" in error[0], error
+    assert read_record(ScoreResult, layout.metrics(PRETRAINED_MODEL, "mine")).count == 2
+    assert main([*argv, "--limit", "0"]) == 2
+    assert "--limit: must be at least 1" in capsys.readouterr().err
+
+    lines = tmp_path / "lines.txt"
+    lines.write_text("a handwritten seven\nthe digit one\nthe digit two\n")
+    out = tmp_path / "images" / "pretrained"
+    assert main(["generate", "--model", "zoo:digits", "--suite", str(lines), "--out", str(out), "--accelerator", "cpu",
+                 "--steps", "2", "--scheduler", "DDIMScheduler", "--limit", "1", "--fixed-seed", "9"]) == 0
+    samples = [s for p in sorted(out.glob("shard-*.tar")) for s in shards.read_shard(p)]
+    assert [(s.id, s.record["seed"]) for s in samples] == [(0, 9)]
