@@ -129,6 +129,11 @@ def test_limit_generates_and_scores_the_first_n_prompts_of_every_suite_and_says_
         error = capsys.readouterr().err.strip().splitlines()
         assert len(error) == 1 and "holds a run made with --limit 2" in error[0], error
     assert read_record(ScoreResult, layout.metrics(PRETRAINED_MODEL, "mine")).count == 2
+    # `harness score` on a pilot's folder scores the prompts it holds
+    alone = tmp_path / "alone.json"
+    assert main(["score", "--shards", str(layout.images(PRETRAINED_MODEL, "digits-seven-3").folder), "--suite",
+                 "digits-seven-3", "--out", str(alone), "--recipe", str(recipe), "--accelerator", "cpu"]) == 0
+    assert read_record(ScoreResult, alone).count == 2
     assert main([*argv, "--limit", "0"]) == 2
     assert "--limit: must be at least 1" in capsys.readouterr().err
 
