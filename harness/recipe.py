@@ -13,9 +13,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from harness.config import load_yaml, parse_dataclass
+from annotated_types import Ge
+
+from harness.config import check_bounds, load_yaml, parse_dataclass
 from harness.errors import HarnessError, in_file, keyed
 from harness.layout import PRETRAINED_MODEL, ModelRef, check_name
 from harness.resources import find_recipe
@@ -47,16 +49,26 @@ class Recipe:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     score: ScoreSettings = field(default_factory=ScoreSettings)
     suites: list[str] | None = None
-    """The prompt suites every model is generated and scored on (the benchmark needs at least one)."""
+    """The prompt suites every model is generated and scored on (the benchmark needs at least one):
+    shipped suites by name, or a user's prompt file (a .csv or .txt path, named after its stem)."""
     fidelity: Fidelity = "paper"
     """paper: the paper's definitions; reference-code: the authors' published code's behaviour."""
+    limit: Annotated[int, Ge(1)] | None = None
+    """A pilot: only the first N prompts of every suite are generated and scored (`--limit N`)."""
     source: str = field(default="", metadata={"flag": False})
     """The file the recipe was read from (set on load)."""
 
     def __post_init__(self) -> None:
         check_name(self.name, "name")
+        check_bounds(self)
+        from harness.generate.suites import suite_name
+
         for index, suite in enumerate(self.suites or []):
-            check_name(suite, f"suites[{index}]")
+            check_name(suite_name(suite), f"suites[{index}]")
+        names = [suite_name(suite) for suite in self.suites or []]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"suites: two suites are named '{repeated[0]}' (a prompt file's suite is named after its stem)")
         if self.suites is not None and not self.suites:
             raise ValueError("suites: list at least one prompt suite (or leave the key out)")
         for what, labels in (("methods", [m.name for m in self.methods]), ("attacks", [a.name for a in self.attacks])):

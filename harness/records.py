@@ -298,6 +298,8 @@ class GenerationRecord:
     settings: dict[str, Any]
     generator: str
     provenance: dict[str, Any]
+    limit: int | None = None
+    """Set for a pilot: only the suite's first `limit` prompts were generated (`--limit`)."""
 
 
 def normalise_label(label: str) -> str:

@@ -35,6 +35,8 @@ class BenchmarkOptions:
     """print the plan as JSON and exit"""
     fidelity: Literal["paper", "reference-code"] | None = None
     """override the recipe's fidelity: paper, or reference-code (the authors' published code's behaviour)"""
+    limit: int | None = None
+    """a pilot: generate and score only the first N prompts of every suite (recorded in results.json)"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     """Carry out the selected stage(s) of the recipe's plan; print the matrix after the report."""
     options = settings_from_arguments(BenchmarkOptions, args, args._flags)
     runtime = settings_from_arguments(RuntimeSettings, args, args._runtime)
-    plan = plan_for(args.recipe, options.run_dir, options.fidelity, runtime)
+    plan = plan_for(args.recipe, options.run_dir, options.fidelity, runtime, options.limit)
     if options.list_jobs:
         print(json.dumps(plan.as_dict(), indent=2))
         return 0
@@ -57,5 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if results is not None:
         concept = plan.recipe.concept
         print_summary(results, concept.label if concept else None)
+        if plan.recipe.limit is not None:
+            print(f"pilot: only the first {plan.recipe.limit} prompts of every suite (--limit)")
         print(f"report: {plan.layout.report.markdown}")
     return 0

@@ -4,7 +4,7 @@ the upstream stage's record. The local runner and the SLURM planner share it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from harness.errors import HarnessError, in_file, keyed
 from harness.generate import shards
 from harness.generate.rewrite import prompt_changes
 from harness.generate.run import GenerateJob
-from harness.generate.suites import load_suite
+from harness.generate.suites import first, load_suite, suite_name
 from harness.layout import NO_ATTACK, PRETRAINED, PRETRAINED_MODEL, ModelRef, RunLayout
 from harness.recipe import Recipe
 from harness.report.run import ReportJob
@@ -33,6 +33,8 @@ class Plan:
     layout: RunLayout
     suite_sizes: dict[str, int]
     runtime: RuntimeSettings
+    suite_specs: dict[str, str] = field(default_factory=dict)
+    """What each suite's name stands for in the recipe where that differs (a prompt file's path)."""
 
     @property
     def run_dir(self) -> Path:
@@ -89,7 +91,8 @@ class Plan:
     def suite(self, name: str) -> Any:
         """A suite of the recipe, loaded."""
         with in_file(self.recipe.source), keyed("suites"):
-            return load_suite(name, self.runtime.data_dir)
+            return first(load_suite(self.suite_specs.get(name, name), self.runtime.data_dir,
+                                    self.recipe.generation.fixed_seed), self.recipe.limit)
 
     def as_dict(self) -> dict[str, Any]:
         """The plan as plain data (for --list-jobs and the SLURM planner)."""
@@ -99,6 +102,7 @@ class Plan:
             "methods": [m.name for m in self.recipe.methods],
             "attacks": [a.name for a in self.recipe.attacks],
             "models": [m.label for m in self.models],
+            "limit": self.recipe.limit,
             "suites": {suite: {"prompts": size, "shards": self.shard_count(suite)} for suite, size in self.suite_sizes.items()},
         }
 
@@ -117,6 +121,12 @@ def build_plan(recipe: Recipe, run_dir: Path, runtime: RuntimeSettings | None = 
     runtime = runtime or RuntimeSettings()
     if not recipe.suites:
         raise HarnessError(f"{recipe.source}: suites: the benchmark needs at least one prompt suite")
+    sizes, specs = {}, {}
     with in_file(recipe.source), keyed("suites"):
-        sizes = {suite: len(load_suite(suite, runtime.data_dir)) for suite in recipe.suites}
-    return Plan(recipe=recipe, layout=RunLayout(Path(run_dir)), suite_sizes=sizes, runtime=runtime)
+        for index, spec in enumerate(recipe.suites):
+            name = suite_name(spec)
+            with keyed(f"[{index}]" if name != spec else ""):
+                sizes[name] = len(first(load_suite(spec, runtime.data_dir, recipe.generation.fixed_seed), recipe.limit))
+            if name != spec:
+                specs[name] = spec
+    return Plan(recipe=recipe, layout=RunLayout(Path(run_dir)), suite_sizes=sizes, runtime=runtime, suite_specs=specs)

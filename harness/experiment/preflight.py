@@ -18,6 +18,7 @@ from harness.errors import HarnessError, in_file, keyed
 from harness.experiment.plan import Plan
 from harness.inputs import check_input
 from harness.recipe import declared
+from harness.unlearn.method import check_sampling
 
 
 def check_inputs(plan: Plan, stages: Collection[str], methods: Collection[str], attacks: Collection[str]) -> None:
@@ -31,7 +32,9 @@ def check_inputs(plan: Plan, stages: Collection[str], methods: Collection[str], 
             for index, entry in enumerate(recipe.methods):
                 if entry.name in methods:
                     with keyed(f"methods[{index}].params"):
-                        check_fields(declared("method", entry.method, entry.params)[1], [], plan.runtime.data_dir)
+                        params = declared("method", entry.method, entry.params)[1]
+                        check_fields(params, [], plan.runtime.data_dir)
+                        check_sampling(params, recipe.model, recipe.generation)
         if "attack" in stages:
             for index, entry in enumerate(recipe.attacks):
                 if entry.name in attacks:

@@ -47,12 +47,16 @@ class Selection:
 
 
 def plan_for(recipe: str | Path | Recipe, run_dir: str | Path | None = None, fidelity: str | None = None,
-             runtime: RuntimeSettings | None = None) -> Plan:
+             runtime: RuntimeSettings | None = None, limit: int | None = None) -> Plan:
     """The plan of a recipe (a file, a shipped recipe's name, or a loaded Recipe) in `run_dir`
-    (default runs/<recipe name>)."""
+    (default runs/<recipe name>); `limit` makes it a pilot on the first N prompts of every suite."""
     loaded = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     if fidelity:
         loaded = dataclasses.replace(loaded, fidelity=fidelity)
+    if limit is not None:
+        if limit < 1:
+            raise HarnessError(f"--limit: must be at least 1, got {limit}")
+        loaded = dataclasses.replace(loaded, limit=limit)
     return build_plan(loaded, Path(run_dir or Path("runs") / loaded.name), runtime)
 
 
@@ -72,6 +76,7 @@ def run_benchmark(plan: Plan, selection: Selection | None = None) -> Results | N
     selected = STAGES if selection.stage == "all" else (selection.stage,)
     check_inputs(plan, selected, methods, attacks)
     check_output(plan.run_dir, "--run-dir", is_run_dir)
+    stages.check_limit(plan)
     stages.copy_recipe(plan)
     results = None
     with log_to_file(plan.layout.log):
@@ -99,9 +104,10 @@ def run_benchmark(plan: Plan, selection: Selection | None = None) -> Results | N
 def run(recipe: str | Path | Recipe, run_dir: str | Path | None = None, *,
         stage: Literal["unlearn", "attack", "generate", "score", "report", "all"] = "all",
         method: str | None = None, attack: str | None = None, model: str | None = None, suite: str | None = None,
-        shard: int | None = None, fidelity: str | None = None, runtime: RuntimeSettings | None = None) -> Results | None:
+        shard: int | None = None, fidelity: str | None = None, runtime: RuntimeSettings | None = None,
+        limit: int | None = None) -> Results | None:
     """Run a recipe (a file, a shipped recipe's name, or a Recipe) into `run_dir` as
     `harness benchmark` does, all of it or the selected part (see Selection). Returns the
     results when the report stage ran (the default runs every stage)."""
     selection = Selection(stage=stage, method=method, attack=attack, model=model, suite=suite, shard=shard)
-    return run_benchmark(plan_for(recipe, run_dir, fidelity, runtime), selection)
+    return run_benchmark(plan_for(recipe, run_dir, fidelity, runtime, limit), selection)

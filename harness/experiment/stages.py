@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 import time
 from pathlib import Path
 
 from accelerate import Accelerator
 
-from harness.atomic import atomic_copy
+from harness.atomic import atomic_path
+from harness.config import load_yaml
+from harness.errors import HarnessError
 from harness.experiment.plan import Plan
 from harness.layout import NO_ATTACK, PRETRAINED, ModelRef
 from harness.records import AttackRecord, Results, read_record
@@ -23,13 +26,42 @@ log = logging.getLogger(__name__)
 
 
 def copy_recipe(plan: Plan) -> None:
-    """Keep the recipe beside its results (atomically: array tasks may do it at once)."""
+    """Keep the recipe beside its results (atomically: array tasks may do it at once); a pilot's
+    `--limit N` is written into the copy, so the report and results.json say so."""
     target = plan.layout.recipe
     target.parent.mkdir(parents=True, exist_ok=True)
     source = Path(plan.recipe.source)
-    if target.is_file() and (target.samefile(source) or target.read_bytes() == source.read_bytes()):
+    text = recipe_text(source, plan.recipe.limit)
+    if target.is_file() and (target.samefile(source) or target.read_bytes() == text.encode()):
         return
-    atomic_copy(source, target)
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+
+
+def recipe_text(source: Path, limit: int | None) -> str:
+    """The recipe file's text, with its top-level `limit` set to `limit` where they differ."""
+    text = source.read_text()
+    if (load_yaml(source) or {}).get("limit") == limit:
+        return text
+    text = re.sub(r"(?m)^limit:.*(\n|$)", "", text).rstrip("\n") + "\n"
+    return text + (f"limit: {limit}  # harness benchmark --limit: a pilot on the first {limit} prompts of every suite\n"
+                   if limit is not None else "")
+
+
+def check_limit(plan: Plan) -> None:
+    """A run directory holds one kind of run: a pilot's (`--limit N`) never resumes as another's."""
+    previous = plan.layout.recipe
+    if not previous.is_file():
+        return
+    try:
+        before = (load_yaml(previous) or {}).get("limit")
+    except HarnessError:
+        return
+    if before != plan.recipe.limit:
+        said = f"with --limit {before}" if before is not None else "without --limit"
+        asked = f"--limit {plan.recipe.limit}" if plan.recipe.limit is not None else "no --limit"
+        raise HarnessError(f"--run-dir {plan.run_dir} holds a run made {said}; this one asks for {asked} "
+                           "(give it another --run-dir)")
 
 
 def made_since(provenance: dict, started: float) -> bool:

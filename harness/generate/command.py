@@ -11,7 +11,7 @@ from harness.errors import keyed
 from harness.generate import run as generate
 from harness.generate.rewrite import prompt_changes
 from harness.generate.run import GenerateJob
-from harness.generate.suites import load_suite
+from harness.generate.suites import first, load_suite
 from harness.layout import AttackFiles, GenerationFiles
 from harness.recipe import load_recipe
 from harness.runtime import RuntimeSettings
@@ -38,6 +38,8 @@ class GenerateOptions:
     """generate this shard only (a SLURM array task)"""
     recipe: str | None = None
     """recipe YAML whose `generation` section supplies the defaults"""
+    limit: int | None = None
+    """a pilot: only the suite's first N prompts (recorded in generation.json)"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_arguments(GenerationSettings, args, args._generation, base)
     runtime = settings_from_arguments(RuntimeSettings, args, args._runtime)
     with keyed("--suite"):
-        suite = load_suite(options.suite, runtime.data_dir)
+        suite = load_suite(options.suite, runtime.data_dir, settings.fixed_seed)
+    suite = first(suite, options.limit)
     out = Path(options.out)
     tensors = [Path(t) for t in options.tensors]
     tokens, rewrite = None, None

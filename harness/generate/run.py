@@ -171,8 +171,11 @@ def run_record(
     identities = [TensorIdentity(str(p), file_digest(p)) for p in [*tensors, *([tokens] if tokens else [])]]
     settings_record = {**dataclasses.asdict(settings), "dtype": str(dtype).removeprefix("torch.")}
     prompts = [(r.prompt, r.seed, r.guidance, r.label) for r in suite.records]
-    key = settings_key("generate", model_tag, source_identity(source), [t.sha256 for t in identities], suite.name, prompts,
-                       {k: v for k, v in settings_record.items() if k not in BATCH_FREE}, GENERATOR)
+    parts = [model_tag, source_identity(source), [t.sha256 for t in identities], suite.name, prompts,
+             {k: v for k, v in settings_record.items() if k not in BATCH_FREE}, GENERATOR]
+    if suite.limit is not None:  # a pilot's images never pass for a whole suite's
+        parts.append({"limit": suite.limit})
+    key = settings_key("generate", *parts)
     return GenerationRecord(key=key, model=model_tag, suite=suite.name, count=len(suite), source=source,
                             source_identity=source_identity(source), tensors=identities, settings=settings_record,
-                            generator=GENERATOR, provenance=provenance())
+                            generator=GENERATOR, provenance=provenance(), limit=suite.limit)

@@ -146,6 +146,42 @@ def set_scheduler(pipeline: Any, name: str | None) -> None:
     pipeline.scheduler = getattr(diffusers, name).from_config(pipeline.scheduler.config)
 
 
+def scheduler_config(source: str) -> dict[str, Any] | None:
+    """The model's own scheduler config without loading the pipeline: a local folder's or a
+    world's `scheduler/scheduler_config.json`, or the hub cache's copy; None when not at hand."""
+    path: Path | None = None
+    try:
+        if is_hub_id(source):
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(source, "scheduler/scheduler_config.json")
+            path = Path(cached) if isinstance(cached, str) else None
+        else:
+            path = resolve_local(source) / "scheduler" / "scheduler_config.json"
+        return json.loads(path.read_text()) if path is not None and path.is_file() else None
+    except (HarnessError, OSError, ValueError):
+        return None
+
+
+def unet_calls(source: str, scheduler: str | None, steps: int) -> tuple[int, str | None]:
+    """How many UNet calls a pipeline of model `source` makes in `steps` sampling steps with the
+    scheduler class `scheduler` (None: the model's own), and that class's name. PNDM, as SD
+    configures it, makes steps + 1; Heun 2 * steps - 1. Where the scheduler cannot be built
+    without loading the model, `steps` (no sampler makes fewer) and None."""
+    config = scheduler_config(source) or {}
+    name = scheduler or config.get("_class_name")
+    if not name or not is_scheduler(name):
+        return steps, None
+    if not config and name == "PNDMScheduler":
+        config = {"skip_prk_steps": True}  # every SD v1.x/v2.x config
+    try:
+        instance = getattr(diffusers, name).from_config(config)
+        instance.set_timesteps(steps)
+        return max(steps, len(instance.timesteps)) if name == "PNDMScheduler" else len(instance.timesteps), name
+    except Exception:  # noqa: BLE001 - a config this scheduler cannot take: the bound that always holds
+        return steps, None
+
+
 @torch.no_grad()
 def model_samples(pipeline: Any, prompts: list[str], generation: Any, seeds: list[int], desc: str = "samples") -> torch.Tensor:
     """The pipeline's own samples for `prompts` in the UNet's input space, sample i from seed

@@ -40,7 +40,9 @@ def collect_results(layout: RunLayout, recipe: Recipe | None) -> Results:
     scored = layout.scored()
     models = [m for model in (recipe.models() if recipe is not None else []) for m in (model, *snapshot_models(layout, model))]
     models += sorted({m for m, _ in scored} - set(models), key=lambda m: m.label)
-    suites = list(recipe.suites or []) if recipe is not None else []
+    from harness.generate.suites import suite_name
+
+    suites = [suite_name(suite) for suite in recipe.suites or []] if recipe is not None else []
     suites += sorted({s for _, s in scored} - set(suites))
     targets = recipe.concept.targets if recipe is not None and recipe.concept is not None else None
     rows = [result_row(layout, model, suite, targets) for model in models for suite in suites]

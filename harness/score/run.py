@@ -63,6 +63,7 @@ def run(job: ScoreJob) -> ScoreResult:
         scorer_classes = [resolve("metric", name).target for name in metrics]
     settings = settings.resolved(suite.score_defaults)
     folder = Path(shards_dir)
+    suite = pilot_suite(folder, suite)
     run = read_run_record(folder, suite)
     ref_folder = Path(reference) if reference is not None else None
     ref_run = read_run_record(ref_folder, suite) if ref_folder is not None else None
@@ -100,6 +101,7 @@ def run(job: ScoreJob) -> ScoreResult:
         key=key, model=run.model, suite=suite.name, count=len(suite), metrics=values,
         config={
             "metrics": list(metrics),
+            "limit": run.limit,
             "score": dataclasses.asdict(settings),
             "shards": str(folder),
             "reference": None if ref_folder is None else str(ref_folder),
@@ -118,6 +120,18 @@ def run(job: ScoreJob) -> ScoreResult:
         log.debug("wrote %s", out)
     fabric.barrier()
     return result
+
+
+def pilot_suite(folder: Path, suite: Suite) -> Suite:
+    """The suite as the folder's images were made: its first N prompts when a pilot (`--limit N`)
+    made them and the caller did not cut it (`harness score` on a pilot's folder)."""
+    from harness.generate.suites import first
+
+    files = GenerationFiles(folder)
+    if suite.limit is not None or not files.record.is_file():
+        return suite
+    limit = read_record(GenerationRecord, files.record).limit
+    return first(suite, limit) if limit is not None else suite
 
 
 def read_run_record(folder: Path, suite: Suite) -> GenerationRecord:

@@ -21,6 +21,7 @@ from annotated_types import Ge, Gt, Le
 from harness.config import check_bounds
 from harness.errors import HarnessError
 from harness.registry import method
+from harness.settings.generate import GenerationSettings
 from harness.unlearn.activations import TooFewCalls, column_norms
 from harness.unlearn.method import UnlearnContext, UnlearnResult
 from harness.unlearn.prompts import prompt_pairs
@@ -44,6 +45,23 @@ class ConceptPruneParams:
 
     def __post_init__(self) -> None:
         check_bounds(self)
+
+    def preflight(self, model: str, generation: GenerationSettings) -> None:
+        """Before any work: the sampler must make at least tau UNet calls (error keyed `tau`)."""
+        check_tau(self.tau, model, generation)
+
+
+def check_tau(tau: int, model: str, generation: GenerationSettings) -> None:
+    """tau counts UNet calls: generation's steps must make at least that many with its scheduler."""
+    from harness.models.pipelines import unet_calls
+
+    calls, scheduler = unet_calls(model, generation.scheduler, generation.steps)
+    if calls >= tau:
+        return
+    needed = next((s for s in range(1, tau + 1) if unet_calls(model, generation.scheduler, s)[0] >= tau), tau)
+    sampler = f" with {scheduler}" if scheduler else ""
+    raise HarnessError(f"tau {tau} needs at least {needed} sampling steps{sampler} ({tau} UNet calls); "
+                       f"generation.steps is {generation.steps} ({calls} calls)", key="tau")
 
 
 def skilled_mask(

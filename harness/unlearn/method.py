@@ -125,3 +125,11 @@ def method_layers(entry: MethodSettings) -> list[str]:
     with keyed("method"):
         declared = resolve_method(entry.method).layers
     return list(declared or SD_FFN_LAYERS)
+
+
+def check_sampling(params: Any, model: str, generation: Any) -> None:
+    """Before any work: a method's params that depend on sampling (ConceptPrune's tau against the
+    steps) check themselves through their `preflight(model, generation)`."""
+    preflight = getattr(params, "preflight", None)
+    if callable(preflight):
+        preflight(model, generation)

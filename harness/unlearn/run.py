@@ -31,7 +31,7 @@ from harness.runtime import resolve_device
 from harness.unlearn.defense import obfuscate
 from harness.unlearn.detectability import detectability, exact_zeros, modified_share, unmodified_sigma
 from harness.unlearn.job import UnlearnJob
-from harness.unlearn.method import UnlearnContext, UnlearnResult, call_method, method_layers, resolve_method
+from harness.unlearn.method import UnlearnContext, UnlearnResult, call_method, check_sampling, method_layers, resolve_method
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ def _run(job: UnlearnJob) -> UnlearnRecord:
         return done
     with keyed("method"):
         method = resolve_method(job.method.method)
+    with keyed("params"):
+        check_sampling(method.parse(job.method.params), job.model, job.generation)
     start = time.perf_counter()
     device = resolve_device(job.runtime.device)
     pipeline = load_pipeline(job.model, device, dtype=resolve_dtype(job.generation.dtype, device))

@@ -101,6 +101,9 @@ ROWS = [
         recipe=swap("method: conceptprune", "method: prune"), absent=UNLEARN_OUT),
     Row("unlearn-tau-zero", UNLEARN, 2, "methods[0].params: tau must be at least 1",
         recipe=swap("tau: 2", "tau: 0"), absent=UNLEARN_OUT),
+    Row("unlearn-tau-beyond-steps", UNLEARN, 2,
+        "recipe.yaml: methods[0].params.tau: tau 5 needs at least 5 sampling steps with DDIMScheduler (5 UNet calls); "
+        "generation.steps is 2 (2 calls)", recipe=swap("tau: 2", "tau: 5"), absent=UNLEARN_OUT),
     Row("unlearn-not-a-method-name", UNLEARN + " --method other", 2, "no method named 'other'", absent=UNLEARN_OUT),
     Row("unlearn-out-is-a-file", "unlearn --recipe {recipe} --out {file} --device cpu", 2, "exists and is not a folder"),
     Row("unlearn-old-form", UNLEARN, 2, "'unlearn' is the recipe form before the matrix",
@@ -127,6 +130,12 @@ ROWS = [
         recipe=swap("{method: conceptprune, params: {tau: 2}}",
                     "{method: dimum, params: {steps: 1, alternative: a digit, retain: {source: folder, path: '{foreign}'}}}"), absent=UNLEARN_OUT),
     # benchmark ---------------------------------------------------------------------------------
+    Row("benchmark-tau-beyond-steps", BENCHMARK, 2, "recipe.yaml: methods[0].params.tau: tau 3 needs at least 3 sampling steps",
+        recipe=swap("tau: 2", "tau: 3"), absent=("{tmp}/run",)),
+    Row("benchmark-prompt-file-missing", BENCHMARK, 2, "recipe.yaml: suites[1]: {tmp}/mine.csv: no such prompt file",
+        recipe=swap("[digits-seven-2]", "[digits-seven-2, '{tmp}/mine.csv']"), absent=("{tmp}/run",)),
+    Row("benchmark-limit-zero", BENCHMARK + " --limit 0", 2, "--limit: must be at least 1", absent=("{tmp}/run",)),
+    Row("generate-limit-zero", GENERATE + " --limit 0", 2, "--limit: must be at least 1", absent=("{tmp}/images",)),
     Row("benchmark-empty-suites", BENCHMARK, 2, "suites: list at least one prompt suite", recipe=swap("[digits-seven-2]", "[]")),
     Row("benchmark-unknown-suite", BENCHMARK, 2, "recipe.yaml: suites: unknown suite 'digits-eleven'",
         recipe=swap("digits-seven-2", "digits-eleven")),

@@ -206,3 +206,19 @@ def test_unlearn_rerun_with_the_same_settings_reuses_and_a_changed_one_recompute
     assert main(args) == 0
     second = read_record(UnlearnRecord, files.record)
     assert second.key != first.key and second.params["skill_ratio"] == 0.3 and second.changed > first.changed
+
+
+def test_tau_is_checked_against_the_samplers_unet_calls_before_any_work(tmp_path: Path) -> None:
+    """PNDM as SD configures it makes steps + 1 UNet calls: tau 10 needs 9 steps, not 10; DDIM one per step."""
+    from harness.models.pipelines import unet_calls
+    from harness.unlearn.conceptprune import check_tau
+
+    assert unet_calls("owner/not-cached", "PNDMScheduler", 9) == (10, "PNDMScheduler")
+    assert unet_calls("zoo:digits", None, 9) == (9, "DDIMScheduler")
+    assert unet_calls(str(tmp_path), None, 7) == (7, None)  # no scheduler at hand: the bound every sampler meets
+    check_tau(10, "owner/not-cached", GenerationSettings(steps=9))
+    with pytest.raises(HarnessError, match=r"tau 10 needs at least 9 sampling steps with PNDMScheduler \(10 UNet calls\); "
+                                           r"generation.steps is 5 \(6 calls\)"):
+        check_tau(10, "owner/not-cached", GenerationSettings(steps=5))
+    with pytest.raises(HarnessError, match="tau 10 needs at least 10 sampling steps with DDIMScheduler"):
+        check_tau(10, "zoo:digits", GenerationSettings(steps=9, scheduler=None))

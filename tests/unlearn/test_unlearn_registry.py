@@ -134,12 +134,12 @@ def test_an_import_path_method_with_the_defense(tmp_path: Path, tiny_pipe: Path)
 @pytest.mark.parametrize(
     ("unlearn", "concept", "message"),
     [
-        ("{method: conceptprune, layers: ['*ff.net.9.weight']}", None,
+        ("{method: conceptprune, params: {tau: 2}, layers: ['*ff.net.9.weight']}", None,
          r"r.yaml: methods\[0\].layers: layer pattern '\*ff.net.9.weight' matches no parameter"),
-        ("{method: conceptprune, layers: ['*conv_in.weight']}", None,
+        ("{method: conceptprune, params: {tau: 2}, layers: ['*conv_in.weight']}", None,
          r"r.yaml: methods\[0\].layers: 'conv_in.weight' is not a linear weight"),
         ("{method: nope}", None, r"r.yaml: methods\[0\].method: unknown method 'nope'"),
-        ("{method: conceptprune}", "{target: golf ball, kind: object, data_dir: /no/such/dir}",
+        ("{method: conceptprune, params: {tau: 2}}", "{target: golf ball, kind: object, data_dir: /no/such/dir}",
          r"r.yaml: concept.data_dir: /no/such/dir/common_scenes.txt not found"),
         ("{method: conceptprune, params: {tau: 0}}", None, r"r.yaml: methods\[0\].params: tau must be at least 1"),
     ],
