@@ -78,6 +78,6 @@ def budget_note(budget: Mapping[str, Any] | None, rising: bool | None) -> str:
     the published strength) and `, rising` when its curve was still rising at its end."""
     text = ""
     if budget is not None:
-        text = f" @{budget['passes']:g} passes" if "passes" in budget else f" @{budget['settings']['steps']} steps"
+        text = f" @{round(budget['passes'], 2):g} passes" if "passes" in budget else f" @{budget['settings']['steps']} steps"
         text += "" if budget["at_published_strength"] else f" ({budget['label']})"
     return text + (", rising" if rising else "")

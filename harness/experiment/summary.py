@@ -27,12 +27,13 @@ def matrix_lines(results: Results, target: str | None, suite: str | None = None)
     attacks = list(dict.fromkeys(r.attack for r in chosen))
     cells = {(r.method, r.attack): _cell(r) for r in chosen}
     width = max([len("method"), *(len(m) for m in methods)])
-    column = max([22, *(len(c) for c in cells.values() if len(c) <= 48)])
     heads = [a + ("*" if control_note(results.controls.get(a)) else "") for a in attacks]
+    columns = [max([len(h), *(len(c) for (_, a), c in cells.items() if a == attack)]) for h, attack in zip(heads, attacks)]
     lines = [f"\nThe matrix: '{target}' accuracy after each attack, suite {suite} (95% Wilson interval, n images)",
-             f"{'method':<{width}} " + " ".join(f"{h:<{column}}" for h in heads)]
+             (f"{'method':<{width}} " + " ".join(f"{h:<{c}}" for h, c in zip(heads, columns))).rstrip()]
     for method in methods:
-        lines.append(f"{method:<{width}} " + " ".join(f"{cells.get((method, a), '-'):<{column}}" for a in attacks))
+        lines.append(f"{method:<{width}} " + " ".join(f"{cells.get((method, a), '-'):<{c}}"
+                                                      for a, c in zip(attacks, columns)).rstrip())
     return lines + control_lines({a: v for a, v in results.controls.items() if a in attacks})
 
 

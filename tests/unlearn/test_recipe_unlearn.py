@@ -89,16 +89,20 @@ def test_every_shipped_recipe_plans_with_params_its_methods_and_attacks_accept(p
 
 def test_the_matrix_recipes_cover_every_family() -> None:
     """The full matrix has every registered method and the issue's attacks; the default subset
-    keeps one method per family, a defended one, and the attacks none, nms and dimra."""
+    keeps one method per family, a defended one, and the attacks none, nms (with exact zeros and
+    through a detector), dimra and unlearndiff, the optimisation attacks at named budgets."""
     full, quick = load_recipe(RECIPES / "digits-matrix.yaml"), load_recipe(RECIPES / "digits-matrix-quick.yaml")
     assert {m.method for m in full.methods} == set(registered("method")) - {"checkpoint"}
     assert {"conceptprune", "saliency", "p-esd", "p-ac", "esd", "ac", "dimum", "uce"} <= set(registered("method"))
     assert sorted(m.defense.sigma for m in full.methods if m.defense) == [0.001, 0.01]
-    assert {"nms", "average", "sample", "quant4", "dimra", "concept-inversion", "adversarial-prefix"} <= {
-        a.attack for a in full.attacks}
+    assert {"nms", "average", "sample", "quant4", "dimra", "concept-inversion", "unlearndiff", "p4d",
+            "adversarial-prefix"} <= {a.attack for a in full.attacks}
+    assert not any((a.params or {}).get("budget") for a in full.attacks)  # every attack at its published budget
     assert {m.method for m in quick.methods} >= {"conceptprune", "p-esd"} and any(m.defense for m in quick.methods)
     assert {m.method for m in quick.methods} & {"esd", "ac", "dimum"}
-    assert {a.attack for a in quick.attacks} == {"nms", "dimra"}
+    assert {a.attack for a in quick.attacks} == {"nms", "dimra", "unlearndiff"}
+    assert any((a.params or {}).get("mask") for a in quick.attacks)  # the defended row is attacked too
+    assert all((a.params or {}).get("budget") == "quick" for a in quick.attacks if a.attack in ("dimra", "unlearndiff"))
     finetune = load_recipe(RECIPES / "digits-finetune.yaml")
     assert [m.method for m in finetune.methods] == ["esd", "ac", "dimum", "conceptprune"]
     assert {a.attack for a in finetune.attacks} == {"dimra", "nms"} and finetune.suites[0] == "digits-seven-50"
