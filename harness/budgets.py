@@ -49,8 +49,9 @@ def with_budget(params_type: type, data: Mapping[str, Any]) -> dict[str, Any]:
 def budget_record(params: Any, published_steps: int | None = None, data_size: int | None = None) -> dict[str, Any] | None:
     """The budget a run used: its preset, its strength settings, the samples it saw (and the
     passes over its data, given `data_size`), and whether it ran at least as hard as published
-    (lr and decay as published, as many steps and samples or more; `published_steps` when the
-    published budget is not a step count, as DiMRA's passes); None for params without presets."""
+    (as many steps and samples or more, an lr at least the published one, the same decay;
+    `published_steps` when the published budget is not a step count, as DiMRA's passes); None
+    for params without presets."""
     presets = presets_of(type(params))
     if presets is None:
         return None
@@ -62,7 +63,8 @@ def budget_record(params: Any, published_steps: int | None = None, data_size: in
     samples = used.get("steps", 1) * used.get("batch_size", 1) * used.get("accumulate", 1)
     reference_samples = reference.get("steps", 1) * reference.get("batch_size", 1) * reference.get("accumulate", 1)
     at_least = (samples >= reference_samples and used.get("steps", 0) >= reference.get("steps", 0)
-                and all(used[k] == reference[k] for k in ("lr", "weight_decay") if k in used))
+                and used.get("lr", 0) >= reference.get("lr", 0)
+                and used.get("weight_decay") == reference.get("weight_decay"))
     label = params.budget if params.budget != PUBLISHED else PUBLISHED if at_least else "below published"
     record = {"preset": params.budget, "label": label, "settings": used, "samples": samples, "published": reference,
               "published_samples": reference_samples, "at_published_strength": at_least}

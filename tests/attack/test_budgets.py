@@ -31,6 +31,8 @@ def test_a_preset_by_name_and_keys_beside_it_override_it() -> None:
     assert (longer.steps, longer.lr) == (900, 5e-3)
     assert budget_record(parse({"steps": 6000}))["at_published_strength"]  # more than published is at least it
     assert not budget_record(parse({"steps": 500}))["at_published_strength"]
+    assert budget_record(parse({"lr": 0.1}))["at_published_strength"]  # a larger step is not a weaker attack
+    assert not budget_record(parse({"lr": 0.01}))["at_published_strength"]
 
 
 @pytest.mark.parametrize(("params", "message"), [
