@@ -17,6 +17,7 @@ from harness.cache import CACHE_ENV, cache_root
 from harness.errors import HarnessError
 from harness.log import setup_console
 from harness.outputs import check_output
+from harness.peak import write_peak_at_exit
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark": ("harness.experiment.command", "run a recipe's matrix of methods x attacks x suites (default: the miniature world's)"),
@@ -68,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(_selected_command(argv))
     args = parser.parse_args(argv)
     setup_console(args.verbose)
+    write_peak_at_exit()
     try:
         check_output(cache_root(), f"${CACHE_ENV}")  # a bad $HARNESS_CACHE fails before any work
         return int(args._run(args) or 0)

@@ -225,6 +225,19 @@ class SlurmFiles:
     def script(self, order: int, name: str) -> Path:
         return self.folder / f"{order:02d}-{name}.sbatch"
 
+    @property
+    def measure(self) -> Path:
+        """`--measure`'s scratch folder: its run directory and the units' logs."""
+        return self.folder / "measure"
+
+    @property
+    def measurements(self) -> Path:
+        return self.folder / "measure.json"
+
+    def is_own(self) -> bool:
+        """Whether the folder holds what `harness slurm plan` writes (so it may write there again)."""
+        return self.submit.is_file() or self.measure.is_dir()
+
 
 @dataclass(frozen=True)
 class RunLayout:
@@ -289,7 +302,7 @@ def is_run_dir(path: Path) -> bool:
     `harness slurm plan` writes there before the first job runs)."""
     layout = RunLayout(path)
     return (layout.recipe.is_file() or layout.results.is_file() or (path / "metrics").is_dir()
-            or layout.slurm.submit.is_file())
+            or layout.slurm.is_own())
 
 
 def require_run_dir(path: Path) -> RunLayout:

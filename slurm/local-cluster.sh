@@ -16,6 +16,8 @@ STATE=/var/spool/slurmctld
 SPOOL=/var/spool/slurmd
 LOGS=/var/log/slurm
 CPUS=${CPUS:-$(nproc)}
+# the memory a job may ask for (--mem): this machine's, less 1 GB for the system
+MEMORY_MB=${MEMORY_MB:-$(( $(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo) - 1024 ))}
 
 write_config() {
     if [[ -f $CONF ]] && ! grep -qF "$MARK" "$CONF"; then
@@ -49,7 +51,7 @@ MpiDefault=none
 ReturnToService=2
 MinJobAge=3600
 SlurmdTimeout=60
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEMORY_MB State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
 }

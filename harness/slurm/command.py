@@ -17,6 +17,7 @@ from harness.errors import HarnessError
 from harness.experiment.plan import STAGES
 from harness.layout import SlurmFiles
 from harness.outputs import check_output
+from harness.slurm.measure import Sizing, matrix_hours, measure_units, size_jobs, write_measurements
 from harness.slurm.planner import DEFAULT_TIMES, SlurmOptions, submit, write_plan
 from harness.slurm.templates import DEFAULT_FOLDER
 
@@ -47,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     plan.add_argument("--templates", type=Path, default=DEFAULT_FOLDER, help=f"template folder (default {DEFAULT_FOLDER})")
     plan.add_argument("--data-dir", help="folder of the prompt data, passed to every stage")
     plan.add_argument("--submit", action="store_true", help="submit the jobs with sbatch")
+    plan.add_argument("--measure", action="store_true",
+                      help="run one unit of each stage here (in RUN_DIR/slurm/measure/run) and size every job's "
+                           "--time, --mem and GPUs from it")
+    plan.add_argument("--margin", type=float, default=2.0,
+                      help="measured time and memory are multiplied by this (default 2.0)")
 
 
 def parse_times(items: list[str]) -> dict[str, str]:
@@ -88,13 +94,19 @@ def run(args: argparse.Namespace) -> int:
         times=parse_times(args.time), setup=args.setup, max_parallel=args.max_parallel,
         sbatch_options=args.sbatch_option, python=args.python, templates=args.templates, data_dir=args.data_dir,
     )
+    if args.margin < 1:
+        raise HarnessError(f"--margin: expected a factor of at least 1, got {args.margin}")
     plan = build_plan(recipe, run_dir, RuntimeSettings(data_dir=args.data_dir))
     files = SlurmFiles(Path(args.out)) if args.out else plan.layout.slurm
-    check_output(files.folder, "--out" if args.out else "--run-dir", lambda folder: SlurmFiles(folder).submit.is_file())
+    check_output(files.folder, "--out" if args.out else "--run-dir", lambda folder: SlurmFiles(folder).is_own())
+    if args.measure:
+        options.sizing = measured_sizing(plan, Path(recipe.source), options, files, args)
     jobs = write_plan(plan, Path(recipe.source), options, files.folder)
     if not args.submit:
         print(f"# {len(jobs)} jobs written to {files.folder} (GPUs per task {options.gpus}, CPUs {options.cpus}); "
               f"submit them with: bash {files.submit}")
+        if not args.measure:
+            print("# time limits are defaults, not measured; --measure sizes them from one unit of each stage")
         print(files.submit.read_text().split("set -euo pipefail\n", 1)[1], end="")
         return 0
     ids = submit(jobs, files.folder)
@@ -102,3 +114,25 @@ def run(args: argparse.Namespace) -> int:
         print(f"{job.name}: {ids[job.name]}")
     print(f"# job ids in {files.jobs}; logs in {files.logs}")
     return 0
+
+
+def measured_sizing(plan, recipe_path: Path, options: SlurmOptions, files: SlurmFiles,
+                    args: argparse.Namespace) -> dict[str, Sizing]:
+    """Measure one unit per stage here and print the limits and the matrix's estimated hours;
+    a stage named in --time keeps the user's limit."""
+    units = measure_units(plan, recipe_path, options.python, files.measure, args.data_dir)
+    sizing = size_jobs(plan, units, args.margin)
+    for item in args.time:
+        stage = item.partition("=")[0]
+        if stage in sizing:
+            sizing[stage].time = options.times[stage]
+    write_measurements(files.measurements, units, sizing, args.margin)
+    gpus = {stage: options.attack_gpus if stage == "attack" and options.attack_gpus is not None else options.gpus
+            for stage in sizing if sizing[stage].gpu is not False}
+    task_hours, gpu_hours = matrix_hours(sizing, gpus)
+    for stage, sized in sizing.items():
+        print(f"# {stage}: {sized.tasks} task(s), --time={sized.time} --mem={sized.mem} ({sized.basis})")
+    print(f"# the matrix, measured stages, before the margin: {task_hours:.2f} task-hours, {gpu_hours:.2f} GPU-hours"
+          + ("" if any(u.peak_gpu_mb is not None for u in units) else " (measured without a GPU)")
+          + f"; measurements in {files.measurements}")
+    return sizing

@@ -21,6 +21,7 @@ from harness.errors import HarnessError
 from harness.experiment.plan import STAGES, Plan
 from harness.layout import SlurmFiles
 from harness.provenance import write_json_atomic
+from harness.slurm.measure import Sizing
 from harness.slurm.templates import DEFAULT_FOLDER, load_template, render
 
 DEFAULT_TIMES = {"unlearn": "02:00:00", "attack": "02:00:00", "generate": "02:00:00",
@@ -50,6 +51,8 @@ class SlurmOptions:
     workdir: Path = field(default_factory=Path.cwd)
     templates: Path = DEFAULT_FOLDER
     data_dir: str | None = None
+    sizing: dict[str, Sizing] = field(default_factory=dict)
+    """Measured limits per stage (`--measure`); a stage without one keeps `times` and no `--mem`."""
 
     def __post_init__(self) -> None:
         if self.gpus < 0 or (self.attack_gpus is not None and self.attack_gpus < 0):
@@ -164,7 +167,8 @@ class _ScriptWriter:
         self.harness = f"{shlex.quote(options.python)} -m harness.cli"
 
     def gpus(self, stage: str) -> int:
-        if stage == "report":
+        sized = self.options.sizing.get(stage)
+        if stage == "report" or (sized is not None and sized.gpu is False):
             return 0
         if stage == "attack" and self.options.attack_gpus is not None:
             return self.options.attack_gpus
@@ -173,21 +177,24 @@ class _ScriptWriter:
     def job(self, name: str, stage: str, after: list[str], values: dict[str, str], array: str | None = None) -> Job:
         """The job of script `NN-<name>.sbatch`, rendered from `<stage>.sbatch` (not yet written)."""
         options = self.options
+        sized = options.sizing.get(stage)
         lines = [f"--partition={options.partition}" if options.partition else None,
                  f"--account={options.account}" if options.account else None,
                  f"--gres=gpu:{self.gpus(stage)}" if self.gpus(stage) > 0 else None,
                  f"--ntasks-per-node={self.gpus(stage)}" if stage == "generate" and self.gpus(stage) > 1 else None,
                  f"--array={array}" if array else None,
+                 f"--mem={sized.mem}" if sized else None,
                  *options.sbatch_options]
         log = self.files.logs / ("%x-%A_%a.out" if array else "%x-%j.out")
         header = render(self.header, {
             "job_name": f"{self.plan.recipe.name}-{name}",
             "log": str(log),
-            "time": options.times.get(stage, DEFAULT_TIMES[stage]),
+            "time": sized.time if sized else options.times.get(stage, DEFAULT_TIMES[stage]),
             "cpus": str(options.cpus),
             "workdir": str(options.workdir.resolve()),
             "sbatch_options": "\n".join(f"#SBATCH {line}" for line in lines if line),
         }, str(options.templates / "header.sbatch")).rstrip("\n")
+        header += f"\n# limits measured ({sized.basis})" if sized else "\n# limits: defaults, not measured (harness slurm plan --measure)"
         common = {
             "header": header,
             "setup": options.setup,

@@ -4,6 +4,7 @@ plan run by a real one-node cluster with stand-in stages (skipped without SLURM)
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ from harness.experiment.plan import build_plan
 from harness.layout import SlurmFiles, is_run_dir
 from harness.outputs import check_output
 from harness.recipe import load_recipe
+from harness.slurm.measure import Unit, matrix_hours, size_jobs, slurm_time
 from harness.slurm.planner import SlurmOptions, submit, write_plan
 from harness.slurm.templates import DEFAULT_FOLDER, render
 
@@ -319,7 +321,8 @@ def world_ready() -> bool:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_cluster_runs_a_miniature_world_benchmark(tmp_path: Path, local_cluster: Path) -> None:
-    """The real stages on the local cluster: every job completes and the report exists."""
+    """The real stages on the local cluster, sized by `--measure`: every unit is measured, each
+    job's --mem is its unit's peak times the margin, every job completes and the report exists."""
     if not cluster_up(local_cluster):
         pytest.skip("no SLURM cluster here (slurm/local-cluster.sh start)")
     if not world_ready():
@@ -328,8 +331,17 @@ def test_cluster_runs_a_miniature_world_benchmark(tmp_path: Path, local_cluster:
     recipe.write_text(WORLD_RECIPE)
     run = tmp_path / "run"
     plan = build_plan(load_recipe(recipe), run)
-    jobs = write_plan(plan, recipe, SlurmOptions(gpus=0, cpus=1, setup="export OMP_NUM_THREADS=1"), run / "slurm")
-    ids = submit(jobs, run / "slurm")
+    assert main(["slurm", "plan", str(recipe), "--run-dir", str(run), "--gpus", "0", "--cpus", "1",
+                 "--setup", "export OMP_NUM_THREADS=1", "--measure", "--margin", "3", "--submit"]) == 0
+    measured = json.loads((run / "slurm" / "measure.json").read_text())
+    assert [u["stage"] for u in measured["units"]] == ["unlearn", "attack", "generate", "score"]
+    for unit in measured["units"]:  # every unit really ran: seconds and the memory of a torch process
+        assert unit["seconds"] > 0 and unit["peak_rss_mb"] > 100 and unit["peak_gpu_mb"] is None
+        script = next((run / "slurm").glob(f"*-{unit['stage']}*.sbatch"))
+        mem = int(re.search(r"--mem=(\d+)M", script.read_text())[1])
+        assert mem == max(1024, math.ceil(unit["peak_rss_mb"] * 3))
+    assert "not measured" in (run / "slurm" / "05-report.sbatch").read_text()
+    ids = {name: job["id"] for name, job in json.loads((run / "slurm" / "jobs.json").read_text()).items()}
     states = wait_for(ids, timeout=540)
     logs = "\n".join(p.read_text()[-2000:] for p in sorted((run / "slurm" / "logs").glob("*.out")))
     assert set(states.values()) == {"COMPLETED"}, f"{states}\n{logs}"
@@ -340,3 +352,46 @@ def test_cluster_runs_a_miniature_world_benchmark(tmp_path: Path, local_cluster:
     report = layout.report.markdown.read_text()
     assert "Table 1. Top-1 accuracy" in report and layout.results.is_file()
     assert (layout.report.folder / "table1_classes.csv").is_file()
+
+
+# ------------------------------------------------------------------ --measure's arithmetic
+
+def test_sizing_scales_each_unit_to_its_tasks(recipe: Path, tmp_path: Path) -> None:
+    """Generate tasks run every model on one shard; the one score job scores every model's every
+    prompt; limits are the work times the margin, never under 10 minutes, rounded up."""
+    plan = build_plan(load_recipe(recipe), tmp_path / "run")
+    units = [Unit("unlearn", "m", 30.0, 900.0, None), Unit("attack", "a", 4000.0, 1500.5, None),
+             Unit("generate", "g", 100.0, 800.0, 2000.0), Unit("score", "s", 50.0, 700.0, 0.0)]
+    sizing = size_jobs(plan, units, margin=2.0)
+    models = len(plan.models)  # pretrained, conceptprune, conceptprune/nms, conceptprune/quant4
+    assert sizing["unlearn"].time == "00:10:00" and sizing["unlearn"].mem == "1800M"
+    assert sizing["attack"].tasks == 2 and sizing["attack"].time == "02:14:00" and sizing["attack"].mem == "3001M"
+    assert sizing["generate"].tasks == 3 + 1 and sizing["generate"].seconds_per_task == 100.0 * models
+    measured_prompts = 4  # shard_size of the first suite (digits-seven-10)
+    assert sizing["score"].units_per_task == models * (10 + 4) / measured_prompts
+    assert sizing["generate"].gpu is True and sizing["score"].gpu is False and sizing["unlearn"].gpu is None
+    assert slurm_time(86400 + 61) == "1-00:02:00"
+    tasks, gpu_hours = matrix_hours(sizing, {"generate": 1})
+    assert gpu_hours == pytest.approx(4 * 100.0 * models / 3600)
+
+
+def test_measured_limits_go_into_the_scripts(recipe: Path, tmp_path: Path) -> None:
+    """A measured stage gets its --time and --mem and the reason; a stage whose unit used no GPU
+    asks for none; a stage not measured says so."""
+    plan = build_plan(load_recipe(recipe), tmp_path / "run")
+    units = [Unit("unlearn", "m", 30.0, 900.0, 500.0), Unit("score", "s", 50.0, 700.0, 0.0)]
+    jobs = {j.stage: j for j in write_plan(plan, recipe, SlurmOptions(gpus=1, sizing=size_jobs(plan, units, 2.0)),
+                                           tmp_path / "run" / "slurm")}
+    unlearn = sbatch_lines(jobs["unlearn"].script)
+    assert {"--time=00:10:00", "--mem=1800M", "--gres=gpu:1"} <= set(unlearn)
+    assert "# limits measured (m: 30.0 s, 900 MB peak, 500 MB GPU; x1 per task, margin x2)" in jobs["unlearn"].text
+    score = sbatch_lines(jobs["score"].script)
+    assert not any(line.startswith("--gres") for line in score) and "--device cuda" not in jobs["score"].text
+    attack = jobs["attack"].text
+    assert "#SBATCH --time=02:00:00" in attack and "--mem" not in attack and "not measured" in attack
+
+
+def test_measure_refuses_a_margin_below_one(recipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["slurm", "plan", str(recipe), "--run-dir", str(tmp_path / "run"), "--measure", "--margin", "0.5"]) == 2
+    assert "--margin: expected a factor of at least 1, got 0.5" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "slurm" / "measure").exists()
