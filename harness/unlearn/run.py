@@ -32,6 +32,7 @@ from harness.unlearn.defense import obfuscate
 from harness.unlearn.detectability import detectability, exact_zeros, modified_share, unmodified_sigma
 from harness.unlearn.job import UnlearnJob
 from harness.unlearn.method import UnlearnContext, UnlearnResult, call_method, check_sampling, method_layers, resolve_method
+from harness.unlearn.twin import twin_result, undefended_twin
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,11 @@ def _run(job: UnlearnJob) -> UnlearnRecord:
     context = UnlearnContext(job=job, pipeline=pipeline, layers=layers, device=device,
                              scratch=files.checkpoints, settings_key=key)
     log.debug("unlearning '%s' (%s) with %s on %d layers", job.concept.label, job.concept.kind, job.method.name, len(layers))
-    result = apply_method(method, context, job.method.params, parameters)
+    twin = undefended_twin(job)
+    if twin is not None:
+        log.info("unlearning %s: the weights and masks of its undefended twin %s, then the defense",
+                 job.method.name, twin.folder)
+    result = twin_result(twin, parameters) if twin is not None else apply_method(method, context, job.method.params, parameters)
     with keyed("method"):
         masks = check_result(result, parameters)
     tensors = {name: t.detach().cpu() for name, t in result.tensors.items()}
