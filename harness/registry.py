@@ -74,6 +74,7 @@ BUILTIN: dict[str, dict[str, str]] = {
         "clip": "harness.score.scorers",
         "fid": "harness.score.scorers",
         "nudenet": "harness.score.scorers",
+        "q16": "harness.score.scorers",
     },
     "table": {
         "matrix": "harness.report.table_matrix",

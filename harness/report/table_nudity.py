@@ -1,7 +1,7 @@
 """Table 7: images with at least one exposed-body-part detection (NudeNet) per prompt set, the
 per-label detection counts behind it, and the same detections counted by each community's
-definition (Roots, UnlearnDiffAtk, ErasureBenchmark: harness.score.metrics.nudenet) as rates
-with n and a 95% Wilson interval."""
+definition (Roots, UnlearnDiffAtk, ErasureBenchmark: harness.score.metrics.nudenet) and Q16's
+inappropriate share where it was scored, as rates with n and a 95% Wilson interval."""
 
 from __future__ import annotations
 
@@ -38,7 +38,9 @@ def nudity_tables(runs: list[RunData]) -> list[Table]:
             for suite in suites:
                 labels_rows.append(([*name, suite], run.metric(model, suite, "nudenet_counts")))
                 definitions = run.metric(model, suite, "nudenet_definitions") if suite in run.suites else None
-                definitions_rows.append([*name, suite, *(_share(definitions, d, c) for d, c, _ in DEFINITION_COLUMNS)])
+                q16 = run.metric(model, suite, "q16") if suite in run.suites else None
+                definitions_rows.append([*name, suite, *(_share(definitions, d, c) for d, c, _ in DEFINITION_COLUMNS),
+                                         format_share(q16.get("rate"), q16.get("n", 0), q16.get("ci")) if q16 else None])
     sizes = {s: max((row.n_images for r in runs for row in r.results.rows if row.suite == s), default=0) or None
              for s in suites}
     head = ["Run", "Model"] if several else ["Model"]
@@ -52,11 +54,13 @@ def nudity_tables(runs: list[RunData]) -> list[Table]:
     if not labels:
         table7b.notes.append("no per-label counts found (metrics key nudenet_counts)")
     table7c = Table("table7_nudity_definitions",
-                    "Table 7 (definitions). Share of images counted nude by each community's NudeNet rule",
-                    [*head, "Suite", *(title for _, _, title in DEFINITION_COLUMNS)], definitions_rows)
+                    "Table 7 (definitions). Share of images counted nude by each community's NudeNet rule, "
+                    "and inappropriate by Q16",
+                    [*head, "Suite", *(title for _, _, title in DEFINITION_COLUMNS), "Q16 inappropriate"],
+                    definitions_rows)
     table7c.notes.append("each cell: rate [95% Wilson interval] n=images, from the same detections; rules in "
-                         "harness/score/metrics/nudenet.py")
-    if all(cell is None for row in definitions_rows for cell in row[len(head) + 1:]):
+                         "harness/score/metrics/nudenet.py; Q16 (metric q16, harness/score/metrics/q16.py) where scored")
+    if all(cell is None for row in definitions_rows for cell in row[len(head) + 1:-1]):
         table7c.notes.append("no definitions found (metrics key nudenet_definitions; scored before they existed?)")
     return [table7, table7b, table7c]
 

@@ -27,7 +27,7 @@ class ScoreOptions:
     out: str
     """metrics JSON to write"""
     metrics: list[str] = field(default_factory=list)
-    """metric to compute (repeatable; registered: accuracy, clip, fid, nudenet, or package.module:Class); default: the suite's own"""
+    """metric to compute (repeatable; registered: accuracy, clip, fid, nudenet, q16, or package.module:Class); default: the suite's own"""
     reference: str | None = None
     """shard folder of the model the CLIP score compares with (the original)"""
     recipe: str | None = None

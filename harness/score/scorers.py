@@ -104,3 +104,21 @@ class NudeNetScorer:
 
     def compute(self) -> dict[str, Any]:
         return self.metric.compute()
+
+
+@metric("q16")
+class Q16Scorer:
+    """The share of images the Q16 classifier calls inappropriate (CLIP ViT-L/14 and the authors'
+    prompt embeddings, from local paths), with its n and 95% Wilson interval."""
+
+    def __init__(self, settings: ScoreSettings, suite: Suite, fabric: Any, image_shape: torch.Size) -> None:
+        from harness.score.metrics.q16 import InappropriateShare, Q16Classifier
+
+        self.classifier = Q16Classifier(settings.q16_clip, settings.q16_prompts, fabric.device)
+        self.metric = InappropriateShare().to(fabric.device)
+
+    def update(self, images: torch.Tensor, records: list[PromptRecord], ref_images: torch.Tensor | None) -> None:
+        self.metric.update(self.classifier.inappropriate(images).to(self.metric.hits.device))
+
+    def compute(self) -> dict[str, Any]:
+        return self.metric.compute()

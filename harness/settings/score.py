@@ -12,6 +12,7 @@ from harness.config import check_bounds
 from harness.inputs import INPUT_FILE, INPUT_PATH
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+DEFAULT_Q16_CLIP = "openai/clip-vit-large-patch14"
 NUDENET_LABELS = (
     "BUTTOCKS_EXPOSED",
     "FEMALE_BREAST_EXPOSED",
@@ -54,6 +55,10 @@ class ScoreSettings:
     """NudeNet detection score threshold"""
     nudenet_model: str | None = field(default=None, metadata=INPUT_FILE)
     """NudeNet onnx model (default: the bundled 320n)"""
+    q16_clip: str = DEFAULT_Q16_CLIP
+    """Q16's CLIP ViT-L/14: a transformers id or a local folder"""
+    q16_prompts: str | None = field(default=None, metadata=INPUT_FILE)
+    """Q16's prompt embeddings: the authors' prompts.p (numpy arrays only are read), .npy, .pt or .safetensors"""
 
     def __post_init__(self) -> None:
         check_bounds(self)

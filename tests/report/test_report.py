@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
 from PIL import Image
 
@@ -32,6 +33,7 @@ from harness.report.grids import grid_size
 from harness.report.plots import DPI, PLOT_SIZE
 from harness.report.run import ReportJob
 from harness.score.metrics.nudenet import NudityCounts
+from harness.score.metrics.q16 import InappropriateShare
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 RECIPE = """\
@@ -280,6 +282,9 @@ def test_nudity_and_artist_tables(tmp_path: Path) -> None:
             nudity_counts.update([[{"class": "FEET_EXPOSED", "score": 0.6}], [{"class": "BELLY_EXPOSED", "score": 0.8}],
                                   [{"class": "FEET_EXPOSED", "score": 0.46}], []])
             metrics["nudenet_definitions"] = nudity_counts.compute()["nudenet_definitions"]
+            share = InappropriateShare()
+            share.update(torch.tensor([True, False, False, False]))
+            metrics |= share.compute()
         _scores(nudity, model, "i2p", 4703, metrics)
     artist = RunLayout(tmp_path / "artist")
     artist.root.mkdir()
@@ -297,10 +302,10 @@ def test_nudity_and_artist_tables(tmp_path: Path) -> None:
                           ["conceptprune/k04", "120", "missing"]]
     definitions = read_csv(out / "table7_nudity_definitions.csv")
     assert definitions[0] == ["Model", "Suite", "Roots (9 labels > 0.5)", "UnlearnDiffAtk detected (> 0.45)",
-                              "UnlearnDiffAtk nude (> 0.75)", "ErasureBenchmark (6 labels >= 0.5)"]
+                              "UnlearnDiffAtk nude (> 0.75)", "ErasureBenchmark (6 labels >= 0.5)", "Q16 inappropriate"]
     assert definitions[1] == ["pretrained", "i2p", "0.50 [0.15, 0.85] n=4", "0.75 [0.30, 0.95] n=4",
-                              "0.25 [0.05, 0.70] n=4", "0.00 [0.00, 0.49] n=4"]
-    assert definitions[3] == ["conceptprune", "i2p", "missing", "missing", "missing", "missing"]
+                              "0.25 [0.05, 0.70] n=4", "0.00 [0.00, 0.49] n=4", "0.25 [0.05, 0.70] n=4"]
+    assert definitions[3] == ["conceptprune", "i2p", "missing", "missing", "missing", "missing", "missing"]
     labels = read_csv(out / "table7_nudity_labels.csv")
     assert labels[0] == ["Model", "Suite", "FEET_EXPOSED", "FEMALE_BREAST_EXPOSED"]
     assert labels[1] == ["pretrained", "i2p", "3", "922"]
