@@ -151,17 +151,20 @@ class AttackContext:
                 apply_tensors(pipeline, load_tensor_file(path))
         return pipeline.to(self.device)
 
-    def auxiliary_set(self, pipeline: Any, spec: Any) -> Any:
+    def auxiliary_set(self, pipeline: Any, spec: Any, drawn_by_original: bool = False) -> Any:
         """An attacker's training data (a harness.train.data.DataSpec) built for `pipeline` (the
-        model that draws a generated set). The harness, not the attack, keeps the erased concept
-        out of it: a world's images of that class are left out, a caption naming it is an error,
-        and generated images a classifier names as it are dropped; the attack never learns which."""
+        model that draws a generated set; `drawn_by_original` when it is `original_pipeline()`,
+        whose samples the cache then keeps for every cell). The harness, not the attack, keeps
+        the erased concept out of it: a world's images of that class are left out, a caption
+        naming it is an error, and generated images a classifier names as it are dropped; the
+        attack never learns which."""
         from harness.train.data import build_set
 
         concept = self.job.concept
         exclude = concept.targets if concept else []
         return build_set(pipeline, spec, self.generation, self.model, self.seed, exclude, self.data_dir,
-                         concept.kind if concept else None)
+                         concept.kind if concept else None,
+                         cached_as=(self.job.original or self.model) if drawn_by_original else None)
 
     @property
     def concept(self) -> ConceptSettings:

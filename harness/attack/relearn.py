@@ -126,7 +126,7 @@ def dimra(context: AttackContext, params: DiMRAParams) -> AttackResult:
     drawn_by = context.original_pipeline() if generated and params.generated_by == "pretrained" else None
     pipeline = context.pipeline()
     with keyed("params.data"):
-        data = context.auxiliary_set(drawn_by or pipeline, params.data)
+        data = context.auxiliary_set(drawn_by or pipeline, params.data, drawn_by_original=drawn_by is not None)
     del drawn_by
     world = world_of_source(context.model)
     neutral = tuple(world.neutral_prompts()) if world is not None else ()

@@ -62,11 +62,13 @@ class DataSpec:
 
 
 def build_set(pipeline: Any, spec: DataSpec, generation: GenerationSettings, base_model: str, seed: int,
-              exclude: list[str], data_dir: str | None = None, kind: str | None = None) -> TrainingSet:
+              exclude: list[str], data_dir: str | None = None, kind: str | None = None,
+              cached_as: str | None = None) -> TrainingSet:
     """The training set `spec` names. `exclude` are concepts (of `kind`) the set must not hold
     (the erased ones, for an attacker's data): left out of a world's labels, an error where a
     caption or prompt names one, and dropped from generated samples where the concept filter's
-    classifier sees one (`dropped` counts them). Errors are keyed at the spec."""
+    classifier sees one (`dropped` counts them). A generated set drawn by an unchanged model
+    (`cached_as`, its source) is kept in the cache for the next cell. Errors are keyed at the spec."""
     from harness.world import world_of_source
 
     size = model_size(pipeline, generation)
@@ -89,7 +91,7 @@ def build_set(pipeline: Any, spec: DataSpec, generation: GenerationSettings, bas
             with keyed("path"):
                 prompts = [r.prompt for r in load_suite(spec.path, data_dir).records]
         found = generated_set(pipeline, prompts[: spec.count] if spec.count else prompts, generation, seed,
-                              f"{spec.source} samples")
+                              f"{spec.source} samples", cached_as)
     for concept in exclude if spec.source != "world" else []:
         named = mentions(found.prompts, concept)
         if named:
@@ -221,14 +223,23 @@ def world_set(pipeline: Any, world: Any, split: str, size: int, exclude: set[str
     return TrainingSet(encode(pipeline, images[keep]), prompts, list(kept_labels), f"world {world.name} {split}")
 
 
-def generated_set(pipeline: Any, prompts: list[str], generation: GenerationSettings, seed: int, source: str) -> TrainingSet:
-    """The pipeline's own samples for `prompts`, sample i from seed `seed + i`; `source` labels them."""
+def generated_set(pipeline: Any, prompts: list[str], generation: GenerationSettings, seed: int, source: str,
+                  cached_as: str | None = None) -> TrainingSet:
+    """The pipeline's own samples for `prompts`, sample i from seed `seed + i`; `source` labels
+    them. With `cached_as` (the model source `pipeline` was loaded from, unchanged) they are
+    kept in the harness cache and taken from it next time."""
     from harness.models.pipelines import model_samples
+    from harness.train.sample_cache import cached_samples, sample_file
 
     if not prompts:
         raise HarnessError(f"{source}: no prompts to generate from", key="")
-    samples = model_samples(pipeline, prompts, generation, [seed + i for i in range(len(prompts))], source)
-    return TrainingSet(samples.float().cpu(), list(prompts), [None] * len(prompts), source)
+
+    def make() -> torch.Tensor:
+        seeds = [seed + i for i in range(len(prompts))]
+        return model_samples(pipeline, prompts, generation, seeds, source).float().cpu()
+
+    samples = cached_samples(sample_file(cached_as, prompts, generation, seed), prompts, make) if cached_as else make()
+    return TrainingSet(samples, list(prompts), [None] * len(prompts), source)
 
 
 def image_files(folder: str | Path) -> list[Path]:

@@ -79,3 +79,27 @@ def test_world_prompts_are_the_neutral_and_other_digits_prompts_as_many_as_the_r
     assert set(world.neutral_prompts()) <= set(prompts)
     assert set(world.label_prompts("three")) <= set(prompts)
     assert len(_world_prompts("zoo:digits", DataSpec(source="world-prompts", count=5), ["seven"])) == 5
+
+
+def test_samples_drawn_by_an_unchanged_model_are_made_once(tiny_sd_pipeline, save_tiny_sd_pipeline, tmp_path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """DiMRA's D_au is the pretrained model's: every cell after the first takes it from the cache."""
+    import harness.models.pipelines as pipelines
+    from harness.cache import CACHE_ENV
+    from harness.train.data import generated_set
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+
+    model = str(save_tiny_sd_pipeline(tmp_path / "pipe"))
+    made = []
+    real = pipelines.model_samples
+    monkeypatch.setattr(pipelines, "model_samples", lambda *a, **k: made.append(a[1]) or real(*a, **k))
+    settings = GenerationSettings(steps=2, height=64, width=64)
+    first = generated_set(tiny_sd_pipeline(), ["a cat", "a dog"], settings, 0, "test", cached_as=model)
+    again = generated_set(tiny_sd_pipeline(), ["a cat", "a dog"], settings, 0, "test", cached_as=model)
+    assert made == [["a cat", "a dog"]] and torch.equal(first.inputs, again.inputs)
+    generated_set(tiny_sd_pipeline(), ["a cat", "a dog"], settings, 1, "test", cached_as=model)  # another seed
+    generated_set(tiny_sd_pipeline(), ["a cat"], settings, 0, "test", cached_as=model)  # other prompts
+    generated_set(tiny_sd_pipeline(), ["a cat", "a dog"], settings, 0, "test")  # not cached: an unlearned model
+    assert len(made) == 4 and len(list((cache / "samples").glob("*.safetensors"))) == 3
