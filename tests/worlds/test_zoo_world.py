@@ -216,3 +216,24 @@ def test_feed_forward_hidden_collects_every_geglu_output() -> None:
         unet(torch.randn(2, 1, 16, 16), torch.tensor([1, 2]), encoder_hidden_states=torch.randn(2, 16, 64))
     assert [h.shape for h in hidden] == [(2, 64, 256), (2, 16, 256), (2, 16, 256), (2, 16, 256),
                                          (2, 16, 256), (2, 64, 256), (2, 64, 256)]
+
+
+def test_a_world_without_seven_never_sees_a_seven_and_keeps_the_installed_text_encoder(monkeypatch) -> None:
+    """The control world of DiMRA's matrix: no image and no prompt of the excluded digit, the
+    installed world's text encoder unchanged, so its UNet is a `checkpoint` row beside it."""
+    import harness.worlds.digits.train as train
+
+    named = []
+    choose = train._choose_prompts
+    monkeypatch.setattr(train, "_choose_prompts", lambda labels, *a: named.extend(labels.tolist()) or choose(labels, *a))
+    pipeline, _ = train.train_generator(TrainSettings(steps=3, batch_size=16, eval_every=0, exclude=(7,)))
+    assert len(named) == 3 * (16 + 8) and 7 not in named and len(set(named)) > 5  # images' and selectivity's prompts
+    installed = DigitsPipeline.from_pretrained(ensure_world() / PIPELINE_DIR).text_encoder.state_dict()
+    assert all(torch.equal(t, installed[n]) for n, t in pipeline.text_encoder.state_dict().items())
+    fresh = starting_pipeline(TrainSettings()).unet.state_dict()
+    assert not all(torch.equal(t, fresh[n]) for n, t in pipeline.unet.state_dict().items())  # the UNet trained
+
+
+def test_exclude_names_a_digit(capsys) -> None:
+    assert main(["zoo", "build", "digits", "--exclude", "eleven"]) == 2
+    assert "--exclude eleven: not a digit (choose from zero, one" in capsys.readouterr().err

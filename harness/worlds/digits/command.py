@@ -9,6 +9,7 @@ import logging
 import torch
 
 from harness.errors import HarnessError
+from harness.worlds.digits.data import DIGIT_NAMES
 from harness.worlds.digits.store import (
     REPORT_FILE,
     SHIPPED_DIR,
@@ -43,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weight of the loss that gives each digit its own feed-forward units (0: off)")
     parser.add_argument("--init-from", metavar="DIR",
                         help="start the generator from this world folder's weights (default: a fresh init)")
+    parser.add_argument("--exclude", action="append", default=[], metavar="DIGIT",
+                        help="build a control world whose generator never sees this digit (a name or 0-9; "
+                             "repeatable) into the cache's zoo/digits-without-DIGIT, beside the installed world, "
+                             "with its text encoder; its pipeline/unet is a `checkpoint` row of a matrix")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--export", metavar="DIR", help="also write the built world in shippable fp16 form to DIR")
 
@@ -51,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     """Build or describe the named world."""
     check_name(args.name)
     folder = world_dir(args.name, args.cache_dir)
+    excluded = tuple(sorted({_digit(value) for value in args.exclude}))
+    if excluded:
+        folder = folder.with_name(f"{args.name}-without-" + "-".join(DIGIT_NAMES[d] for d in excluded))
     if args.action == "info":
         return _info(folder)
     for flag in ("steps", "batch_size", "eval_per_digit", "threads"):
@@ -66,15 +74,28 @@ def run(args: argparse.Namespace) -> int:
         warm_start_folder(args.init_from)
     train = TrainSettings(steps=args.steps, seed=args.seed, batch_size=args.batch_size, eval_every=args.eval_every,
                           ffn_routing=args.ffn_routing, ffn_selectivity=args.ffn_selectivity,
-                          init_from=args.init_from)
+                          init_from=args.init_from, exclude=excluded)
     report = build_world(folder, BuildSettings(train=train, eval_per_digit=args.eval_per_digit))
     quality = report["generation_accuracy"]
     print(f"world: {folder}")
     print(f"classifier held-out top-1: {report['classifier']['heldout_accuracy']:.4f}")
     print(f"generation accuracy: mean {quality['mean']:.3f}, worst digit {quality['min']:.3f}")
+    if excluded:
+        print(f"a control without {', '.join(DIGIT_NAMES[d] for d in excluded)}; as a matrix row: "
+              f"{{method: checkpoint, params: {{path: {folder / 'pipeline' / 'unet'}}}}}")
     if args.export:
         print(f"exported: {export_world(folder, args.export)}")
     return 0
+
+
+def _digit(value: str) -> int:
+    """A digit named by its word or numeral; a one-line error otherwise."""
+    name = value.strip().lower()
+    if name.isdigit() and int(name) < 10:
+        return int(name)
+    if name in DIGIT_NAMES:
+        return DIGIT_NAMES.index(name)
+    raise HarnessError(f"--exclude {value}: not a digit (choose from {', '.join(DIGIT_NAMES)} or 0-9)")
 
 
 def _info(folder) -> int:

@@ -150,7 +150,8 @@ def finish_world(
         "world": "digits",
         "build_command": f"harness zoo build digits --steps {settings.train.steps} --seed {settings.train.seed}"
         f" --ffn-routing {settings.train.ffn_routing} --ffn-selectivity {settings.train.ffn_selectivity}"
-        + (f" --init-from {settings.train.init_from}" if settings.train.init_from else ""),
+        + (f" --init-from {settings.train.init_from}" if settings.train.init_from else "")
+        + "".join(f" --exclude {d}" for d in settings.train.exclude),
         "settings": asdict(settings),
         "seconds": round(seconds, 1),
         "classifier": classifier_report,

@@ -71,6 +71,10 @@ class TrainSettings:
     init_from: str | None = None
     """A world folder (or its `pipeline/`) whose generator training starts from, instead of a
     fresh initialisation (None): a warm start."""
+    exclude: tuple[int, ...] = ()
+    """Digits the generator never sees, neither their images nor their prompts (a control: a
+    world that never learned them). The text encoder is then the installed world's, frozen, so
+    the UNet stands beside it as a `checkpoint` row of the shipped world's matrix."""
     eval_every: int = 500
     eval_per_digit: int = 10
     eval_guidance: list[float] = field(default_factory=lambda: [1.0, 3.0])
@@ -204,6 +208,14 @@ def warm_start_folder(init_from: str | Path) -> Path:
     return folder
 
 
+def installed_text_encoder() -> torch.nn.Module:
+    """The installed world's text encoder, frozen (a world trained without some digits keeps it)."""
+    from harness.worlds.digits.store import PIPELINE_DIR, ensure_world
+
+    encoder = DigitsPipeline.from_pretrained(ensure_world() / PIPELINE_DIR).text_encoder
+    return encoder.requires_grad_(False)
+
+
 def starting_pipeline(settings: TrainSettings) -> DigitsPipeline:
     """The generator training starts from: a world's (`init_from`) or a fresh one with small FFNs."""
     if settings.init_from is None:
@@ -220,19 +232,26 @@ def train_generator(
 ) -> tuple[DigitsPipeline, list[dict]]:
     """Train a fresh world pipeline; returns its EMA weights and the history of measurements."""
     pipeline = starting_pipeline(settings)
-    unet, text_encoder = pipeline.unet.train(), pipeline.text_encoder.train()
+    if settings.exclude:
+        pipeline.text_encoder = installed_text_encoder()
+    unet, text_encoder = pipeline.unet.train(), pipeline.text_encoder.train(not settings.exclude)
     ema = copy.deepcopy(pipeline)
     ema.unet.eval()
     ema.text_encoder.eval()
     noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
     images, labels = train_digits(size)
+    seen = torch.tensor([d for d in range(10) if d not in settings.exclude])
+    if settings.exclude:
+        keep = torch.isin(labels, seen)
+        images, labels = images[keep], labels[keep]
+        log.info("generator training without digits %s: %d images", list(settings.exclude), len(labels))
     data = images * 2 - 1
     table = _prompt_table(pipeline)
     rng = random.Random(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
 
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    ema_params = list(ema.unet.parameters()) + list(ema.text_encoder.parameters())
+    params = list(unet.parameters()) + ([] if settings.exclude else list(text_encoder.parameters()))
+    ema_params = list(ema.unet.parameters()) + ([] if settings.exclude else list(ema.text_encoder.parameters()))
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -254,7 +273,8 @@ def train_generator(
         loss = F.mse_loss(unet(noisy, t, encoder_hidden_states=context).sample, noise)
         half = len(x0) // 2  # the share of the batch each optional loss is measured on
         if settings.ffn_selectivity:
-            unrelated, named = _choose_prompts(torch.randint(0, 10, (half,), generator=generator), table, settings, rng)
+            drawn = seen[torch.randint(0, len(seen), (half,), generator=generator)]
+            unrelated, named = _choose_prompts(drawn, table, settings, rng)
             with feed_forward_hidden(unet) as hidden:
                 unet(noisy[:half], t[:half], encoder_hidden_states=text_encoder(unrelated)[0])
             loss = loss + settings.ffn_selectivity * selectivity_loss(hidden, named)
