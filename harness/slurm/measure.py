@@ -84,12 +84,18 @@ def measure_units(plan: Plan, recipe_path: Path, python: str, scratch: Path, dat
 
 
 def _run_unit(stage: str, what: str, command: list[str], scratch: Path) -> Unit:
-    """Run one unit; its wall time and peak memory, or a one-line error with its log's last line."""
-    scratch.mkdir(parents=True, exist_ok=True)
-    log_path = scratch / f"measure-{stage}.log"
-    with tempfile.NamedTemporaryFile(suffix=".json", dir=scratch, delete=False) as handle:
-        peak_file = Path(handle.name)
+    """Run one unit of `stage` with its log in `scratch`."""
     print(f"measuring {stage}: {what}", file=sys.stderr, flush=True)
+    seconds, rss_mb, gpu_mb = measure_command(command, scratch / f"measure-{stage}.log", f"--measure: the {stage} unit ({what})")
+    return Unit(stage, what, seconds, rss_mb, gpu_mb)
+
+
+def measure_command(command: list[str], log_path: Path, what: str) -> tuple[float, float, float | None]:
+    """Run a harness command in its own process, its output into `log_path`: (wall seconds, peak
+    resident MB, peak GPU MB or None); a failure is a one-line error with the log's last line."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(suffix=".json", dir=log_path.parent, delete=False) as handle:
+        peak_file = Path(handle.name)
     try:
         with log_path.open("w") as log:
             started = time.monotonic()
@@ -97,17 +103,15 @@ def _run_unit(stage: str, what: str, command: list[str], scratch: Path) -> Unit:
                                        env=os.environ | {PEAK_FILE_ENV: str(peak_file)})
             _, status, usage = os.wait4(process.pid, 0)
             seconds = time.monotonic() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
-        if process.returncode != 0:
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
             last = (log_path.read_text().strip().splitlines() or ["no output"])[-1]
-            raise HarnessError(f"--measure: the {stage} unit ({what}) failed with exit {process.returncode}: "
-                               f"{last} (log: {log_path})")
+            raise HarnessError(f"{what} failed with exit {code}: {last} (log: {log_path})")
         text = peak_file.read_text() if peak_file.stat().st_size else "{}"
         gpu = json.loads(text).get("peak_gpu_bytes")
     finally:
         peak_file.unlink(missing_ok=True)
-    return Unit(stage, what, round(seconds, 1), round(usage.ru_maxrss / 1024, 1),
-                None if gpu is None else round(gpu / 2**20, 1))
+    return round(seconds, 1), round(usage.ru_maxrss / 1024, 1), None if gpu is None else round(gpu / 2**20, 1)
 
 
 def size_jobs(plan: Plan, units: list[Unit], margin: float) -> dict[str, Sizing]:
