@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_check.sh [--tiny] [--out DIR]
 #
 # Steps, in this order, each under its own `timeout` and all under one budget (GPU_CHECK_BUDGET
-# seconds, default 480), so a failing or hanging step costs only its own time and the summary is
+# seconds, default 560), so a failing or hanging step costs only its own time and the summary is
 # always printed:
 #   env            nvidia-smi; python, torch, CUDA and package versions (and where each is
 #                  imported from); the harness modules the steps use import, without open_clip
@@ -17,6 +17,9 @@
 #   esd            benchmarks/esd_speed.py: ESD-x training steps/s on the SD-v1.5-shaped UNet
 #                  (float32 weights, the harness's ESD objective and fine-tuning engine)
 #   revival-batch  as revival, same-shaped layers completed together (--batch)
+#   sd-scale       benchmarks/sd_scale.py: every stage of a small recipe on the SD-v1.5-shaped
+#                  pipeline (ConceptPrune, its defended twin, ESD-x, revival with zeros and with
+#                  eq7, generation at 512 px fp16, scoring), seconds and peak memory per stage
 # --tiny: every step on the CPU at tiny sizes (a check of this script; a minute or two).
 # Needs diffusers, webdataset (and what BENCHMARKS.md lists) importable; the harness is used from
 # this checkout (PYTHONPATH), not installed. Writes DIR/gpu_check.md (the summary table) and
@@ -46,7 +49,7 @@ export PYTHONPATH="$ROOT:${PYTHONPATH:-}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 export TOKENIZERS_PARALLELISM=false
 PY=${PYTHON:-python3}
-BUDGET=${GPU_CHECK_BUDGET:-480}
+BUDGET=${GPU_CHECK_BUDGET:-560}
 START=$(date +%s.%N)
 
 if [ "$TINY" = 1 ]; then
@@ -56,6 +59,7 @@ if [ "$TINY" = 1 ]; then
   GENERATION=(benchmarks/generation_throughput.py --sd15-tiny --accelerator cpu --dtype float32 --height 64
               --width 64 --steps 2 --batch-size 4 --prompts-per-digit 1 --rounds 1 --threads "$THREADS")
   ESD=(benchmarks/esd_speed.py --tiny --device cpu --steps 2 --warmup 1 --ddim-steps 4 --threads "$THREADS")
+  SD_SCALE=(benchmarks/sd_scale.py --tiny --device cpu --height 64 --steps 4 --esd-steps 2 --prompts 2)
   NEED_CUDA=0
 else
   REVIVAL=(benchmarks/revival_speed.py --device cuda --family both --skip-reference --skip-previous --skip-tight
@@ -63,6 +67,7 @@ else
   GENERATION=(benchmarks/generation_throughput.py --sd15-random --accelerator gpu --dtype float16 --height 512
               --width 512 --steps 20 --batch-size 8 --prompts-per-digit 8 --rounds 2)
   ESD=(benchmarks/esd_speed.py --device cuda --steps 12 --warmup 3 --ddim-steps 50)
+  SD_SCALE=(benchmarks/sd_scale.py --device cuda --dtype float16 --height 512 --steps 10 --esd-steps 5 --prompts 8)
   NEED_CUDA=1
 fi
 
@@ -123,6 +128,12 @@ parse_generation() {
   awk -F'|' '/^\| plain loop \|/ { gsub(/ /, "", $4); p=$4 } /^\| harness \|/ { gsub(/ /, "", $4); gsub(/ /, "", $5); h=$4; r=$5 }
              END { if (r != "") print "harness/plain " r "x (harness " h " img/s, plain " p " img/s)" }' "$1"
 }
+parse_sd_scale() {
+  awk -F'|' '/^\| (unlearn|revival|generate|score) / { gsub(/^ +| +$/, "", $2); gsub(/ /, "", $3); gsub(/ /, "", $5)
+                                                      split($2, w, " "); s=s sep w[1] " " w[2] " " $3 " s"; sep=", "
+                                                      if ($5 != "-" && $5 + 0 > g) g=$5 + 0 }
+             END { if (s != "") print s (g > 0 ? ", peak GPU " g " MB" : "") }' "$1"
+}
 parse_esd() {
   awk '/^RESULT / { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
                     f = "ESD %s steps/s (mean i %s; at the mean of the draw %s), update only %s steps/s, peak GPU memory %s GiB\n"
@@ -175,6 +186,7 @@ run_step revival 150 "<= 1 s per family" parse_revival "" -- "$PY" "${REVIVAL[@]
 run_step generation 200 ">= 0.9x plain" parse_generation "" -- "$PY" "${GENERATION[@]}"
 run_step esd 150 "-" parse_esd "" -- "$PY" "${ESD[@]}"
 run_step revival-batch 120 "<= 1 s per family" parse_revival "" -- "$PY" "${REVIVAL[@]}" --batch
+run_step sd-scale 240 "-" parse_sd_scale "" -- "$PY" "${SD_SCALE[@]}"
 
 {
   echo "## GPU check $(date -u +%FT%TZ)$([ "$TINY" = 1 ] && echo ' (--tiny: CPU, tiny sizes; the figures check the script, they measure nothing)')"
