@@ -415,6 +415,17 @@ def test_fid_on_inception_from_a_local_weights_file(inception_file, tmp_path, ca
     assert len(list((cache / "fid").glob("fid-reference-*.safetensors"))) == 1
 
 
+def test_fid_takes_pytorch_fids_file_layout_too(tmp_path):
+    """pytorch-fid's pt_inception-2015-12-05-6726825d.pth: torchvision's Inception3 with 1008 classes, no aux head."""
+    import torchvision
+
+    network = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008)
+    path = tmp_path / fid.PYTORCH_FID_FILE
+    torch.save(network.state_dict(), path)
+    metric = fid.build_fid("inception", weights=str(path))
+    assert torch.equal(metric.inception.Mixed_7c.branch_pool.conv.weight, network.Mixed_7c.branch_pool.conv.weight)
+
+
 def test_fid_inception_weights_missing_or_wrong_or_offline_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(HarnessError) as missing:
         fid.build_fid("inception", weights=str(tmp_path / "nothing.pth"))
@@ -431,7 +442,8 @@ def test_fid_inception_weights_missing_or_wrong_or_offline_is_one_line(tmp_path,
     with pytest.raises(HarnessError) as offline:
         fid.build_fid("inception")
     message = str(offline.value)
-    assert "--fid-weights FILE (score.fid_weights)" in message and fid.INCEPTION_FILE in message and "\n" not in message
+    assert "--fid-weights FILE (score.fid_weights" in message and "\n" not in message
+    assert fid.INCEPTION_FILE in message and fid.PYTORCH_FID_FILE in message
 
 
 # score_suite ---------------------------------------------------------------------------------

@@ -42,6 +42,9 @@ INCEPTION_URL = (
 """torch-fidelity's FID Inception-v3 weights (converted from TensorFlow's 2015-12-05 graph), which
 torchmetrics' FrechetInceptionDistance loads when no file is given."""
 INCEPTION_FILE = INCEPTION_URL.rsplit("/", 1)[1]
+PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
+"""pytorch-fid's file of the same weights: the same tensor names and shapes (torchvision's
+Inception3 layout with 1008 classes), so it serves as `score.fid_weights` too."""
 REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 
 
@@ -80,12 +83,14 @@ def _inception_fid(weights: str | None) -> FrechetInceptionDistance:
     if weights is not None:
         path = Path(weights).expanduser()
         if not path.is_file():
-            raise HarnessError(f"{weights}: no such file (give torch-fidelity's Inception weights, {INCEPTION_FILE})",
+            raise HarnessError(f"{weights}: no such file (give torch-fidelity's Inception weights, {INCEPTION_FILE}, "
+                               f"or pytorch-fid's {PYTORCH_FID_FILE})",
                                key="score.fid_weights", rooted=True)
     elif not inception_cached() and not url_reachable(INCEPTION_URL):
         raise HarnessError(f"fid: the Inception weights {INCEPTION_FILE} are not in torch's hub cache "
                            f"({inception_cache_path()}) and {urlparse(INCEPTION_URL).hostname} cannot be reached; "
-                           f"give a local copy with --fid-weights FILE (score.fid_weights)")
+                           f"give a local copy with --fid-weights FILE (score.fid_weights; pytorch-fid's "
+                           f"{PYTORCH_FID_FILE} serves too)")
     try:
         return FrechetInceptionDistance(feature=2048, reset_real_features=False,
                                         feature_extractor_weights_path=None if path is None else str(path))
