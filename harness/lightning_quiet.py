@@ -16,7 +16,7 @@ IGNORED: tuple[str, ...] = (
     r".*custom batch sampler",  # the shard batch sampler does return every index, as Lightning asks
     r".*isinstance\(treespec, LeafSpec\)` is deprecated",  # raised inside Lightning's own code
     r".*does not have many workers",  # prompts are a list in memory; workers would only add start-up time
-    r".*module\(s\) in eval mode at the start of training",  # the frozen copy and text encoder stay in eval
+    r".*module\(s\) in eval mode at the start of training",  # the text encoder and VAE stay in eval
 )
 INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
                 "lightning.pytorch.accelerators.cuda", "lightning.fabric.utilities.distributed")

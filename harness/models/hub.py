@@ -33,11 +33,18 @@ def mirror_hint(repo_id: str) -> str:
 @functools.cache
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the Hugging Face hub (`$HF_ENDPOINT`) accepts a connection; False when offline mode is set."""
+    return url_reachable(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout)
+
+
+@functools.cache
+def url_reachable(address: str, timeout: float = 3.0) -> bool:
+    """Whether the host of `address` accepts a connection; False when the hub's offline mode is set."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
         return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    url = urlparse(address)
     try:
-        with socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout):
+        with socket.create_connection((url.hostname or "", url.port or (80 if url.scheme == "http" else 443)),
+                                      timeout=timeout):
             return True
     except OSError:
         return False

@@ -48,7 +48,7 @@ class ScoreSettings:
     fid_features: str = "auto"
     """inception or classifier; auto: the suite's own"""
     fid_weights: str | None = field(default=None, metadata=INPUT_FILE)
-    """Inception weights file for torchmetrics' FID"""
+    """local FID Inception weights: torch-fidelity's weights-inception-2015-12-05-6726825d.pth (none: hub cache, else download)"""
     nudenet_labels: list[str] = field(default_factory=lambda: list(NUDENET_LABELS))
     """NudeNet labels to count (repeatable)"""
     nudenet_threshold: Annotated[float, Ge(0), Lt(1)] = DEFAULT_THRESHOLD

@@ -192,6 +192,18 @@ def model_size(pipeline: Any, generation: GenerationSettings) -> int:
     return int(pipeline.unet.config.sample_size) * factor
 
 
+def latent_shape(pipeline: Any, generation: GenerationSettings) -> tuple[int, int, int]:
+    """(channels, height, width) of the UNet input a pipeline samples for the generation settings'
+    image size (else the model's own), as the pipeline does: pixels over the VAE's scale factor."""
+    factor = getattr(pipeline, "vae_scale_factor", 1) if getattr(pipeline, "vae", None) is not None else 1
+    side = int(pipeline.unet.config.sample_size) * factor
+    height, width = generation.height or side, generation.width or side
+    if height % factor or width % factor:
+        raise HarnessError(f"height/width: must be multiples of the VAE's scale factor {factor}, got {height}x{width}",
+                           key="generation", rooted=True)
+    return int(pipeline.unet.config.in_channels), height // factor, width // factor
+
+
 @torch.no_grad()
 def encode(pipeline: Any, images: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] (N, C, H, W) in the UNet's input space: VAE latents, or pixels in [-1, 1]."""

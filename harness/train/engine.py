@@ -14,13 +14,13 @@ kept under a key of the run's settings and dropped when the settings change.
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import logging
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -85,12 +85,18 @@ class Objective:
     """One training objective: `prepare` once on the training device, then one step's `loss`."""
 
     needs_frozen = False
-    """Whether the objective reads a frozen copy of the UNet as it was before training."""
+    """Whether the objective reads the UNet as it was before training (`FineTuneModule.frozen`)."""
 
     def attach(self, module: FineTuneModule) -> None:
-        """Add what trains besides UNet weights, once, after the frozen copy is made: parameters
+        """Add what trains besides UNet weights, once, after the trained weights' originals are copied: parameters
         of the objective's own go into `module.extra` (token embeddings, mask scores), and may
         be wired into the models by parametrizations (torch.nn.utils.parametrize)."""
+
+    @contextmanager
+    def as_before_training(self) -> Iterator[None]:
+        """While open, the objective's own parameters leave the UNet as it was before training
+        (a learned mask computes with the unmasked weights); `FineTuneModule.frozen` opens it."""
+        yield
 
     def prepare(self, module: FineTuneModule) -> None:
         """Precompute what every step reads (prompt embeddings, anchor samples)."""
@@ -101,13 +107,13 @@ class Objective:
 
 class FineTuneModule(pl.LightningModule):
     """The pipeline's UNet under training (only the `trainable` spec's parameters receive
-    gradients, and the objective's own `extra` ones), a frozen copy where the objective needs
-    one, and the pipeline's other parts for the objective's use."""
+    gradients, and the objective's own `extra` ones), the UNet as it was before training where
+    the objective needs it (`frozen`: copies of the trained tensors only), and the pipeline's
+    other parts for the objective's use."""
 
     def __init__(self, pipeline: Any, trainable: str | list[str], objective: Objective, params: OptimParams) -> None:
         super().__init__()
         self.unet = pipeline.unet
-        self.frozen = copy.deepcopy(pipeline.unet).requires_grad_(False).eval() if objective.needs_frozen else None
         self.parts = {"pipeline": pipeline}  # not submodules: neither trained nor checkpointed
         self.extra = torch.nn.ParameterDict()
         self.objective = objective
@@ -117,6 +123,7 @@ class FineTuneModule(pl.LightningModule):
         names = [n for n, _ in self.unet.named_parameters()]
         with keyed("trainable"):
             self.trainable = trainable_names(names, trainable) if trainable else []
+        self.originals = Originals(self.unet, self.trainable) if objective.needs_frozen else None
         objective.attach(self)
         if not self.trainable and not len(self.extra):
             raise HarnessError("the run trains nothing (no UNet parameter, no parameter of the objective)", key="")
@@ -128,6 +135,17 @@ class FineTuneModule(pl.LightningModule):
     @property
     def pipeline(self) -> Any:
         return self.parts["pipeline"]
+
+    def frozen(self, *args: Any, **kwargs: Any) -> Any:
+        """The UNet as it was before training, called like the UNet (for objectives that
+        declare `needs_frozen`): one UNet, with the trained tensors swapped for their copies from
+        before training (torch.func.functional_call) and the objective's own parameters out of
+        the way (`Objective.as_before_training`: a learned mask off); no copy of the untrained
+        weights is held."""
+        if self.originals is None:
+            raise RuntimeError(f"{type(self.objective).__name__} reads the frozen UNet but does not declare needs_frozen")
+        with self.objective.as_before_training():
+            return torch.func.functional_call(self.unet, self.originals.tensors(), args, kwargs)
 
     def on_fit_start(self) -> None:
         for part in ("text_encoder", "vae"):
@@ -172,6 +190,26 @@ class FineTuneModule(pl.LightningModule):
     def trained_extra(self) -> dict[str, torch.Tensor]:
         """The objective's own trained parameters, on the CPU, by their `extra` name."""
         return {name: value.detach().float().cpu().clone() for name, value in self.extra.items()}
+
+
+class Originals(torch.nn.Module):
+    """Copies of the named UNet parameters as they are now: non-persistent buffers, so that they
+    move with the module to the training device and stay out of its checkpoints."""
+
+    def __init__(self, unet: torch.nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.names = list(names)
+        parameters = dict(unet.named_parameters())
+        for index, name in enumerate(self.names):
+            self.register_buffer(f"original{index}", parameters[name].detach().clone(), persistent=False)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The copies by UNet parameter name."""
+        return {name: getattr(self, f"original{index}") for index, name in enumerate(self.names)}
+
+    def numel(self) -> int:
+        """Entries held."""
+        return sum(t.numel() for t in self.tensors().values())
 
 
 class StepBar(TQDMProgressBar):

@@ -20,6 +20,8 @@ is logged as `pruned`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -70,6 +72,8 @@ class WeightMask(torch.nn.Module):
         self.objective = [objective]  # a list, so that the objective is not a submodule
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.objective[0].unmasked:
+            return weight
         return weight * self.objective[0].mask(self.scores).to(weight.dtype)
 
 
@@ -81,6 +85,17 @@ class MaskObjective(Objective):
         self.needs_frozen = inner.needs_frozen
         self.temperature = settings.temperature_start
         self.scores: dict[str, torch.nn.Parameter] = {}
+        self.unmasked = False
+
+    @contextmanager
+    def as_before_training(self) -> Iterator[None]:
+        """The masks off (the UNet computes with its own weights), and the inner objective's own."""
+        self.unmasked = True
+        try:
+            with self.inner.as_before_training():
+                yield
+        finally:
+            self.unmasked = False
 
     def attach(self, module: FineTuneModule) -> None:
         parameters = dict(module.unet.named_parameters())

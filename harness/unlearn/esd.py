@@ -2,8 +2,10 @@
 
 Each step (PROTOCOL.md section 6, after the authors' `esd_diffusers.py`): draw i uniformly from
 the DDIM steps 1..n-2; from fresh noise, sample i DDIM steps with the model *being trained*, the
-concept prompt and guidance `start_guidance` (no gradient), reaching z at the DDIM schedule's
-i-th timestep t; with the frozen original, e_0 = eps(z, t, empty prompt) and e_p = eps(z, t,
+concept prompt and guidance `start_guidance` (no gradient; latents of the recipe's generation
+height and width, else the model's own size), reaching z at the DDIM schedule's
+i-th timestep t; with the original (the UNet with the trained tensors' copies from before
+training swapped in: one UNet held, not two), e_0 = eps(z, t, empty prompt) and e_p = eps(z, t,
 concept prompt); with the trained model e_n = eps(z, t, concept prompt); the loss is
 MSE(e_n, e_0 - eta * (e_p - e_0)). Defaults: eta 1.0, lr 1e-5, 1000 steps, batch 1, 50 DDIM
 steps, `esd-x` (cross-attention; use `esd-u` for nudity). The concept prompt is a world's
@@ -22,6 +24,8 @@ from torch.nn import functional as F
 
 from harness.config import check_bounds
 from harness.registry import method
+from harness.settings.generate import GenerationSettings
+from harness.train.data import latent_shape
 from harness.train.engine import FineTuneModule, Objective, TrainParams
 from harness.unlearn.method import UnlearnContext, UnlearnResult
 from harness.unlearn.training import concept_prompts, train_method
@@ -56,16 +60,17 @@ class ESDObjective(Objective):
 
     needs_frozen = True
 
-    def __init__(self, prompts: list[str], params: ESDLoss, batch_size: int) -> None:
+    def __init__(self, prompts: list[str], params: ESDLoss, batch_size: int,
+                 generation: GenerationSettings | None = None) -> None:
         self.prompts, self.params, self.batch_size = prompts, params, batch_size
+        self.generation = generation or GenerationSettings()
 
     def prepare(self, module: FineTuneModule) -> None:
         self.concept = module.embed(self.prompts)
         self.empty = module.embed([""])
         self.sampler = DDIMScheduler.from_config(module.pipeline.scheduler.config)
         self.sampler.set_timesteps(self.params.ddim_steps, device=module.device)
-        config = module.unet.config
-        self.shape = (config.in_channels, int(config.sample_size), int(config.sample_size))
+        self.shape = latent_shape(module.pipeline, self.generation)
 
     def loss(self, module: FineTuneModule, generator: torch.Generator) -> torch.Tensor:
         count = self.batch_size
@@ -77,11 +82,15 @@ class ESDObjective(Objective):
         with torch.no_grad():
             z = self._sample(module, z, concept, empty, steps)
             t = self.sampler.timesteps[steps]
-            e_0 = module.frozen(z, t, encoder_hidden_states=empty).sample
-            e_p = module.frozen(z, t, encoder_hidden_states=concept).sample
+            e_0 = self.frozen(module, z, t, empty)
+            e_p = self.frozen(module, z, t, concept)
         e_n = module.unet(z, t, encoder_hidden_states=concept).sample
         target = e_0 - self.params.eta * (e_p - e_0)
         return F.mse_loss(e_n.float(), target.float())
+
+    def frozen(self, module: FineTuneModule, z: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """The UNet's prediction as before training."""
+        return module.frozen(z, t, encoder_hidden_states=context).sample
 
     def _sample(self, module: FineTuneModule, z: torch.Tensor, concept: torch.Tensor, empty: torch.Tensor,
                 steps: int) -> torch.Tensor:
@@ -98,4 +107,5 @@ class ESDObjective(Objective):
 def esd(context: UnlearnContext, params: ESDParams) -> UnlearnResult:
     """Erased Stable Diffusion (harness.unlearn.method)."""
     prompts = concept_prompts(context, params.prompts)
-    return train_method(context, ESDObjective(prompts, params, params.batch_size), params, {"prompts": prompts})
+    return train_method(context, ESDObjective(prompts, params, params.batch_size, context.generation), params,
+                        {"prompts": prompts})

@@ -95,7 +95,7 @@ def learn_mask(context: UnlearnContext, inner: Objective, settings: MaskLearning
 def p_esd(context: UnlearnContext, params: PESDParams) -> UnlearnResult:
     """A mask learned with the ESD objective (harness.unlearn.method)."""
     prompts = concept_prompts(context, params.prompts)
-    return learn_mask(context, ESDObjective(prompts, params, params.batch_size), params,
+    return learn_mask(context, ESDObjective(prompts, params, params.batch_size, context.generation), params,
                       {"objective": "esd", "prompts": prompts})
 
 

@@ -6,17 +6,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
+
 from harness.errors import keyed
 from harness.train.engine import Objective, TrainParams, fine_tune
+from harness.train.trainable import trainable_names
 from harness.unlearn.method import UnlearnContext, UnlearnResult
 
 
 def train_method(context: UnlearnContext, objective: Objective, params: TrainParams, info: dict[str, Any]) -> UnlearnResult:
     """Train the context's UNet toward `objective`; the result holds every trained parameter, and
     the mask is True where a trained entry differs from the model before training."""
-    before = {name: p.detach().float().cpu().clone() for name, p in context.pipeline.unet.named_parameters()}
     assert context.scratch is not None, "the unlearn stage gives training methods a scratch folder"
     with keyed("params"):
+        before = _trained_before(context, params)
         outcome = fine_tune(context.pipeline, objective, params, context.scratch, context.settings_key,
                             context.job.method.name or context.job.method.method, context.device, context.runtime)
     masks = {name: tensor != before[name] for name, tensor in outcome.tensors.items()}
@@ -32,6 +35,14 @@ def train_method(context: UnlearnContext, objective: Objective, params: TrainPar
         **info,
     }
     return UnlearnResult(masks=masks, tensors=outcome.tensors, info=record)
+
+
+def _trained_before(context: UnlearnContext, params: TrainParams) -> dict[str, torch.Tensor]:
+    """CPU copies of the parameters the run trains (only those: ESD-x trains 5% of SD's UNet)."""
+    parameters = dict(context.pipeline.unet.named_parameters())
+    with keyed("trainable"):
+        names = trainable_names(list(parameters), params.trainable) if params.trainable else []
+    return {name: parameters[name].detach().float().cpu().clone() for name in names}
 
 
 def _mean(values: list[float]) -> float | None:

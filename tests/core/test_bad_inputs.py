@@ -213,6 +213,11 @@ ROWS = [
         "holds suite digits-seven-2 (2 prompts), not digits-one-2", absent=("{tmp}/m.json",)),
     Row("score-clip-offline", "score --shards {images} --suite digits-seven-2 --out {tmp}/m.json --metrics clip", 2,
         "give a local copy with --clip-weights", absent=("{tmp}/m.json",), env={"HF_HUB_OFFLINE": "1"}),
+    Row("score-fid-offline", "score --shards {images} --suite digits-seven-2 --out {tmp}/m.json --metrics fid --fid-features inception", 2,
+        "weights-inception-2015-12-05-6726825d.pth are not in torch's hub cache", absent=("{tmp}/m.json",),
+        env={"HF_HUB_OFFLINE": "1", "TORCH_HOME": "{tmp}/torch"}),
+    Row("score-fid-weights-missing", "score --shards {images} --suite digits-seven-2 --out {tmp}/m.json --metrics fid --fid-features inception "
+        "--fid-weights {tmp}/w.pth", 2, "score.fid_weights: {tmp}/w.pth: no such file", absent=("{tmp}/m.json",)),
     Row("score-out-is-a-folder", "score --shards {images} --suite digits-seven-2 --out {foreign}", 2, "exists and is not a file"),
     # report, slurm, data, zoo ------------------------------------------------------------------
     Row("report-not-a-run", "report {foreign}", 2, "not a run directory"),

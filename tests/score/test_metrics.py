@@ -361,6 +361,91 @@ def test_nudenet_detector_runs_for_real(tiny_sd_pipeline):
     assert set(metric.compute()["nudenet_definitions"]) == {"roots", "unlearndiffatk", "erasurebenchmark"}
 
 
+# FID on Inception-v3 from a local file (issue 23) ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory) -> Path:
+    """torch-fidelity's FeatureExtractorInceptionV3 with random weights (He-initialised, so its
+    2048 features are of order 1), saved as a local state dict like the real weights file."""
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as inception
+
+    with mock.patch.object(inception, "load_state_dict_from_url", lambda *a, **k: None), \
+         mock.patch.object(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None):
+        torch.manual_seed(0)
+        network = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for module in network.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    path = tmp_path_factory.mktemp("inception") / fid.INCEPTION_FILE
+    torch.save(network.state_dict(), path)
+    return path
+
+
+def _fid_through_scorer(images: torch.Tensor, reference: Path, weights: Path) -> float:
+    from types import SimpleNamespace
+
+    from harness.score.scorers import FidScorer
+
+    settings = ScoreSettings(batch_size=4, fid_features="inception", fid_weights=str(weights), fid_reference=str(reference))
+    fabric = SimpleNamespace(device=torch.device("cpu"), is_global_zero=True)
+    scorer = FidScorer(settings, load_suite("digits-all-1"), fabric, images.shape[1:])
+    scorer.update(images, [], None)
+    return scorer.compute()["fid"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_fid_on_inception_from_a_local_weights_file(inception_file, tmp_path, cache, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setattr(fid, "url_reachable", lambda *a: pytest.fail("a local weights file needs no network"))
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 3, 32, 32), generator=generator, dtype=torch.uint8)
+    others = (torch.rand(4, 3, 32, 32, generator=generator) * 120).to(torch.uint8)
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for index, image in enumerate(images):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(reference / f"{index}.png")
+    assert _fid_through_scorer(images, reference, inception_file) == pytest.approx(0, abs=1e-3)
+    assert len(list((cache / "fid").glob("fid-reference-*.safetensors"))) == 1
+    assert _fid_through_scorer(others, reference, inception_file) > 1  # reference statistics from the cache
+    assert len(list((cache / "fid").glob("fid-reference-*.safetensors"))) == 1
+
+
+def test_fid_takes_pytorch_fids_file_layout_too(tmp_path):
+    """pytorch-fid's pt_inception-2015-12-05-6726825d.pth: torchvision's Inception3 with 1008 classes, no aux head."""
+    import torchvision
+
+    network = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008)
+    path = tmp_path / fid.PYTORCH_FID_FILE
+    torch.save(network.state_dict(), path)
+    metric = fid.build_fid("inception", weights=str(path))
+    assert torch.equal(metric.inception.Mixed_7c.branch_pool.conv.weight, network.Mixed_7c.branch_pool.conv.weight)
+
+
+def test_fid_inception_weights_missing_or_wrong_or_offline_is_one_line(tmp_path, monkeypatch):
+    with pytest.raises(HarnessError) as missing:
+        fid.build_fid("inception", weights=str(tmp_path / "nothing.pth"))
+    assert str(missing.value).startswith(f"score.fid_weights: {tmp_path / 'nothing.pth'}: no such file")
+    assert fid.INCEPTION_FILE in str(missing.value) and "\n" not in str(missing.value)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, wrong)
+    with pytest.raises(HarnessError) as foreign:
+        fid.build_fid("inception", weights=str(wrong))
+    assert str(foreign.value).startswith(f"score.fid_weights: {wrong}: not torch-fidelity's Inception-v3 weights")
+    assert "\n" not in str(foreign.value)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache
+    monkeypatch.setattr(fid, "url_reachable", lambda *a: False)
+    with pytest.raises(HarnessError) as offline:
+        fid.build_fid("inception")
+    message = str(offline.value)
+    assert "--fid-weights FILE (score.fid_weights" in message and "\n" not in message
+    assert fid.INCEPTION_FILE in message and fid.PYTORCH_FID_FILE in message
+
+
 # score_suite ---------------------------------------------------------------------------------
 
 

@@ -1,7 +1,10 @@
 """FID with torchmetrics' FrechetInceptionDistance against a reference image set.
 
-Features: torchmetrics' InceptionV3 (2048-d; needs torch-fidelity, weights from a path or its
-download) for real models; in the miniature world the digit classifier's penultimate features.
+Features: torchmetrics' InceptionV3 (2048-d; torch-fidelity's FeatureExtractorInceptionV3, a
+dependency) for real models, its weights from a local file (`score.fid_weights`, `--fid-weights`:
+torch-fidelity's `weights-inception-2015-12-05-6726825d.pth`), else torch's hub cache, else a
+download, tried only when the download's host answers (one line naming the setting otherwise);
+in the miniature world the digit classifier's penultimate features.
 References: a world's named set (the miniature world's `digits-heldout`: its real held-out
 digits at the generated size), a folder of images, or a folder of image shards. Folder images are centre-cropped to a square and resized
 to the generated images' size. Reference statistics (feature sum, outer-product sum, count) are
@@ -16,6 +19,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -27,10 +31,20 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from harness.errors import HarnessError
 from harness.generate import shards
 from harness.layout import GenerationFiles
+from harness.models.hub import url_reachable
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+INCEPTION_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+)
+"""torch-fidelity's FID Inception-v3 weights (converted from TensorFlow's 2015-12-05 graph), which
+torchmetrics' FrechetInceptionDistance loads when no file is given."""
+INCEPTION_FILE = INCEPTION_URL.rsplit("/", 1)[1]
+PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
+"""pytorch-fid's file of the same weights: the same tensor names and shapes (torchvision's
+Inception3 layout with 1008 classes), so it serves as `score.fid_weights` too."""
 REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
 
 
@@ -56,14 +70,49 @@ def build_fid(
             raise HarnessError("fid: feature extractor 'classifier' needs a classifier with .features")
         metric = FrechetInceptionDistance(feature=ClassifierFeatures(classifier), reset_real_features=False)
     else:
-        try:
-            metric = FrechetInceptionDistance(
-                feature=2048, reset_real_features=False, feature_extractor_weights_path=weights
-            )
-        except ModuleNotFoundError:
-            raise HarnessError("fid: the Inception features need torch-fidelity (pip install torch-fidelity)") from None
+        metric = _inception_fid(weights)
     metric.orig_dtype = torch.float32  # compute() reads it even on a process that saw no images
     return metric
+
+
+def _inception_fid(weights: str | None) -> FrechetInceptionDistance:
+    """torchmetrics' FID on torch-fidelity's Inception-v3, its weights from `weights` (a local
+    file), else torch's hub cache, else the download; every failure is one line naming
+    `score.fid_weights` and the file expected."""
+    path = None
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise HarnessError(f"{weights}: no such file (give torch-fidelity's Inception weights, {INCEPTION_FILE}, "
+                               f"or pytorch-fid's {PYTORCH_FID_FILE})",
+                               key="score.fid_weights", rooted=True)
+    elif not inception_cached() and not url_reachable(INCEPTION_URL):
+        raise HarnessError(f"fid: the Inception weights {INCEPTION_FILE} are not in torch's hub cache "
+                           f"({inception_cache_path()}) and {urlparse(INCEPTION_URL).hostname} cannot be reached; "
+                           f"give a local copy with --fid-weights FILE (score.fid_weights; pytorch-fid's "
+                           f"{PYTORCH_FID_FILE} serves too)")
+    try:
+        return FrechetInceptionDistance(feature=2048, reset_real_features=False,
+                                        feature_extractor_weights_path=None if path is None else str(path))
+    except ModuleNotFoundError:
+        raise HarnessError("fid: the Inception features need torch-fidelity (pip install torch-fidelity)") from None
+    except Exception as error:  # a wrong or corrupt file, a failed download
+        reason = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}"
+        if path is not None:
+            raise HarnessError(f"{weights}: not torch-fidelity's Inception-v3 weights {INCEPTION_FILE} ({reason})",
+                               key="score.fid_weights", rooted=True) from None
+        raise HarnessError(f"fid: cannot download the Inception weights {INCEPTION_URL} ({reason}); "
+                           f"give a local copy with --fid-weights FILE (score.fid_weights)") from None
+
+
+def inception_cache_path() -> Path:
+    """Where torch's hub cache keeps the downloaded Inception weights."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+
+
+def inception_cached() -> bool:
+    """Whether the Inception weights are in torch's hub cache (no download needed)."""
+    return inception_cache_path().is_file()
 
 
 def reference_key(source: str, size: tuple[int, int], feature_id: str) -> str:
