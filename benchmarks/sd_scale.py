@@ -76,7 +76,28 @@ def scorer_weights(folder: Path, tokenizer: Path, tiny: bool) -> dict[str, Path]
     CLIPModel(config).save_pretrained(clip)
     CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=CLIPTokenizer.from_pretrained(str(tokenizer))
                   ).save_pretrained(clip)
-    return {"resnet": resnet, "clip": clip}
+    return {"resnet": resnet, "clip": clip, "inception": random_inception_file(folder)}
+
+
+def random_inception_file(folder: Path) -> Path:
+    """torch-fidelity's Inception-v3 with random (He-initialised) weights, saved under the real
+    weights file's name, as a user's local copy would be."""
+    from unittest import mock
+
+    import torch
+    import torch_fidelity.feature_extractor_inceptionv3 as inception
+
+    from harness.score.metrics.fid import INCEPTION_FILE
+
+    with mock.patch.object(inception, "load_state_dict_from_url", lambda *a, **k: None), \
+         mock.patch.object(inception.FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None):
+        network = inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    for module in network.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    path = folder / INCEPTION_FILE
+    torch.save(network.state_dict(), path)
+    return path
 
 
 RECIPE = """\
@@ -114,9 +135,13 @@ def scenes_folder(folder: Path) -> Path:
     return folder
 
 
-def units(recipe: Path, run: Path, extra: list[str]) -> list[tuple[str, list[str]]]:
+def units(recipe: Path, run: Path, extra: list[str], inception: Path) -> list[tuple[str, list[str]]]:
     """(stage label, harness arguments) of every measured unit, in order."""
     base = ["benchmark", str(recipe), "--run-dir", str(run), *extra]
+    shards = run / "images" / "pretrained" / "none" / "objects"
+    fid = ["score", "--shards", str(shards), "--suite", str(recipe.parent / "objects.csv"), "--metrics", "fid",
+           "--fid-features", "inception", "--fid-weights", str(inception), "--fid-reference", str(shards),
+           "--out", str(run / "fid.json"), *(e for e in extra if e not in ("--device", "cpu", "cuda"))]
     return [
         ("unlearn conceptprune (16 layers)", [*base, "--stage", "unlearn", "--method", "conceptprune"]),
         ("unlearn conceptprune + defense (twin reused)", [*base, "--stage", "unlearn", "--method", "conceptprune-sigma-0.01"]),
@@ -126,6 +151,7 @@ def units(recipe: Path, run: Path, extra: list[str]) -> list[tuple[str, list[str
          [*base, "--stage", "attack", "--method", "conceptprune-sigma-0.01", "--attack", "nms-eq7"]),
         ("generate pretrained (both suites)", [*base, "--stage", "generate", "--model", "pretrained"]),
         ("score pretrained (accuracy, clip)", [*base, "--stage", "score", "--model", "pretrained"]),
+        ("score fid (local Inception file)", fid),
     ]
 
 
@@ -160,7 +186,7 @@ def main() -> None:
     extra = ["--data-dir", data_dir, "--device", args.device]
     if args.device.startswith("cuda"):
         extra += ["--accelerator", "gpu"]
-    for label, arguments in units(recipe, root / "run", extra):
+    for label, arguments in units(recipe, root / "run", extra, weights["inception"]):
         print(f"sd_scale: {label} ...", file=sys.stderr, flush=True)
         seconds, rss, gpu = measure_command([sys.executable, "-m", "harness.cli", *arguments],
                                             root / "logs" / f"{len(rows):02d}.log", label)

@@ -20,7 +20,7 @@ FIGURES = {
     "generation": rf"harness/plain {NUMBER}x \(harness {NUMBER} img/s, plain {NUMBER} img/s\)",
     "esd": rf"ESD {NUMBER} steps/s .*update only {NUMBER} steps/s",
     "revival-batch": rf"power-law {NUMBER} s, real-spectrum {NUMBER} s",
-    "sd-scale": rf"unlearn conceptprune {NUMBER} s, .*revival nms-eq7 {NUMBER} s, .*score pretrained {NUMBER} s",
+    "sd-scale": rf"unlearn conceptprune {NUMBER} s, .*revival nms-eq7 {NUMBER} s, .*score fid {NUMBER} s",
 }
 
 
