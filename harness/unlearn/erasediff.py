@@ -9,15 +9,17 @@ registered as `erasediff`: the current code's objectives and its first-order bi-
 - Retain: L_r = the plain denoising loss on D_r (a world's real images of the other classes
   with their prompts, as DiMUM; any data source via `retain`).
 - Update: a round is R = ceil(forget_samples / batch_size) steps (one pass over D_f). It starts
-  with an inner pass: R Adam steps on f (an optimizer of its own, same lr), recording the mean
+  with an inner pass: R Adam steps on f (a fresh Adam of its own, same lr, no clipping; whether
+  the code shares one optimizer between the passes is not recorded in METHODS.md), recording the mean
   inner loss f_bar (the code's stand-in for f(theta^K)); the weights are then reset and the
   engine makes R Adam steps on L_r(theta) + lam * (f(theta) - f_bar) (nsfw L149-291, loss L281).
   `k_steps` rounds make an epoch.
 
 Defaults, the authors' argparse (erasediff_nsfw.py): batch 8 (L370), 1 epoch (L373), K 2 (L379),
 lam 0.1 (L385), lr 1e-5 (L398), so `steps` 200 = 1 epoch x K 2 x R 100 with 800 forget samples;
-every UNet weight (`full`, the Imagenette setting; the NSFW code's `noxattn` is `trainable:
-["*"]` minus attn2, time_embedding, conv_out, given as globs). The author scripts' (lam 1.0,
+every UNet weight (`full`, the Imagenette setting: whole-network fine-tuning, the family the
+DiMRA relearning attack was published against; the NSFW code's `noxattn`, all but attn2,
+time_embed and out.*, can be listed as include globs in `trainable`). The author scripts' (lam 1.0,
 batch 16, ~60-160 steps) are a recipe away. In the miniature world a smaller preset
 (recipes/digits-erasediff-salun.yaml: 64 forget samples, lr 1e-4) is enough.
 
