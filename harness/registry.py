@@ -43,6 +43,8 @@ BUILTIN: dict[str, dict[str, str]] = {
         "p-esd": "harness.unlearn.learned_mask",
         "p-ac": "harness.unlearn.learned_mask",
         "uce": "harness.unlearn.uce",
+        "erasediff": "harness.unlearn.erasediff",
+        "salun": "harness.unlearn.salun",
     },
     "attack": {
         "nms": "harness.attack.revival.family",
