@@ -119,7 +119,7 @@ class DenoisingObjective(Objective):
                               generator)
 
 
-@attack("dimra", params=DiMRAParams, reads={"original"}, control="ac")
+@attack("dimra", params=DiMRAParams, reads={"original"}, control="erasediff")
 def dimra(context: AttackContext, params: DiMRAParams) -> AttackResult:
     """DiMRA, relearning on data without the concept (harness.attack.interface)."""
     generated = params.data.source in GENERATED_SOURCES

@@ -1,6 +1,6 @@
 """Positive controls (PROTOCOL.md section 8): every attack declares the method it is known to
 break (`harness.registry.attack(..., control=...)`: revival breaks ConceptPrune, the prompt
-attacks ESD, DiMRA AC until whole-network fine-tuning lands). Where the run has that method
+attacks ESD, DiMRA EraseDiff, whole-network fine-tuning unlearning). Where the run has that method
 undefended, its cells say whether the attack broke it here: broken when the attacked share's 95%
 interval lies wholly above the unattacked one's. An attack that did not break its control gives a
 "no" that is weak evidence, and every verdict of it says so; one whose control is not in the run

@@ -192,18 +192,18 @@ def test_an_attack_that_did_not_break_its_control_is_marked_and_one_without_a_co
                          fid=None)
 
     recipe = {"methods": [{"method": "conceptprune"}, {"method": "conceptprune", "name": "cp-d", "defense": {"sigma": 0.01}},
-                          {"method": "ac"}],
+                          {"method": "erasediff"}],
               "attacks": [{"attack": "nms"}, {"attack": "dimra", "name": "relearn"}, {"attack": "unlearndiff"}]}
-    rows = [row("conceptprune", "none", 1), row("conceptprune", "nms", 18), row("ac", "none", 2), row("ac", "relearn", 3),
+    rows = [row("conceptprune", "none", 1), row("conceptprune", "nms", 18), row("erasediff", "none", 2), row("erasediff", "relearn", 3),
             row("conceptprune", "relearn", 2), row("conceptprune", "unlearndiff", 1)]
     controls = control_verdicts(recipe, rows, "s")
     assert controls["nms"]["broken"] and controls["nms"]["method"] == "conceptprune"
-    assert controls["relearn"]["broken"] is False and controls["relearn"]["method"] == "ac"
+    assert controls["relearn"]["broken"] is False and controls["relearn"]["method"] == "erasediff"
     assert controls["unlearndiff"]["method"] is None and controls["unlearndiff"]["control"] == "esd"
     results = Results(recipe=recipe, versions={}, seeds={}, rows=rows, provenance={}, controls=controls)
     lines = matrix_lines(results, "seven")
     assert lines[1].split() == ["method", "none", "nms", "relearn*", "unlearndiff*"]
     text = "\n".join(lines)
     assert "nms: broke its control conceptprune (0.05 -> 0.90)" in text
-    assert "relearn: did NOT break its control ac (0.10 -> 0.15); its 'no' is weak evidence here" in text
+    assert "relearn: did NOT break its control erasediff (0.10 -> 0.15); its 'no' is weak evidence here" in text
     assert "unlearndiff: its control (esd) is not in this run" in text
