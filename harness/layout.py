@@ -203,6 +203,11 @@ class ReportFiles:
     def record(self) -> Path:
         return self.folder / "report.json"
 
+    @property
+    def html(self) -> Path:
+        """The whole report in one file a browser opens."""
+        return self.folder / "report.html"
+
 
 @dataclass(frozen=True)
 class SlurmFiles:

@@ -2,9 +2,10 @@
 
 Reads only the run directories' files (the recipe, the unlearn and attack records, metrics,
 image shards), writes each run's results.json afresh, and writes report.md, one CSV per table,
-PNG plots and grids, and the report's record (what was written, from which runs, with
-provenance). Several run directories make one report: the five object runs of Table 1, or
-runs of a defense sweep. Whatever is not there is printed as `missing`, never filled in.
+PNG plots and grids, report.html (all of it in one file: harness.report.html), and the
+report's record (what was written, from which runs, with provenance). Several run directories
+make one report: the five object runs of Table 1, or runs of a defense sweep. Whatever is not
+there is printed as `missing`, never filled in.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from harness.registry import plugins
 from harness.report.cells import MISSING, Table, slug, table_csv, table_markdown
 from harness.report.grids import write_grid
 from harness.report.heatmap import matrix_heatmap
+from harness.report.html import render_html
 from harness.report.plots import curve_plot, defense_plot, detectability_surface, sign_accuracy_plot
 from harness.report.runs import RunData, load_run
 
@@ -104,6 +106,9 @@ def run(job: ReportJob) -> ReportRecord:
 
     _write_text(files.markdown, render_markdown(runs, tables, absent, plot_lines, grid_lines))
     written.append(files.markdown.name)
+    images = [name for name in written if name.endswith(".png")]
+    _write_text(files.html, render_html(runs, files.folder, images, tables))
+    written.append(files.html.name)
     for stale in previous - set(written):
         (files.folder / stale).unlink(missing_ok=True)
     record = ReportRecord(

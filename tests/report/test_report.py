@@ -339,3 +339,50 @@ def test_table6_rows_come_from_measured_accuracy_at_every_k() -> None:
     assert rows[0.5] == SignAccuracy(0.9, pytest.approx((80 - 45) / 50), 0.8)
     assert rows[1.0] == SignAccuracy(0.8, None, 0.8)
     assert dataclasses.replace(summary, sign_accuracy_by_k={}).split_by_k() == []
+
+
+def test_report_html_is_one_self_contained_file_whose_cells_link_to_their_images(tmp_path: Path) -> None:
+    """report.html: the matrix coloured by the erased share (green low, red high), each cell's
+    link pointing at an image embedded in the same file, no other file referenced."""
+    from html.parser import HTMLParser
+
+    from harness.report.html import colour
+
+    run = make_run(tmp_path)
+    report_stage.run(ReportJob([run]))
+    page = (run / "report" / "report.html").read_text()
+
+    class Collect(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ids, self.hrefs, self.sources, self.cells, self.open_td = set(), [], [], [], None
+
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if "id" in attrs:
+                self.ids.add(attrs["id"])
+            if tag == "a":
+                self.hrefs.append(attrs["href"])
+            if tag == "img":
+                self.sources.append(attrs["src"])
+            if tag == "td" and "cell" in attrs.get("class", ""):
+                self.open_td = [attrs.get("style", ""), ""]
+                self.cells.append(self.open_td)
+
+        def handle_data(self, data):
+            if self.open_td is not None:
+                self.open_td[1] += data
+
+        def handle_endtag(self, tag):
+            if tag == "td":
+                self.open_td = None
+
+    parsed = Collect()
+    parsed.feed(page)
+    assert parsed.hrefs and all(h.startswith("#") and h[1:] in parsed.ids for h in parsed.hrefs)
+    assert "grid-digits-digits-all-2" in parsed.ids and parsed.sources
+    assert all(s.startswith("data:image/png;base64,") for s in parsed.sources)  # nothing outside the file
+    nms = next(style for style, text in parsed.cells if text.startswith("0.60 [0.50, 0.69] n=100"))
+    assert f"background:{colour(0.6)[0]}" in nms and colour(0.0)[0] != colour(1.0)[0]
+    assert any(text.startswith("missing: metrics/cp/quant4") and not style for style, text in parsed.cells)
+    assert "Table 1" in page and "matrix" in page
