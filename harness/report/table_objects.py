@@ -1,5 +1,6 @@
-"""Table 1: top-1 accuracy of the erased class and of the preserved classes, one row per run
-(the erased class), one column pair per model of the matrix."""
+"""Table 1: top-1 accuracy of the erased class and of the preserved classes, one row per model of
+the matrix (pretrained, each method, each attack on it) and one column pair per erased class, so
+that a matrix of many models stays a table a person reads down."""
 
 from __future__ import annotations
 
@@ -35,23 +36,29 @@ def union_models(runs: list[RunData]) -> list[ModelRef]:
 
 @table("objects", label="Table 1 (classes)", absent="no run erases an object or a class")
 def objects_table(runs: list[RunData]) -> Table | None:
-    """Table 1: erased- and preserved-class top-1 accuracy, one row per erased class."""
+    """Table 1: erased- and preserved-class top-1 accuracy, one row per model of the matrix and
+    a column pair per erased class (run), with their average when there are several."""
     runs = [r for r in runs if is_class_run(r)]
     if not runs:
         return None
     models = union_models(runs)
-    labels = ["Run", "Class"] if len(runs) > 1 else ["Class"]
+    several = len(runs) > 1
+    heads = [f"{run.name}: {run.target}" if several else str(run.target) for run in runs]
     rows: list[list[Cell]] = []
+    for model in models:
+        pairs = [class_accuracy(run, model) if model in run.models else (None, None) for run in runs]
+        row: list[Cell] = [str(model), *(value for pair in pairs for value in pair)]
+        if several:
+            row += average_row("", [["", erased, preserved] for erased, preserved in pairs])[1:]
+        rows.append(row)
     notes = []
     for run in runs:
-        pairs = [class_accuracy(run, m) if m in run.models else (None, None) for m in models]
-        label = [run.name, run.target] if len(runs) > 1 else [run.target]
-        rows.append([*label, *(p[0] for p in pairs), *(p[1] for p in pairs)])
         erased_suite, preserved_suite = class_suites(run)
         notes.append(f"{run.name}: erased class '{run.target}' from suite {erased_suite or 'missing'}, "
                      f"preserved classes from suite {preserved_suite or 'missing'}")
-    if len(runs) > 1:
-        rows.append(["Average", *average_row("", [row[1:] for row in rows])])
-    columns = [*labels, *(f"erased: {m}" for m in models), *(f"preserved: {m}" for m in models)]
+    columns = ["Model", *(f"{head}: {part}" for head in heads for part in ("erased", "preserved"))]
+    if several:
+        columns += ["Average: erased", "Average: preserved"]
     key = "table1_objects" if any(r.concept_kind == "object" for r in runs) else "table1_classes"
-    return Table(key, "Table 1. Top-1 accuracy of the erased class and the preserved classes", columns, rows, notes)
+    return Table(key, "Table 1. Top-1 accuracy of the erased class and the preserved classes (a row per model)",
+                 columns, rows, notes)

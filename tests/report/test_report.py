@@ -147,15 +147,14 @@ def test_single_run_tables_and_missing_markers(tmp_path: Path) -> None:
     out = run / "report"
     assert report == out / "report.md"
     rows = read_csv(out / "table1_classes.csv")
-    header = rows[0]
-    assert header[:3] == ["Class", "erased: pretrained", "erased: cp"]
-    row = dict(zip(header, rows[1]))
-    assert row["Class"] == "seven"
-    assert float(row["erased: pretrained"]) == pytest.approx(0.9)
-    assert float(row["erased: cp/nms"]) == pytest.approx(0.6)
-    assert float(row["preserved: cp"]) == pytest.approx((0.85 + 8 * 0.8) / 9)
-    assert row["erased: cp/quant4"] == "missing"  # no metrics file
-    assert float(row["erased: cp/average"]) == pytest.approx(0.3)  # metrics there, attack record not
+    assert rows[0] == ["Model", "seven: erased", "seven: preserved"]  # a row per model, read down
+    table1 = {row[0]: row[1:] for row in rows[1:]}
+    assert list(table1)[:2] == ["pretrained", "cp"]
+    assert float(table1["pretrained"][0]) == pytest.approx(0.9)
+    assert float(table1["cp/nms"][0]) == pytest.approx(0.6)
+    assert float(table1["cp"][1]) == pytest.approx((0.85 + 8 * 0.8) / 9)
+    assert table1["cp/quant4"][0] == "missing"  # no metrics file
+    assert float(table1["cp/average"][0]) == pytest.approx(0.3)  # metrics there, attack record not
 
     ablation = read_csv(out / "table3_topk_magnitude_digits_cp.csv")
     assert ablation[0] == ["Top-K retention", "sample", "average", "nms"]
@@ -233,10 +232,13 @@ def test_defense_sweep_over_several_runs(tmp_path: Path) -> None:
     assert png_size(out / "defense_curve.png") == (round(PLOT_SIZE[0] * DPI), round(PLOT_SIZE[1] * DPI))
     assert png_size(out / "detectability.png")[0] > 0
     table1 = read_csv(out / "table1_classes.csv")
-    assert [r[:2] for r in table1[1:]] == [["plain", "seven"], ["sigma-1e-4", "seven"], ["sigma-1e-2", "seven"],
-                                           ["Average", ""]]
-    assert table1[4][header_index(table1, "erased: cp/quant4")] == "missing"
-    assert float(table1[4][header_index(table1, "erased: cp")]) == pytest.approx((0.1 + 0.12 + 0.15) / 3)
+    assert table1[0] == ["Model", "plain: seven: erased", "plain: seven: preserved", "sigma-1e-4: seven: erased",
+                         "sigma-1e-4: seven: preserved", "sigma-1e-2: seven: erased", "sigma-1e-2: seven: preserved",
+                         "Average: erased", "Average: preserved"]
+    by_model = {row[0]: row for row in table1[1:]}
+    assert by_model["cp/quant4"][header_index(table1, "Average: erased")] == "missing"
+    assert [float(by_model["cp"][i]) for i in (1, 3, 5)] == pytest.approx([0.1, 0.12, 0.15])
+    assert float(by_model["cp"][header_index(table1, "Average: erased")]) == pytest.approx((0.1 + 0.12 + 0.15) / 3)
     record = json.loads((out / "report.json").read_text())
     assert "defense_tradeoff.csv" in record["files"] and record["provenance"]["versions"]
 
