@@ -275,3 +275,17 @@ def test_the_masks_are_found_once_and_shared_with_every_process(tmp_path: Path) 
         thread.join(timeout=60)
     assert "no such detector" in str(errors[0]) and "no such detector" in str(errors[1])
     assert not shared.exists()
+
+
+@pytest.mark.parametrize("shape", [(40, 90), (90, 40)])
+def test_the_gram_eigendecomposition_gives_the_svds_left_subspace(shape: tuple[int, int]) -> None:
+    """`lowrank` and `columns` take a wide matrix's left singular vectors from its Gram matrix:
+    the same singular values and top subspaces as the SVD (which a tall matrix still uses)."""
+    matrix = torch.randn(*shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    matrix += torch.randn(shape[0], 3, dtype=torch.float64) @ torch.randn(3, shape[1], dtype=torch.float64)
+    vectors, values = detect._left_singular(matrix)
+    svd_vectors, svd_values, _ = torch.linalg.svd(matrix, full_matrices=False)
+    torch.testing.assert_close(values[:min(shape)], svd_values, rtol=1e-9, atol=1e-9)
+    for rank in (1, 3, 10):
+        torch.testing.assert_close(vectors[:, :rank] @ vectors[:, :rank].T, svd_vectors[:, :rank] @ svd_vectors[:, :rank].T,
+                                   rtol=0, atol=1e-8)

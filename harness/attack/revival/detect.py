@@ -33,12 +33,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from harness.registry import detector, resolve
 
+T = TypeVar("T")
 Detector = Callable[[torch.Tensor], torch.Tensor]
 """weight matrix -> float score per entry (same shape), higher = more likely obfuscated."""
 
@@ -67,22 +69,28 @@ def fit_mixture(weight: torch.Tensor, iterations: int = EM_ITERATIONS) -> Mixtur
     c0 + c1 w^2; the M-step needs only sum(gamma) and sum(gamma w^2) (sum(w^2) is fixed). The
     entries are float32, the sums float64 over float32 pieces of FIT_PIECE entries (on the CPU;
     one piece on an accelerator); the parameters stay float64. The last fit of each weight is
-    kept (`_LAST_FIT`), so a detector's scores and its share estimate fit the layer once."""
-    key = (weight._version, iterations)
-    last = _LAST_FIT.get("fit")
+    kept (`_remembered`), so a detector's scores and its share estimate fit the layer once."""
+    return _remembered("mixture", weight, iterations, lambda: _fit(weight, iterations))
+
+
+FIT_PIECE = 1 << 20
+"""Entries per float32 partial sum of the EM on the CPU (the partial sums add in float64; fewer, larger
+pieces keep torch's threads from waiting on each other on a busy machine)."""
+
+_LAST_FIT: dict[str, tuple[torch.Tensor, tuple[int, object], object]] = {}
+"""Per kind of fit ("mixture", "columns"), the last weight fitted (the tensor itself, its in-place
+version and the fit's option) and its fit: the same tensor, unchanged, is not fitted again."""
+
+
+def _remembered(kind: str, weight: torch.Tensor, option: object, compute: Callable[[], T]) -> T:
+    """`compute()`, or the fit remembered for this very tensor, unchanged since, and option."""
+    key = (weight._version, option)
+    last = _LAST_FIT.get(kind)
     if last is not None and last[0] is weight and last[1] == key:
-        return last[2]
-    fit = _fit(weight, iterations)
-    _LAST_FIT["fit"] = (weight, key, fit)
+        return last[2]  # type: ignore[return-value]
+    fit = compute()
+    _LAST_FIT[kind] = (weight, key, fit)
     return fit
-
-
-FIT_PIECE = 1 << 17
-"""Entries per float32 partial sum of the EM on the CPU (cache-sized; the partial sums add in float64)."""
-
-_LAST_FIT: dict[str, tuple[torch.Tensor, tuple[int, int], Mixture]] = {}
-"""The last weight `fit_mixture` fitted (the tensor itself, its in-place version and the
-iterations) and its fit: the same tensor, unchanged, is not fitted again."""
 
 
 def _fit(weight: torch.Tensor, iterations: int) -> Mixture:
@@ -146,6 +154,21 @@ def column_scores(weight: torch.Tensor, rank: int | None = None) -> torch.Tensor
 
 
 def _column_fit(weight: torch.Tensor, rank: int | None) -> tuple[torch.Tensor, int]:
+    """Column scores and the rank used, fitted once per weight (`_remembered`), on its device."""
+    return _remembered("columns", weight, rank, lambda: _fit_columns(weight, rank))
+
+
+def _left_singular(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left singular vectors and singular values (descending) of a float64 matrix; of a wide one
+    from its Gram matrix's eigendecomposition (rows x rows, cheaper than the SVD)."""
+    if matrix.shape[0] > matrix.shape[1]:
+        vectors, values, _ = torch.linalg.svd(matrix, full_matrices=False)
+        return vectors, values
+    eigenvalues, vectors = torch.linalg.eigh(matrix @ matrix.T)
+    return vectors.flip(-1), eigenvalues.flip(-1).clamp_min(0).sqrt()
+
+
+def _fit_columns(weight: torch.Tensor, rank: int | None) -> tuple[torch.Tensor, int]:
     w = weight.detach().double()
     if rank is not None and rank < 1:
         raise ValueError(f"lowrank: rank must be at least 1, got {rank}")
@@ -154,7 +177,7 @@ def _column_fit(weight: torch.Tensor, rank: int | None) -> tuple[torch.Tensor, i
     keep = torch.ones(w.shape[1], dtype=torch.bool, device=w.device)
     scores, used = torch.zeros(w.shape[1], dtype=torch.float64, device=w.device), 1
     for _ in range(FIT_ROUNDS):
-        vectors, values, _ = torch.linalg.svd(unit[:, keep], full_matrices=False)
+        vectors, values = _left_singular(unit[:, keep])
         used = rank if rank is not None else max(1, int((values.pow(2) > NOISE_FACTOR * int(keep.sum()) / rows).sum()))
         used = min(used, rows - 1) if rows > 1 else 1
         basis = vectors[:, :used]
