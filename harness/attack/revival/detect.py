@@ -121,7 +121,7 @@ def _fit(weight: torch.Tensor, iterations: int) -> Mixture:
         gamma = work[:, :piece.numel()]
         softplus += torch.nn.functional.softplus(torch.addcmul(c0, piece, c1, out=gamma)).sum(1)
     likelihood = n * (torch.log1p(-alpha) - 0.5 * torch.log(var_u)) - total / (2 * var_u) + softplus
-    best = int(torch.argmax(likelihood))  # the first start wins a tie, as before
+    best = int(torch.argmax(likelihood.nan_to_num(nan=-math.inf)))  # the first start wins a tie, as before
     fit = Mixture(float(alpha[best]), float(var_m[best].sqrt()), float(var_u[best].sqrt()))
     return Mixture(1 - fit.alpha, fit.sigma_u, fit.sigma_m) if fit.alpha > 0.5 else fit  # the minority is obfuscated
 
