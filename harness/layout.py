@@ -136,6 +136,11 @@ class AttackFiles:
         """Per-process parts of a sharded attack, merged by the main process."""
         return self.folder / ".parts"
 
+    @property
+    def masks(self) -> Path:
+        """A sharded revival's pruned positions, found by the main process for every process."""
+        return self.folder / ".masks.safetensors"
+
     def part_tensors(self, rank: int) -> Path:
         return self.parts / f"part-{rank}.safetensors"
 

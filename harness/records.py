@@ -160,6 +160,14 @@ class LayerReport:
     """The precision the completion ended in (float32 can switch to float64 when it stalls)."""
     completion_algorithm: str | None = None
     completion_notes: list[str] = field(default_factory=list)
+    zeros: int | None = None
+    """Exact zeros in the unlearned weight."""
+    zero_share: float | None = None
+    """zeros / entries."""
+    counts_as_pruned: bool | None = None
+    """The layer had positions to revive by the mask rule."""
+    why: str | None = None
+    """The mask rule and the layer's figures that decided its pruned positions."""
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import threading
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,18 @@ from harness.records import AttackRecord, read_record
 
 SIGMA_U = 0.05
 FFN = "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2.weight"
+REPO = Path(__file__).resolve().parents[2]  # the checkout (benchmarks/ is not a package)
+
+
+def _load_reference_fit():
+    """The previous (float64, one start after the other) EM fit: one copy, in benchmarks/, loaded by path."""
+    spec = importlib.util.spec_from_file_location("eq7_reference", REPO / "benchmarks" / "eq7_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.fit_mixture_reference
+
+
+fit_mixture_reference = _load_reference_fit()
 
 
 def planted(sigma_m: float, rows: int = 64, cols: int = 512, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,3 +190,102 @@ def test_revive_with_a_detector_revives_the_detected_positions(tmp_path: Path, c
                  "--mask-detector", "eq7", "--mask-share", "2"]) == 2
     err = capsys.readouterr().err.strip()
     assert "mask share must lie in (0, 1), got 2.0" in err and "\n" not in err
+
+
+@pytest.mark.parametrize(("sigma_m", "dtype"), [(1e-3, torch.float32), (SIGMA_U, torch.float32),
+                                               (10 * SIGMA_U, torch.float32), (0.0, torch.float32),
+                                               (1e-3, torch.float16), (1e-3, torch.float64)])
+def test_the_torch_fit_is_the_reference_fit(sigma_m: float, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The EM (float32 entries, float64 sums, both starts at once) gives the previous float64 fit's
+    parameters, also with exact zeros (sigma_m 0: the narrow component collapses onto them), an
+    fp16 weight, and sums over several pieces; eq7's scores follow."""
+    weight, _ = planted(sigma_m, rows=64, cols=1024, seed=3)
+    weight = weight.to(dtype)
+    monkeypatch.setattr(detect, "FIT_PIECE", 5000)  # several pieces, one shorter
+    reference, fit = fit_mixture_reference(weight), detect.fit_mixture(weight)
+    assert fit.alpha == pytest.approx(reference.alpha, rel=1e-5)
+    assert fit.sigma_m == pytest.approx(reference.sigma_m, rel=1e-5)
+    assert fit.sigma_u == pytest.approx(reference.sigma_u, rel=1e-5)
+    if sigma_m:
+        torch.testing.assert_close(detect.eq7(weight), detect.eq7(weight, reference), rtol=1e-4, atol=1e-9)
+    else:
+        assert bool(torch.isfinite(detect.eq7(weight)).all())
+
+
+def test_a_detected_mask_fits_the_mixture_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """eq7's scores and its share estimate share one fit; a changed weight is fitted again."""
+    calls = []
+    fit = detect._fit
+    monkeypatch.setattr(detect, "_fit", lambda weight, iterations: calls.append(1) or fit(weight, iterations))
+    weight, _ = planted(sigma_m=1e-3)
+    detect.detected_mask(weight, "eq7")
+    assert len(calls) == 1
+    weight.mul_(2)
+    detect.detected_mask(weight, "eq7")
+    assert len(calls) == 2
+
+
+class _Process:
+    """Enough of an Accelerator for `found_once`: two of them meet at a shared barrier."""
+
+    def __init__(self, rank: int, barrier: threading.Barrier) -> None:
+        self.process_index, self.num_processes, self.barrier = rank, 2, barrier
+        self.is_main_process = self.is_local_main_process = rank == 0
+
+    def wait_for_everyone(self) -> None:
+        self.barrier.wait(timeout=30)
+
+
+def test_the_masks_are_found_once_and_shared_with_every_process(tmp_path: Path) -> None:
+    from harness.attack.revival.masks import layer_mask
+    from harness.attack.revival.runner import found_once
+
+    weight, _ = planted(sigma_m=1e-3)
+    weight[weight.abs() < 2e-3] = 0
+    barrier, calls, results, errors = threading.Barrier(2), [], {}, {}
+    shared = tmp_path / "out" / ".masks.safetensors"
+
+    def find() -> dict:
+        calls.append(1)
+        return {"w": layer_mask(weight, MaskSettings(), "w")}
+
+    def process(rank: int, finder) -> None:
+        try:
+            results[rank] = found_once(finder, _Process(rank, barrier), shared)
+        except Exception as error:  # noqa: BLE001 (compared below)
+            errors[rank] = error
+
+    threads = [threading.Thread(target=process, args=(rank, find)) for rank in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert calls == [1] and not errors
+    assert results[0]["w"].pruned.equal(results[1]["w"].pruned) and results[1]["w"].why == results[0]["w"].why
+    assert results[1]["w"].counts_as_pruned and results[1]["w"].zeros == int((weight == 0).sum())
+    assert not shared.exists()
+
+    def broken() -> dict:
+        raise HarnessError("no such detector")
+
+    threads = [threading.Thread(target=process, args=(rank, broken)) for rank in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert "no such detector" in str(errors[0]) and "no such detector" in str(errors[1])
+    assert not shared.exists()
+
+
+@pytest.mark.parametrize("shape", [(40, 90), (90, 40)])
+def test_the_gram_eigendecomposition_gives_the_svds_left_subspace(shape: tuple[int, int]) -> None:
+    """`lowrank` and `columns` take a wide matrix's left singular vectors from its Gram matrix:
+    the same singular values and top subspaces as the SVD (which a tall matrix still uses)."""
+    matrix = torch.randn(*shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    matrix += torch.randn(shape[0], 3, dtype=torch.float64) @ torch.randn(3, shape[1], dtype=torch.float64)
+    vectors, values = detect._left_singular(matrix)
+    svd_vectors, svd_values, _ = torch.linalg.svd(matrix, full_matrices=False)
+    torch.testing.assert_close(values[:min(shape)], svd_values, rtol=1e-9, atol=1e-9)
+    for rank in (1, 3, 10):
+        torch.testing.assert_close(vectors[:, :rank] @ vectors[:, :rank].T, svd_vectors[:, :rank] @ svd_vectors[:, :rank].T,
+                                   rtol=0, atol=1e-8)

@@ -143,7 +143,11 @@ def test_one_and_two_processes_give_identical_output(models: dict[str, Path], tm
     two = load_file(str(AttackFiles(outputs[2]).tensors))
     assert list(one) == list(two)
     assert all(one[name].equal(two[name]) for name in one)
-    assert read_record(AttackRecord, AttackFiles(outputs[2]).record).revival.processes == 2
+    records = {processes: read_record(AttackRecord, AttackFiles(out).record) for processes, out in outputs.items()}
+    assert records[2].revival.processes == 2
+    assert [layer.why for layer in records[2].revival.layers] == [layer.why for layer in records[1].revival.layers]
+    assert all(layer.why for layer in records[2].revival.layers)  # the main process's masks, in every process's part
+    assert not AttackFiles(outputs[2]).masks.exists()
 
 
 def test_a_rerun_with_the_same_settings_reuses_and_a_changed_one_recomputes(

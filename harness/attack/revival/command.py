@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"nothing revived: {record.reason}")
             return 0
         raise HarnessError(f"--unlearned {settings.unlearned}: {record.reason}; for a model defended with Gaussian "
-                           "obfuscation give the positions: --zero-threshold T or --mask-file F")
+                           "obfuscation give the positions: --zero-threshold T, --mask-detector NAME or --mask-file F; "
+                           "for a few pruned entries, --min-pruned-share S")
     print_summary(record, AttackFiles(Path(settings.out)))
     return 0
 

@@ -33,12 +33,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from harness.registry import detector, resolve
 
+T = TypeVar("T")
 Detector = Callable[[torch.Tensor], torch.Tensor]
 """weight matrix -> float score per entry (same shape), higher = more likely obfuscated."""
 
@@ -60,47 +62,87 @@ class Mixture:
 
 def fit_mixture(weight: torch.Tensor, iterations: int = EM_ITERATIONS) -> Mixture:
     """EM on the entries of `weight`, from a narrow and from a wide minority component (alpha 0.05
-    and a hundredth / ten times the mean square); the fit of higher likelihood is kept."""
-    w2 = weight.detach().double().flatten().pow(2)
-    scale = w2.mean().clamp_min(1e-300)
-    best: tuple[float, Mixture] | None = None
-    for start in (scale / 100, scale * 10):
-        alpha = torch.tensor(0.05, dtype=torch.float64)
-        var_m, var_u = start.clone(), scale.clone()
-        for _ in range(iterations):
-            log_m, log_u = _log_joint(w2, alpha, var_m, var_u)
-            gamma = torch.sigmoid(log_m - log_u)
-            alpha = gamma.mean().clamp(1e-6, 1 - 1e-6)
-            var_m = ((gamma * w2).sum() / gamma.sum().clamp_min(1e-300)).clamp_min(1e-300)
-            var_u = (((1 - gamma) * w2).sum() / (1 - gamma).sum().clamp_min(1e-300)).clamp_min(1e-300)
-        log_m, log_u = _log_joint(w2, alpha, var_m, var_u)
-        likelihood = float(torch.logaddexp(log_m, log_u).sum())
-        fit = Mixture(float(alpha), float(var_m.sqrt()), float(var_u.sqrt()))
-        if fit.alpha > 0.5:  # the minority component is the obfuscated one
-            fit = Mixture(1 - fit.alpha, fit.sigma_u, fit.sigma_m)
-        if best is None or likelihood > best[0]:
-            best = (likelihood, fit)
-    assert best is not None
-    return best[1]
+    and a hundredth / ten times the mean square); the fit of higher likelihood is kept.
+
+    Runs on the weight's device, both starts at once. An E-step is one affine map and a sigmoid
+    per entry, the posterior logit log(a N(w; 0, var_m)) - log((1 - a) N(w; 0, var_u)) being
+    c0 + c1 w^2; the M-step needs only sum(gamma) and sum(gamma w^2) (sum(w^2) is fixed). The
+    entries are float32, the sums float64 over float32 pieces of FIT_PIECE entries (on the CPU;
+    one piece on an accelerator); the parameters stay float64. The last fit of each weight is
+    kept (`_remembered`), so a detector's scores and its share estimate fit the layer once."""
+    return _remembered("mixture", weight, iterations, lambda: _fit(weight, iterations))
 
 
-def _log_joint(w2: torch.Tensor, alpha: torch.Tensor, var_m: torch.Tensor, var_u: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """log(a N(w; 0, var_m)) and log((1 - a) N(w; 0, var_u)), without the shared constant."""
-    return (torch.log(alpha) - 0.5 * torch.log(var_m) - w2 / (2 * var_m),
-            torch.log1p(-alpha) - 0.5 * torch.log(var_u) - w2 / (2 * var_u))
+FIT_PIECE = 1 << 20
+"""Entries per float32 partial sum of the EM on the CPU (the partial sums add in float64; fewer, larger
+pieces keep torch's threads from waiting on each other on a busy machine)."""
+
+_LAST_FIT: dict[str, tuple[torch.Tensor, tuple[int, object], object]] = {}
+"""Per kind of fit ("mixture", "columns"), the last weight fitted (the tensor itself, its in-place
+version and the fit's option) and its fit: the same tensor, unchanged, is not fitted again."""
+
+
+def _remembered(kind: str, weight: torch.Tensor, option: object, compute: Callable[[], T]) -> T:
+    """`compute()`, or the fit remembered for this very tensor, unchanged since, and option."""
+    key = (weight._version, option)
+    last = _LAST_FIT.get(kind)
+    if last is not None and last[0] is weight and last[1] == key:
+        return last[2]  # type: ignore[return-value]
+    fit = compute()
+    _LAST_FIT[kind] = (weight, key, fit)
+    return fit
+
+
+def _fit(weight: torch.Tensor, iterations: int) -> Mixture:
+    f64 = torch.float64
+    w2 = weight.detach().flatten().float().square()
+    n = w2.numel()
+    total = w2.sum(dtype=f64)
+    scale = (total / n).clamp_min(1e-300)
+    var_m, var_u = torch.stack([scale / 100, scale * 10]), torch.stack([scale, scale])  # the two starts
+    alpha = torch.full((2,), 0.05, dtype=f64, device=w2.device)
+    pieces = w2.split(FIT_PIECE if w2.device.type == "cpu" else max(1, n))
+    work = torch.empty(2, max(p.numel() for p in pieces), device=w2.device)
+    for _ in range(iterations):
+        c0, c1 = _logit(alpha, var_m, var_u)
+        g, gw = torch.zeros(2, dtype=f64, device=w2.device), torch.zeros(2, dtype=f64, device=w2.device)
+        for piece in pieces:
+            gamma = work[:, :piece.numel()]
+            torch.addcmul(c0, piece, c1, out=gamma).sigmoid_()
+            g += gamma.sum(1)
+            gw += gamma.mul_(piece).sum(1)
+        alpha = (g / n).clamp(1e-6, 1 - 1e-6)
+        var_m = (gw / g.clamp_min(1e-300)).clamp_min(1e-300)
+        var_u = ((total - gw) / (n - g).clamp_min(1e-300)).clamp_min(1e-300)
+    # log-likelihood (without the shared constant): sum log((1 - a) N(w; 0, var_u)) + softplus(logit)
+    c0, c1 = _logit(alpha, var_m, var_u)
+    softplus = torch.zeros(2, dtype=f64, device=w2.device)
+    for piece in pieces:
+        gamma = work[:, :piece.numel()]
+        softplus += torch.nn.functional.softplus(torch.addcmul(c0, piece, c1, out=gamma)).sum(1)
+    likelihood = n * (torch.log1p(-alpha) - 0.5 * torch.log(var_u)) - total / (2 * var_u) + softplus
+    best = int(torch.argmax(likelihood.nan_to_num(nan=-math.inf)))  # the first start wins a tie, as before
+    fit = Mixture(float(alpha[best]), float(var_m[best].sqrt()), float(var_u[best].sqrt()))
+    return Mixture(1 - fit.alpha, fit.sigma_u, fit.sigma_m) if fit.alpha > 0.5 else fit  # the minority is obfuscated
+
+
+def _logit(alpha: torch.Tensor, var_m: torch.Tensor, var_u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """c0 and c1 (float32 columns) of the posterior logit c0 + c1 w^2 of the component N(0, var_m)."""
+    c0 = torch.log(alpha) - torch.log1p(-alpha) - 0.5 * torch.log(var_m / var_u)
+    c1 = 0.5 / var_u - 0.5 / var_m
+    big = torch.finfo(torch.float32).max / 4  # a collapsed component (exact zeros): finite, so 0 * c1 = 0
+    return c0.clamp(-big, big).float()[:, None], c1.clamp(-big, big).float()[:, None]
 
 
 def eq7(weight: torch.Tensor, mixture: Mixture | None = None) -> torch.Tensor:
-    """Posterior that each entry was obfuscated (float64); `mixture` defaults to `fit_mixture(weight)`."""
+    """Posterior that each entry was obfuscated (float64, on the weight's device); `mixture`
+    defaults to `fit_mixture(weight)`."""
     mixture = fit_mixture(weight) if mixture is None else mixture
     if not 0 < mixture.alpha < 1 or mixture.sigma_m <= 0 or mixture.sigma_u <= 0:
         raise ValueError(f"eq7: alpha must lie in (0, 1) and the sigmas be positive, got {mixture}")
-    w2 = weight.detach().double().pow(2)
-    alpha = torch.tensor(mixture.alpha, dtype=torch.float64)
-    log_m, log_u = _log_joint(w2, alpha, torch.tensor(mixture.sigma_m ** 2, dtype=torch.float64),
-                              torch.tensor(mixture.sigma_u ** 2, dtype=torch.float64))
-    return torch.sigmoid(log_m - log_u)
+    var_m, var_u = mixture.sigma_m ** 2, mixture.sigma_u ** 2
+    c0 = math.log(mixture.alpha) - math.log1p(-mixture.alpha) - 0.5 * math.log(var_m / var_u)
+    return torch.sigmoid(weight.detach().double().square().mul_(0.5 / var_u - 0.5 / var_m).add_(c0))
 
 
 def column_scores(weight: torch.Tensor, rank: int | None = None) -> torch.Tensor:
@@ -112,6 +154,21 @@ def column_scores(weight: torch.Tensor, rank: int | None = None) -> torch.Tensor
 
 
 def _column_fit(weight: torch.Tensor, rank: int | None) -> tuple[torch.Tensor, int]:
+    """Column scores and the rank used, fitted once per weight (`_remembered`), on its device."""
+    return _remembered("columns", weight, rank, lambda: _fit_columns(weight, rank))
+
+
+def _left_singular(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left singular vectors and singular values (descending) of a float64 matrix; of a wide one
+    from its Gram matrix's eigendecomposition (rows x rows, cheaper than the SVD)."""
+    if matrix.shape[0] > matrix.shape[1]:
+        vectors, values, _ = torch.linalg.svd(matrix, full_matrices=False)
+        return vectors, values
+    eigenvalues, vectors = torch.linalg.eigh(matrix @ matrix.T)
+    return vectors.flip(-1), eigenvalues.flip(-1).clamp_min(0).sqrt()
+
+
+def _fit_columns(weight: torch.Tensor, rank: int | None) -> tuple[torch.Tensor, int]:
     w = weight.detach().double()
     if rank is not None and rank < 1:
         raise ValueError(f"lowrank: rank must be at least 1, got {rank}")
@@ -120,7 +177,7 @@ def _column_fit(weight: torch.Tensor, rank: int | None) -> tuple[torch.Tensor, i
     keep = torch.ones(w.shape[1], dtype=torch.bool, device=w.device)
     scores, used = torch.zeros(w.shape[1], dtype=torch.float64, device=w.device), 1
     for _ in range(FIT_ROUNDS):
-        vectors, values, _ = torch.linalg.svd(unit[:, keep], full_matrices=False)
+        vectors, values = _left_singular(unit[:, keep])
         used = rank if rank is not None else max(1, int((values.pow(2) > NOISE_FACTOR * int(keep.sum()) / rows).sum()))
         used = min(used, rows - 1) if rows > 1 else 1
         basis = vectors[:, :used]

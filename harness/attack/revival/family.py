@@ -14,6 +14,7 @@ import dataclasses
 import time
 
 from harness.attack.interface import AttackContext, AttackResult, NotApplicable
+from harness.attack.revival.layer import LayerJob
 from harness.attack.revival.runner import load_jobs, revive_layers
 from harness.attack.revival.settings import IDEAL_STRATEGIES, REVIVAL_PRESETS, RevivalParams
 from harness.errors import keyed
@@ -22,7 +23,7 @@ from harness.models.layers import select_layers
 from harness.records import ReviveReport, ReviveSummary
 from harness.registry import attack
 
-NOTHING_PRUNED = "no target layer has a pruned entry (no exact zeros)"
+NOTHING_PRUNED = "no target layer has a pruned entry"
 
 
 def revive(context: AttackContext, params: RevivalParams) -> AttackResult:
@@ -37,11 +38,12 @@ def revive(context: AttackContext, params: RevivalParams) -> AttackResult:
     ideal = params.strategy in IDEAL_STRATEGIES
     original = context.original_state() if ideal else context.measurement_original()
     start = time.perf_counter()
-    with keyed("params"):
-        jobs = load_jobs(context.unlearned_state(), original, params)
-    if params.strategy != "quant4" and not any(bool(job.pruned.any()) for job in jobs):
-        raise NotApplicable(NOTHING_PRUNED)
     accelerator = context.accelerator
+    with keyed("params"):
+        jobs = load_jobs(context.unlearned_state(), original, params, context.device, accelerator,
+                         AttackFiles(context.scratch).masks)
+    if params.strategy != "quant4" and not any(bool(job.pruned.any()) for job in jobs):
+        raise NotApplicable(nothing_pruned(jobs, params))
     merged = revive_layers(jobs, params, context.device, accelerator, AttackFiles(context.scratch), context.fidelity)
     if merged is None:
         return AttackResult(tensors={})
@@ -51,6 +53,18 @@ def revive(context: AttackContext, params: RevivalParams) -> AttackResult:
                           settings=dataclasses.asdict(params) | {"fidelity": context.fidelity})
     return AttackResult(tensors=tensors, revival=report,
                         info={"layers": len(layers), "pruned": report.summary.pruned, "kept": report.summary.kept})
+
+
+def nothing_pruned(jobs: list[LayerJob], params: RevivalParams) -> str:
+    """Why no layer has a position to revive: NOTHING_PRUNED and, for exact zeros, the rule and the
+    layer with the most zeros."""
+    if params.mask.kind != "zeros":
+        return f"{NOTHING_PRUNED} (the mask rule, {params.mask.kind}, marks no entry)"
+    most = max(jobs, key=lambda job: job.mask.zeros if job.mask else 0)
+    if most.mask is None or not most.mask.zeros:
+        return f"{NOTHING_PRUNED} (no exact zeros)"
+    return (f"{NOTHING_PRUNED} (no layer's exact zeros reach min_pruned_share {params.mask.min_pruned_share:g} of its "
+            f"entries; the most: {most.name}, {most.mask.zeros} zero(s), {most.mask.zero_share:.3g})")
 
 
 for _name, _fixed in REVIVAL_PRESETS.items():

@@ -11,6 +11,7 @@ import torch
 from harness.attack.revival.baselines import ideal_case, quant4
 from harness.attack.revival.completion import reference_code_impute, soft_impute
 from harness.attack.revival.magnitudes import magnitudes
+from harness.attack.revival.masks import LayerMask
 from harness.attack.revival.settings import RevivalParams
 from harness.attack.revival.signs import check_fidelity, sign_agreement, top_k_keep
 from harness.errors import HarnessError
@@ -28,6 +29,8 @@ class LayerJob:
     weight: torch.Tensor
     pruned: torch.Tensor
     original: torch.Tensor | None = None
+    mask: LayerMask | None = None
+    """How the pruned positions were found (exact zeros, share, why); None: given as they are."""
 
 
 @dataclass
@@ -52,6 +55,9 @@ def revive_layer(job: LayerJob, settings: RevivalParams, device: torch.device, f
     original = job.original.to(device=device, dtype=torch.float32) if job.original is not None else None
     count = int(pruned.sum())
     report = LayerReport(name=job.name, shape=list(weight.shape), pruned=count)
+    if job.mask is not None:
+        report.zeros, report.zero_share = job.mask.zeros, job.mask.zero_share
+        report.counts_as_pruned, report.why = job.mask.counts_as_pruned, job.mask.why
     generator = layer_generator(settings.seed, job.name)
     fidelity = check_fidelity(fidelity)
     report.fidelity = fidelity

@@ -7,16 +7,21 @@ own inputs and seed, so the output is the same for any number of processes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from safetensors import safe_open
 
 from harness.attack.revival.layer import LayerJob, revive_layer
-from harness.attack.revival.masks import check_finite, pruned_positions
+from harness.attack.revival.masks import LayerMask, check_finite, layer_mask
 from harness.attack.revival.settings import RevivalParams
 from harness.config import parse_dataclass
 from harness.errors import HarnessError, in_file, keyed
@@ -52,12 +57,18 @@ def load_jobs(
     unlearned: dict[str, torch.Tensor],
     original: dict[str, torch.Tensor] | None,
     params: RevivalParams,
+    device: torch.device | None = None,
+    accelerator: Accelerator | None = None,
+    shared: Path | None = None,
 ) -> list[LayerJob]:
-    """The inputs of every target layer, checked (same in every process); errors are keyed at the params."""
+    """The inputs of every target layer, checked (same in every process); errors are keyed at the params.
+
+    The pruned positions (`layer_mask`) are found once, by the main process on `device`, and
+    shared with the other processes through the file `shared` (see `found_once`)."""
     with keyed("layers"):
         names = select_layers(unlearned, params.layers or SD_FFN_LAYERS)
     masks = load_tensor_file(params.mask.file) if params.mask.kind == "file" else {}
-    jobs = []
+    checked = []
     for name in names:
         weight = unlearned[name]
         if weight.ndim != 2:
@@ -68,9 +79,56 @@ def load_jobs(
             if name not in original or original[name].shape != weight.shape:
                 raise HarnessError(f"the original model has no weight '{name}' of shape {tuple(weight.shape)}")
             reference = original[name]
-        pruned = pruned_positions(weight, params.mask, name, masks.get(name))
-        jobs.append(LayerJob(name, weight, pruned, reference))
-    return jobs
+        checked.append((name, weight, reference))
+    where = device or torch.device("cpu")
+
+    def find() -> dict[str, LayerMask]:
+        found = {}
+        for name, weight, _ in checked:
+            start = time.perf_counter()
+            mask = layer_mask(weight.to(where), params.mask, name, masks.get(name))
+            found[name] = dataclasses.replace(mask, pruned=mask.pruned.cpu())
+            log.debug("%s: %s (%.2fs on %s)", name, mask.why, time.perf_counter() - start, where)
+        return found
+
+    found = found_once(find, accelerator, shared)
+    return [LayerJob(name, weight, found[name].pruned, reference, found[name]) for name, weight, reference in checked]
+
+
+def found_once(find: Callable[[], dict[str, LayerMask]], accelerator: Accelerator | None, shared: Path | None
+               ) -> dict[str, LayerMask]:
+    """`find()` on the main process alone; with several processes its result goes through the file
+    `shared` (written atomically, masks as tensors and the rest as JSON metadata, removed once every
+    process has read it). An error of the main process is raised in every process."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return find()
+    if shared is None:
+        raise ValueError("several processes share the masks through a file: give `shared`")
+    if accelerator.is_main_process:
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            found = find()
+        except Exception as error:
+            save_tensors({}, shared, metadata={"error": str(error)})
+            accelerator.wait_for_everyone()
+            accelerator.wait_for_everyone()
+            shared.unlink(missing_ok=True)
+            raise
+        info = {name: {k: v for k, v in dataclasses.asdict(mask).items() if k != "pruned"} for name, mask in found.items()}
+        save_tensors({name: mask.pruned for name, mask in found.items()}, shared, metadata={"masks": json.dumps(info)})
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        with safe_open(str(shared), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            if "error" in metadata:
+                accelerator.wait_for_everyone()
+                raise HarnessError(f"the main process failed to find the pruned positions: {metadata['error']}")
+            info = json.loads(metadata["masks"])
+            found = {name: LayerMask(pruned=handle.get_tensor(name), **info[name]) for name in info}
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shared.unlink(missing_ok=True)
+    return found
 
 
 def revive_layers(

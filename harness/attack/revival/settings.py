@@ -18,10 +18,18 @@ IDEAL_STRATEGIES = ("ideal-sign-nms", "ideal-sign-sample", "ideal-magnitude-rand
 """The strategies that read the original weights (the paper's ideal-case study)."""
 
 
+MIN_PRUNED_SHARE = 1e-4
+"""The default least share of exact zeros that makes a layer count as pruned. Natural zeros are far
+rarer: random fp32 weights hold about 3 in SD's 16 feed-forward output layers (6e-8 of their
+entries), about 2e-6 after an fp16 cast (93); ConceptPrune zeroes up to skill_ratio of each row (the
+paper's 0.01-0.02, about 2% of a layer in the digits world at 0.05)."""
+
+
 @dataclass
 class MaskSettings:
     """How pruned positions are found: exact zeros (no key given), a mask file, |w| <= threshold,
-    or a detector of Gaussian-obfuscated weights (`harness.attack.revival.detect`) keeping its top share."""
+    or a detector of Gaussian-obfuscated weights (`harness.attack.revival.detect`) keeping its top share.
+    Exact zeros count only in a layer where they make at least `min_pruned_share` of the entries."""
 
     file: str | None = field(default=None, metadata={"flag": "--mask-file", **INPUT_FILE})
     """safetensors file of masks (nonzero = pruned) per layer"""
@@ -31,8 +39,13 @@ class MaskSettings:
     """detector of obfuscated weights (eq7, lowrank, columns, magnitude): count its top share of scores as pruned"""
     share: float | None = field(default=None, metadata={"flag": "--mask-share"})
     """share of each layer's entries the detector marks (none: the detector's estimate of alpha)"""
+    min_pruned_share: float = field(default=MIN_PRUNED_SHARE, metadata={"flag": "--min-pruned-share"})
+    """exact zeros: a layer counts as pruned only where its zeros are at least this share of its entries
+    (1e-4: float weights hold a few zeros per million by chance, ConceptPrune zeroes about 1-2%)"""
 
     def __post_init__(self) -> None:
+        if not 0 <= self.min_pruned_share < 1:
+            raise ValueError(f"mask min_pruned_share must lie in [0, 1), got {self.min_pruned_share}")
         if self.file and self.threshold is not None:
             raise ValueError("mask: give a mask file or a threshold, not both")
         if self.threshold is not None and not self.threshold > 0:
