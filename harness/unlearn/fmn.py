@@ -32,8 +32,10 @@ Not built: the textual-inversion stage (ti.yaml L5-11: 4 learned tokens, lr 1e-3
 whose tokens then stand for c; attn.yaml L6 `use_ti: true`); `use_ti` must be false, and the
 concept's own words are its tokens. With batch > 1 the code mis-orders the head/batch mask
 (L279); here each sample's heads are masked at its own prompt's positions (identical at batch 1).
-The world preset is recipes/digits-fmn.yaml (the defaults' 35 steps at 2e-6 barely move the
-miniature world's model).
+The miniature world's preset is recipes/digits-fmn.yaml: the authors' 35 steps at lr 2e-6 leave
+its sevens untouched, and every UNet weight at lr 1e-4 erases the other digits with the seven (no
+retain term), so the preset trains attn2 only (`only_optimize_ca`), 200 steps at lr 1e-4
+(BENCHMARKS.md, "Forget-Me-Not in the world").
 """
 
 from __future__ import annotations

@@ -173,3 +173,21 @@ def test_a_concept_missing_from_the_prompts_is_a_one_line_error(tiny_sd_pipeline
     with pytest.raises(HarnessError, match=r"methods\[0\]\.params\.prompts: the concept 'golf ball' is not among") as caught:
         run_method("fmn", context, {"prompts": ["a photo of a cat"]})
     assert "\n" not in str(caught.value)
+
+
+def test_world_images_are_the_worlds_real_images_of_the_concept(tiny_sd_pipeline, method_context) -> None:
+    from harness.train.data import encode
+    from harness.unlearn.fmn import FMNParams, concept_images
+    from harness.world import world_of_source
+
+    pipeline = tiny_sd_pipeline(seed=0)
+    context = method_context(pipeline, ConceptSettings(target="seven", kind="digit"), [], GENERATION)
+    context.job.model = "zoo:digits"
+    found = concept_images(context, FMNParams(images="world", samples=5))
+    images, labels = world_of_source("zoo:digits").labelled_images("train", 64)
+    sevens = [i for i, label in enumerate(labels) if label == "seven"][:5]
+    assert len(found) == 5 and len(set(labels)) == 10
+    assert torch.allclose(found.inputs, encode(pipeline, images[sevens]), atol=1e-5)
+    context.job.model = "unused-folder"
+    with pytest.raises(HarnessError, match=r"params\.images: 'world' needs a world's model"):
+        concept_images(context, FMNParams(images="world"))
