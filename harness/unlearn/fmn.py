@@ -28,31 +28,43 @@ cross-attention driven to zero (METHODS.md section 4).
 - Defaults (c, configs/attn.yaml): lr 2e-6 (L10), 35 steps (L11), batch 1 (L9), AdamW weight
   decay 0.01 (L44), gradient clipping 1.0 (L46), a constant schedule (the engine's).
 
-Not built: the textual-inversion stage (ti.yaml L5-11: 4 learned tokens, lr 1e-3, 500 steps,
-whose tokens then stand for c; attn.yaml L6 `use_ti: true`); `use_ti` must be false, and the
-concept's own words are its tokens. With batch > 1 the code mis-orders the head/batch mask
+Textual inversion (`use_ti`, default true as attn.yaml L6; ti.yaml L5-11): first `ti_tokens` (4)
+new words <s1>..<s4> are learned on the same concept images by the frozen model's denoising loss
+under "a photo of <s1> <s2> <s3> <s4>" (each prompt with the concept's words replaced), `ti_steps`
+500 at `ti_lr` 1e-3 (the rest of its optimizer is not in METHODS.md: here the engine's AdamW, no
+weight decay, grad clip 1.0, batch `batch_size`; only the new embeddings train,
+harness.train.tokens, from checkpoints in the scratch folder's ti/); the resteered tokens are
+then those words. Their starts (ti.yaml "elon|musk|<rand-1>|<rand-1>" for Elon Musk) are
+`ti_init`: a one-token word starts at its embedding, "<rand-S>" at N(0, S^2) per entry
+(lora_diffusion's initializer tokens, which the authors' TI stage builds on; not checked in
+METHODS.md); by default the concept's one-token words, then "<rand-1>" up to four. The learned
+words live only in the training pipeline: the stages apply UNet tensors, so the unlearned model
+keeps the base's tokenizer and text encoder (the authors save them carrying the tokens, (e)),
+and is prompted with the concept's own words. With batch > 1 the code mis-orders the head/batch mask
 (L279); here each sample's heads are masked at its own prompt's positions (identical at batch 1).
 The miniature world's preset is recipes/digits-fmn.yaml: the authors' 35 steps at lr 2e-6 leave
 its sevens untouched, and every UNet weight at lr 1e-4 erases the other digits with the seven (no
-retain term), so the preset trains attn2 only (`only_optimize_ca`), 200 steps at lr 1e-4
-(BENCHMARKS.md, "Forget-Me-Not in the world").
+retain term), so the preset trains attn2 only (`only_optimize_ca`), 200 steps at lr 1e-4, after
+the textual-inversion stage at its defaults (BENCHMARKS.md, "Forget-Me-Not in the world").
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import torch
-from annotated_types import Ge
+from annotated_types import Ge, Gt
 
 from harness.errors import HarnessError, keyed
 from harness.registry import method
 from harness.train.data import encode, model_size
 from harness.train.denoise import noise_samples
-from harness.train.engine import FineTuneModule, Objective, TrainParams
+from harness.train.engine import FineTuneModule, Objective, OptimParams, TrainParams, fine_tune
+from harness.train.tokens import TokenObjective, word_embedding
 from harness.unlearn.forget_retain import Conditioned, forget_set
 from harness.unlearn.method import UnlearnContext, UnlearnResult
 from harness.unlearn.training import concept_prompts, train_method
@@ -75,8 +87,16 @@ class FMNParams(TrainParams):
     """train the cross-attention (attn2) only, not every UNet weight"""
     use_pooler: bool = True
     """also attend-away the end-of-text token (reference-code: every end-of-text id, padding included)"""
-    use_ti: bool = False
-    """the textual-inversion stage (not built: must be false)"""
+    use_ti: bool = True
+    """learn the concept's tokens by textual inversion first, and resteer those"""
+    ti_tokens: Annotated[int, Ge(1)] = 4
+    """how many words textual inversion learns"""
+    ti_steps: Annotated[int, Ge(1)] = 500
+    """textual-inversion steps"""
+    ti_lr: Annotated[float, Gt(0)] = 1e-3
+    """textual-inversion learning rate"""
+    ti_init: list[str] = field(default_factory=list)
+    """the learned words' starts: one-token words or "<rand-S>" (default: the concept's words, then <rand-1>)"""
     concept_text: str | None = None
     """the words of the concept whose tokens are resteered (default: the recipe's target)"""
     prompts: list[str] = field(default_factory=list)
@@ -88,8 +108,8 @@ class FMNParams(TrainParams):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.use_ti:
-            raise ValueError("use_ti: the textual-inversion stage is not built; set use_ti: false")
+        if len(self.ti_init) > self.ti_tokens:
+            raise ValueError(f"ti_init: {len(self.ti_init)} starts for {self.ti_tokens} ti_tokens")
         if self.only_optimize_ca:
             if self.trainable not in ("full", "esd-x"):
                 raise ValueError(f"only_optimize_ca: true trains attn2 only; leave trainable unset, got {self.trainable!r}")
@@ -237,16 +257,86 @@ def concept_images(context: UnlearnContext, params: FMNParams) -> Conditioned:
     return Conditioned(encode(context.pipeline, images[keep]), [context.concept.target] * len(keep))
 
 
+RAND = re.compile(r"<rand-([0-9.eE+-]+)>")
+
+
+class InversionStage(TokenObjective):
+    """Textual inversion of the concept: new words learned on its images (see the module docstring)."""
+
+    def __init__(self, images: torch.Tensor, captions: list[str], tokens: list[str], init: torch.Tensor,
+                 batch_size: int) -> None:
+        super().__init__(images, tokens, init, batch_size, project=False)
+        self.all_captions = captions
+
+    def captions(self, index: list[int], generator: torch.Generator) -> list[str]:
+        drawn = torch.randint(0, len(self.all_captions), (len(index),), generator=generator)
+        return [self.all_captions[i] for i in drawn.tolist()]
+
+
+def ti_starts(pipeline: Any, concept: str, params: FMNParams) -> torch.Tensor:
+    """The learned words' starting embeddings (ti_tokens, width); errors keyed at ti_init."""
+    one_token = [w for w in concept.split() if len(pipeline.tokenizer(w, add_special_tokens=False).input_ids) == 1]
+    words = list(params.ti_init) or one_token[: params.ti_tokens]
+    words += ["<rand-1>"] * (params.ti_tokens - len(words))
+    width = pipeline.text_encoder.get_input_embeddings().weight.shape[1]
+    generator = torch.Generator().manual_seed(params.seed)
+    starts = []
+    for index, word in enumerate(words):
+        with keyed(f"ti_init[{index}]" if params.ti_init else "ti_init"):
+            found = RAND.fullmatch(word)
+            starts.append(torch.randn(width, generator=generator) * float(found.group(1)) if found
+                          else word_embedding(pipeline, word))
+    return torch.stack(starts)
+
+
+def learn_tokens(context: UnlearnContext, params: FMNParams, images: Conditioned, prompts: list[str],
+                 concept: str) -> tuple[list[str], dict[str, Any]]:
+    """The textual-inversion stage: the prompts with the concept's words replaced by the learned
+    words, and its record. The words stay attached to the pipeline's text encoder."""
+    from harness.train.engine import _keep_only_same_key
+
+    vocabulary = context.pipeline.tokenizer.get_vocab()
+    tokens = [f"<s{i + 1}>" for i in range(params.ti_tokens)]
+    with keyed("params"):
+        if any(t in vocabulary for t in tokens):
+            raise HarnessError(f"the model's vocabulary already holds {tokens[0]}..", key="use_ti")
+        starts = ti_starts(context.pipeline, concept, params)
+    words = " ".join(tokens)
+    learned = [p.replace(concept, words) for p in prompts]
+    stage = InversionStage(images.inputs, learned, tokens, starts, params.batch_size)
+    optim = OptimParams(steps=params.ti_steps, lr=params.ti_lr, batch_size=params.batch_size,
+                        grad_clip=params.grad_clip, checkpoint_every=params.checkpoint_every, seed=params.seed)
+    assert context.scratch is not None
+    _keep_only_same_key(context.scratch, context.settings_key)  # the next stage keeps the folder, and ti/ in it
+    with keyed("params"):
+        outcome = fine_tune(context.pipeline, stage, optim, context.scratch / "ti", context.settings_key,
+                            f"{context.job.method.name or 'fmn'} (textual inversion)", context.device, context.runtime)
+    record = {"ti_tokens": tokens, "ti_steps": outcome.steps, "ti_loss_first_last_10": [
+        _mean(outcome.losses[:10]), _mean(outcome.losses[-10:])], "ti_seconds": outcome.seconds}
+    return learned, record
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 @method("fmn", params=FMNParams)
 def fmn(context: UnlearnContext, params: FMNParams) -> UnlearnResult:
     """Forget-Me-Not, attention resteering (harness.unlearn.method)."""
     prompts, concept = resteer_prompts(context, params)
     every_eos = context.fidelity == "reference-code"
     with keyed("params"):
+        for prompt in prompts:  # the concept must be found before any work
+            token_positions(context.pipeline.tokenizer, prompt, concept, params.use_pooler, every_eos)
+    images = concept_images(context, params)
+    info: dict[str, Any] = {}
+    if params.use_ti:
+        prompts, info = learn_tokens(context, params, images, prompts, concept)
+        concept = " ".join(info["ti_tokens"])
+    with keyed("params"):
         positions = torch.stack([token_positions(context.pipeline.tokenizer, p, concept, params.use_pooler, every_eos)
                                  for p in prompts])
-    images = concept_images(context, params)
     objective = AttentionResteering(images, prompts, positions, params.batch_size)
     return train_method(context, objective, params, {
         "prompts": prompts, "concept_text": concept, "token_positions": [p.nonzero().flatten().tolist() for p in positions],
-        "images": params.images, "image_count": len(images), "fidelity": context.fidelity})
+        "images": params.images, "image_count": len(images), "fidelity": context.fidelity, **info})

@@ -125,7 +125,7 @@ def test_the_concepts_attention_falls_and_only_optimize_ca_trains_attn2_only(tin
                              scratch=tmp_path / "scratch")
     positions = token_positions(pipeline.tokenizer, "a photo of golf ball", "golf ball", True, False)
     start = trained_norm(pipeline, None, positions)
-    result = run_method("fmn", context, {"steps": 8, "lr": 1.0e-2, "samples": 2, "only_optimize_ca": only_ca})
+    result = run_method("fmn", context, {"steps": 8, "lr": 1.0e-2, "samples": 2, "only_optimize_ca": only_ca, "use_ti": False})
     assert result.info["prompts"] == ["a photo of golf ball"] and result.info["token_positions"] == [
         positions.nonzero().flatten().tolist()]
     moved = {n for n, t in result.tensors.items() if not torch.equal(t, before[n])}
@@ -144,14 +144,15 @@ def test_style_prompts_and_reference_code_mark_the_padding(tiny_sd_pipeline, met
     context = method_context(pipeline, ConceptSettings(target="van gogh", kind="style"), [], GENERATION,
                              scratch=tmp_path / "scratch")
     context.job.fidelity = "reference-code"
-    result = run_method("fmn", context, {"steps": 1, "samples": 1})
+    result = run_method("fmn", context, {"steps": 1, "samples": 1, "use_ti": False})
     assert result.info["prompts"] == ["a photo in the style of van gogh"]
     marked = result.info["token_positions"][0]
     assert marked[-1] == 76 and len(marked) > 77 - len("a photo in the style of van gogh") - 2
 
 
 @pytest.mark.parametrize(("params", "message"), [
-    ("{use_ti: true}", r"methods\[0\]\.params: use_ti: the textual-inversion stage is not built; set use_ti: false"),
+    ("{ti_init: [a, b, c], ti_tokens: 2}", r"methods\[0\]\.params: ti_init: 3 starts for 2 ti_tokens"),
+    ("{ti_lr: 0}", r"methods\[0\]\.params: ti_lr "),
     ("{only_optimize_ca: true, trainable: esd-u}", r"methods\[0\]\.params: only_optimize_ca: true trains attn2 only"),
     ("{samples: 0}", r"methods\[0\]\.params: samples "),
     ("{images: real}", r"methods\[0\]\.params\.images: unknown value .real."),
@@ -191,3 +192,35 @@ def test_world_images_are_the_worlds_real_images_of_the_concept(tiny_sd_pipeline
     context.job.model = "unused-folder"
     with pytest.raises(HarnessError, match=r"params\.images: 'world' needs a world's model"):
         concept_images(context, FMNParams(images="world"))
+
+
+def test_textual_inversion_learns_the_words_that_are_then_resteered(tiny_sd_pipeline, method_context, run_method,
+                                                                    tmp_path: Path) -> None:
+    from torch.nn.utils import parametrize
+
+    pipeline = tiny_sd_pipeline(seed=0)
+    context = method_context(pipeline, ConceptSettings(target="golf ball", kind="object"), [], GENERATION,
+                             scratch=tmp_path / "scratch")
+    result = run_method("fmn", context, {"steps": 2, "samples": 2, "ti_steps": 6, "ti_lr": 0.1,
+                                         "ti_init": ["a", "<rand-0.5>"], "ti_tokens": 3})
+    tokens = ["<s1>", "<s2>", "<s3>"]
+    assert result.info["ti_tokens"] == tokens and result.info["ti_steps"] == 6
+    assert result.info["prompts"] == ["a photo of <s1> <s2> <s3>"] and result.info["concept_text"] == "<s1> <s2> <s3>"
+    ids = pipeline.tokenizer(result.info["prompts"][0]).input_ids
+    learned = [pipeline.tokenizer.convert_tokens_to_ids(t) for t in tokens]
+    assert result.info["token_positions"] == [[ids.index(i) for i in learned] + [len(ids) - 1]]  # + the end token
+    embedding = pipeline.text_encoder.get_input_embeddings()
+    assert parametrize.is_parametrized(embedding, "weight")
+    vectors = embedding.weight[learned].detach()
+    start_a = embedding.parametrizations.weight.original[pipeline.tokenizer.convert_tokens_to_ids("a</w>")].detach()
+    assert not torch.allclose(vectors[0], start_a) and float((vectors[0] - start_a).abs().max()) < 1.0  # moved from "a"
+    assert (tmp_path / "scratch" / "ti").is_dir() and (tmp_path / "scratch" / "last.ckpt").is_file()
+
+
+def test_a_ti_start_of_several_tokens_is_a_one_line_error(tiny_sd_pipeline, method_context, run_method,
+                                                          tmp_path: Path) -> None:
+    context = method_context(tiny_sd_pipeline(seed=0), ConceptSettings(target="golf ball", kind="object"), [],
+                             GENERATION, scratch=tmp_path / "scratch")
+    with pytest.raises(HarnessError, match=r"methods\[0\]\.params\.ti_init\[0\]: 'golf' is 4 tokens") as caught:
+        run_method("fmn", context, {"samples": 1, "ti_init": ["golf"]})
+    assert "\n" not in str(caught.value)
