@@ -224,3 +224,16 @@ def test_a_ti_start_of_several_tokens_is_a_one_line_error(tiny_sd_pipeline, meth
     with pytest.raises(HarnessError, match=r"methods\[0\]\.params\.ti_init\[0\]: 'golf' is 4 tokens") as caught:
         run_method("fmn", context, {"samples": 1, "ti_init": ["golf"]})
     assert "\n" not in str(caught.value)
+
+
+def test_a_run_resumes_both_stages_from_the_scratch_folder(tiny_sd_pipeline, method_context, run_method,
+                                                           tmp_path: Path) -> None:
+    params = {"steps": 3, "samples": 2, "ti_steps": 4, "lr": 1.0e-2, "checkpoint_every": 2}
+    concept = ConceptSettings(target="golf ball", kind="object")
+    first = run_method("fmn", method_context(tiny_sd_pipeline(seed=0), concept, [], GENERATION,
+                                             scratch=tmp_path / "scratch", settings_key="k"), params)
+    again = run_method("fmn", method_context(tiny_sd_pipeline(seed=0), concept, [], GENERATION,
+                                             scratch=tmp_path / "scratch", settings_key="k"), params)
+    assert first.info["resumed_from_step"] == 0 and again.info["resumed_from_step"] == 2  # the last checkpoint
+    assert again.info["ti_steps"] == 4 and again.info["token_positions"] == first.info["token_positions"]
+    assert all(torch.equal(first.tensors[n], again.tensors[n]) for n in first.tensors)
