@@ -45,6 +45,7 @@ BUILTIN: dict[str, dict[str, str]] = {
         "uce": "harness.unlearn.uce",
         "erasediff": "harness.unlearn.erasediff",
         "salun": "harness.unlearn.salun",
+        "fmn": "harness.unlearn.fmn",
     },
     "attack": {
         "nms": "harness.attack.revival.family",
