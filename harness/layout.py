@@ -25,6 +25,19 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 
+PROMPT_FILE_SUFFIXES = (".csv", ".txt")
+
+
+def is_prompt_file(spec: str) -> bool:
+    """Whether a suite entry names a user's prompt file (a .csv or .txt path) rather than a suite."""
+    return spec.lower().endswith(PROMPT_FILE_SUFFIXES)
+
+
+def suite_name(spec: str) -> str:
+    """The name a suite entry stands for in results and folders: a prompt file's stem, else itself."""
+    return Path(spec).stem if is_prompt_file(spec) else spec
+
+
 PRETRAINED = "pretrained"
 NO_ATTACK = "none"
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

@@ -19,7 +19,7 @@ from annotated_types import Ge
 
 from harness.config import check_bounds, load_yaml, parse_dataclass
 from harness.errors import HarnessError, in_file, keyed
-from harness.layout import PRETRAINED_MODEL, ModelRef, check_name
+from harness.layout import PRETRAINED_MODEL, ModelRef, check_name, suite_name
 from harness.resources import find_recipe
 from harness.settings.attack import AttackEntry
 from harness.settings.generate import GenerationSettings
@@ -61,8 +61,6 @@ class Recipe:
     def __post_init__(self) -> None:
         check_name(self.name, "name")
         check_bounds(self)
-        from harness.generate.suites import suite_name
-
         for index, suite in enumerate(self.suites or []):
             check_name(suite_name(suite), f"suites[{index}]")
         names = [suite_name(suite) for suite in self.suites or []]

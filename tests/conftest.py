@@ -247,3 +247,19 @@ def run_method():
             return call_method(resolve_method(name), context, params)
 
     return call
+
+
+@pytest.fixture(scope="session")
+def benchmark_function() -> Callable[[str, str], Callable]:
+    """`benchmark_function(file_stem, name)`: a function of a script in benchmarks/ (not a package),
+    loaded by path: the one copy of a previous implementation that tests compare against."""
+    import importlib.util
+
+    def load(stem: str, name: str) -> Callable:
+        spec = importlib.util.spec_from_file_location(stem, REPO / "benchmarks" / f"{stem}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return getattr(module, name)
+
+    return load
+

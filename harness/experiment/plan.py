@@ -13,8 +13,8 @@ from harness.errors import HarnessError, in_file, keyed
 from harness.generate import shards
 from harness.generate.rewrite import prompt_changes
 from harness.generate.run import GenerateJob
-from harness.generate.suites import first, load_suite, suite_name
-from harness.layout import NO_ATTACK, PRETRAINED, PRETRAINED_MODEL, ModelRef, RunLayout
+from harness.generate.suites import first, load_suite
+from harness.layout import NO_ATTACK, PRETRAINED, PRETRAINED_MODEL, ModelRef, RunLayout, suite_name
 from harness.recipe import Recipe
 from harness.report.run import ReportJob
 from harness.runtime import RuntimeSettings

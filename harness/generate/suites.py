@@ -19,6 +19,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.generate import manifests
+from harness.layout import is_prompt_file
 
 
 @dataclass(frozen=True)
@@ -79,19 +80,6 @@ def is_builtin(name: str) -> bool:
     from harness.world import builtin_suite
 
     return name not in manifests.manifest_names() and builtin_suite(name) is not None
-
-
-PROMPT_FILE_SUFFIXES = (".csv", ".txt")
-
-
-def is_prompt_file(spec: str) -> bool:
-    """Whether a suite entry names a user's prompt file (a .csv or .txt path) rather than a suite."""
-    return spec.lower().endswith(PROMPT_FILE_SUFFIXES)
-
-
-def suite_name(spec: str) -> str:
-    """The name a suite entry stands for in results and folders: a prompt file's stem, else itself."""
-    return Path(spec).stem if is_prompt_file(spec) else spec
 
 
 def load_prompt_file(spec: str, seed_base: int = 0) -> Suite:

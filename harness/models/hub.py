@@ -8,7 +8,14 @@ from __future__ import annotations
 import functools
 import os
 import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlparse
+
+from harness.errors import HarnessError
+
+T = TypeVar("T")
 
 MOVED_IDS = {
     "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -55,3 +62,19 @@ def unreachable_message(what: str, option: str, repo_id: str = "") -> str:
     moved `repo_id`)."""
     return (f"{what}: not in the local hub cache and the hub cannot be reached; "
             f"give a local copy with {option}{mirror_hint(repo_id)}")
+
+
+def local_then_hub(load: Callable[..., T], source: str, what: str, option: str) -> T:
+    """`load(local_files_only=True)` (a local folder or the hub cache), else `load()` when the hub
+    answers; a one-line error naming `what` and, offline, the `option` that gives a local copy."""
+    try:
+        return load(local_files_only=True)
+    except OSError as error:
+        if Path(source).expanduser().exists():
+            raise HarnessError(f"{what} '{source}': cannot load ({str(error).splitlines()[0]})") from None
+        if not hub_reachable():
+            raise HarnessError(unreachable_message(f"{what} '{source}'", option, source)) from None
+    try:
+        return load()
+    except OSError as error:
+        raise HarnessError(f"{what} '{source}': cannot load ({str(error).splitlines()[0]})") from None

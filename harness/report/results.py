@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.layout import NO_ATTACK, PRETRAINED, ModelRef, RunLayout
+from harness.layout import NO_ATTACK, PRETRAINED, ModelRef, RunLayout, suite_name
 from harness.provenance import package_versions, provenance
 from harness.recipe import Recipe
 from harness.records import (
@@ -40,8 +40,6 @@ def collect_results(layout: RunLayout, recipe: Recipe | None) -> Results:
     scored = layout.scored()
     models = [m for model in (recipe.models() if recipe is not None else []) for m in (model, *snapshot_models(layout, model))]
     models += sorted({m for m, _ in scored} - set(models), key=lambda m: m.label)
-    from harness.generate.suites import suite_name
-
     suites = [suite_name(suite) for suite in recipe.suites or []] if recipe is not None else []
     suites += sorted({s for _, s in scored} - set(suites))
     targets = recipe.concept.targets if recipe is not None and recipe.concept is not None else None

@@ -24,6 +24,7 @@ from harness.errors import HarnessError, keyed
 from harness.inputs import INPUT_PATH
 from harness.settings.generate import GenerationSettings
 from harness.tars import tar_samples
+from harness.train.concept_filter import drop_concept_samples
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 GENERATED_SOURCES = ("world-prompts", "suite", "prompts")
@@ -126,7 +127,6 @@ def _without_concepts(pipeline: Any, found: TrainingSet, spec: DataSpec, exclude
                       kind: str | None) -> TrainingSet:
     """A generated set without the samples the concept filter's classifier names as one of `exclude`."""
     from harness.score.metrics.classifiers import concept_classifier
-    from harness.unlearn.concept_filter import drop_concept_samples
 
     classifier = concept_classifier(spec.concept_filter, base_model, kind or "")
     with keyed("concept_filter"):

@@ -295,7 +295,7 @@ def fine_tune(
     trainable = params.trainable if isinstance(params, TrainParams) else []
     module = FineTuneModule(pipeline, trainable, objective, params)
     folder = Path(folder)
-    _keep_only_same_key(folder, key)
+    keep_only_same_key(folder, key)
     last = folder / LAST
     resumed = _checkpoint_step(last)
     loggers: list[Any] = [CSVLogger(str(folder), name="logs")]  # a resumed run logs into a version of its own
@@ -328,7 +328,7 @@ def fine_tune(
                         resumed, str(device))
 
 
-def _keep_only_same_key(folder: Path, key: str) -> None:
+def keep_only_same_key(folder: Path, key: str) -> None:
     """Checkpoints of other settings are dropped, not resumed."""
     marker = folder / KEY_FILE
     if folder.exists() and (not marker.is_file() or marker.read_text().strip() != key):

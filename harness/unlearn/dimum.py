@@ -8,7 +8,7 @@ The forget prompts are trained with the plain denoising loss on alternative samp
 the frozen model's samples of the recipe's `concept.anchor`, or of the prompt `alternative`), so
 the model memorises the alternative where the concept was. Samples a classifier names as the
 erased concept are dropped first (`alternative_filter`: the world's classifier, or ResNet-50 for
-an object on SD; harness.unlearn.concept_filter), and the record says how many; the retain term (weight 1) keeps the
+an object on SD; harness.train.concept_filter), and the record says how many; the retain term (weight 1) keeps the
 rest: a world's real images of every other class with their prompts, or any data source
 (`retain`). Defaults: lr 1e-4, 500 steps, batch 4 per term, lambda 1, every UNet parameter.
 """
@@ -25,11 +25,11 @@ from harness.errors import keyed
 from harness.inputs import INPUT_PATH
 from harness.registry import method
 from harness.score.metrics.classifiers import concept_classifier
+from harness.train.concept_filter import drop_concept_samples
 from harness.train.data import DataSpec, TrainingSet, build_set, generated_set
 from harness.train.denoise import denoising_loss
 from harness.train.engine import FineTuneModule, Objective, TrainParams
 from harness.unlearn.ac import anchor_prompt
-from harness.unlearn.concept_filter import drop_concept_samples
 from harness.unlearn.method import UnlearnContext, UnlearnResult
 from harness.unlearn.training import concept_prompts, train_method
 

@@ -293,7 +293,7 @@ def learn_tokens(context: UnlearnContext, params: FMNParams, images: Conditioned
                  concept: str) -> tuple[list[str], dict[str, Any]]:
     """The textual-inversion stage: the prompts with the concept's words replaced by the learned
     words, and its record. The words stay attached to the pipeline's text encoder."""
-    from harness.train.engine import _keep_only_same_key
+    from harness.train.engine import keep_only_same_key
 
     vocabulary = context.pipeline.tokenizer.get_vocab()
     tokens = [f"<s{i + 1}>" for i in range(params.ti_tokens)]
@@ -307,7 +307,7 @@ def learn_tokens(context: UnlearnContext, params: FMNParams, images: Conditioned
     optim = OptimParams(steps=params.ti_steps, lr=params.ti_lr, batch_size=params.batch_size,
                         grad_clip=params.grad_clip, checkpoint_every=params.checkpoint_every, seed=params.seed)
     assert context.scratch is not None
-    _keep_only_same_key(context.scratch, context.settings_key)  # the next stage keeps the folder, and ti/ in it
+    keep_only_same_key(context.scratch, context.settings_key)  # the next stage keeps the folder, and ti/ in it
     with keyed("params"):
         outcome = fine_tune(context.pipeline, stage, optim, context.scratch / "ti", context.settings_key,
                             f"{context.job.method.name or 'fmn'} (textual inversion)", context.device, context.runtime)

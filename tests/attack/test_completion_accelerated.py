@@ -4,9 +4,7 @@ stay exact, batching, the fixed-point residual and the float32 stall."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,18 +20,11 @@ from harness.attack.revival.completion import (
 )
 from harness.attack.revival.settings import CompletionSettings
 
-REPO = Path(__file__).resolve().parents[2]  # the checkout (benchmarks/ is not a package)
 
-
-def _load_plain_solver():
-    """The previous (plain) SoftImpute, the reference: one copy, in benchmarks/, loaded by path."""
-    spec = importlib.util.spec_from_file_location("plain_soft_impute", REPO / "benchmarks" / "plain_soft_impute.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.soft_impute_plain
-
-
-soft_impute_plain = _load_plain_solver()
+@pytest.fixture(scope="module")
+def soft_impute_plain(benchmark_function):
+    """The previous (plain) SoftImpute, the reference."""
+    return benchmark_function("plain_soft_impute", "soft_impute_plain")
 
 
 def noisy_low_rank(rows: int, cols: int, seed: int, missing: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,7 +50,8 @@ TIGHT = CompletionSettings(lambda_ratio=0.05, tol=1e-10, max_iters=5000, dtype="
 
 @pytest.mark.parametrize("acceleration", ACCELERATIONS)
 @pytest.mark.parametrize("shape", [(30, 50), (50, 30)])
-def test_accelerated_reaches_the_plain_algorithms_fixed_point(acceleration: str, shape: tuple[int, int]) -> None:
+def test_accelerated_reaches_the_plain_algorithms_fixed_point(acceleration: str, shape: tuple[int, int],
+                                                             soft_impute_plain) -> None:
     known, observed = noisy_low_rank(*shape, seed=4)
     plain = soft_impute_plain(known, observed, TIGHT)
     fast = soft_impute(known, observed, TIGHT, acceleration=acceleration)
@@ -75,7 +67,7 @@ def test_accelerated_reaches_the_plain_algorithms_fixed_point(acceleration: str,
         assert fast.iterations < plain.iterations
 
 
-def test_accelerated_on_a_flat_sd_like_spectrum_in_fewer_iterations() -> None:
+def test_accelerated_on_a_flat_sd_like_spectrum_in_fewer_iterations(soft_impute_plain) -> None:
     known, observed = weight_like(48, 192, seed=1)
     settings = CompletionSettings(tol=1e-9, max_iters=2000, dtype="float64")
     plain = soft_impute_plain(known, observed, settings)
@@ -133,7 +125,7 @@ def test_batched_completion_equals_per_layer_completion() -> None:
         assert b.objective == pytest.approx(a.objective, rel=1e-12)
 
 
-def test_reported_residual_is_the_fixed_point_residual() -> None:
+def test_reported_residual_is_the_fixed_point_residual(soft_impute_plain) -> None:
     known, observed = noisy_low_rank(25, 60, seed=7)
     result = soft_impute(known, observed, CompletionSettings(tol=1e-4, dtype="float64"))
     again, _ = soft_threshold(torch.where(observed, known, result.matrix), result.lam)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import threading
 from pathlib import Path
@@ -22,18 +21,12 @@ from harness.records import AttackRecord, read_record
 
 SIGMA_U = 0.05
 FFN = "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2.weight"
-REPO = Path(__file__).resolve().parents[2]  # the checkout (benchmarks/ is not a package)
 
 
-def _load_reference_fit():
-    """The previous (float64, one start after the other) EM fit: one copy, in benchmarks/, loaded by path."""
-    spec = importlib.util.spec_from_file_location("eq7_reference", REPO / "benchmarks" / "eq7_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.fit_mixture_reference
-
-
-fit_mixture_reference = _load_reference_fit()
+@pytest.fixture(scope="module")
+def fit_mixture_reference(benchmark_function):
+    """The previous (float64, one start after the other) EM fit."""
+    return benchmark_function("eq7_reference", "fit_mixture_reference")
 
 
 def planted(sigma_m: float, rows: int = 64, cols: int = 512, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,7 +188,8 @@ def test_revive_with_a_detector_revives_the_detected_positions(tmp_path: Path, c
 @pytest.mark.parametrize(("sigma_m", "dtype"), [(1e-3, torch.float32), (SIGMA_U, torch.float32),
                                                (10 * SIGMA_U, torch.float32), (0.0, torch.float32),
                                                (1e-3, torch.float16), (1e-3, torch.float64)])
-def test_the_torch_fit_is_the_reference_fit(sigma_m: float, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_torch_fit_is_the_reference_fit(sigma_m: float, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch,
+                                            fit_mixture_reference) -> None:
     """The EM (float32 entries, float64 sums, both starts at once) gives the previous float64 fit's
     parameters, also with exact zeros (sigma_m 0: the narrow component collapses onto them), an
     fp16 weight, and sums over several pieces; eq7's scores follow."""

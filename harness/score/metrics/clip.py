@@ -9,7 +9,6 @@ transformers folder, or an open_clip checkpoint file.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,7 +17,7 @@ from PIL import Image
 from torchmetrics import Metric
 
 from harness.errors import HarnessError
-from harness.models.hub import hub_reachable, unreachable_message
+from harness.models.hub import local_then_hub
 from harness.settings.score import DEFAULT_CLIP
 
 
@@ -41,18 +40,7 @@ class ClipEncoder:
         def load(**kwargs: Any) -> tuple[Any, Any]:
             return CLIPModel.from_pretrained(source, **kwargs), CLIPProcessor.from_pretrained(source, **kwargs)
 
-        try:
-            model, self.processor = load(local_files_only=True)
-        except OSError as error:
-            if Path(source).expanduser().exists():
-                raise HarnessError(f"clip model '{source}': cannot load ({str(error).splitlines()[0]})") from None
-            if not hub_reachable():
-                raise HarnessError(unreachable_message(f"clip model '{source}'",
-                                                       "--clip-weights DIR (score.clip_weights)")) from None
-            try:
-                model, self.processor = load()
-            except OSError as error:
-                raise HarnessError(f"clip model '{source}': cannot load ({str(error).splitlines()[0]})") from None
+        model, self.processor = local_then_hub(load, source, "clip model", "--clip-weights DIR (score.clip_weights)")
         self.model = model.to(self.device).eval()
         self.backend = "transformers"
 

@@ -124,8 +124,14 @@ def build_world(folder: str | Path, settings: BuildSettings) -> dict:
 def _build_into(tmp: Path, settings: BuildSettings) -> dict:
     started = time.time()
     classifier, classifier_report = train_classifier(IMAGE_SIZE, settings.classifier_epochs, settings.train.seed)
-    pipeline, history = train_generator(settings.train, classifier, IMAGE_SIZE)
+    frozen = installed_text_encoder() if settings.train.exclude else None
+    pipeline, history = train_generator(settings.train, classifier, IMAGE_SIZE, frozen)
     return finish_world(tmp, settings, classifier, classifier_report, pipeline, history, time.time() - started)
+
+
+def installed_text_encoder() -> torch.nn.Module:
+    """The installed world's text encoder (a world trained without some digits keeps it)."""
+    return DigitsPipeline.from_pretrained(ensure_world() / PIPELINE_DIR).text_encoder
 
 
 def finish_world(

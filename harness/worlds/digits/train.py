@@ -208,14 +208,6 @@ def warm_start_folder(init_from: str | Path) -> Path:
     return folder
 
 
-def installed_text_encoder() -> torch.nn.Module:
-    """The installed world's text encoder, frozen (a world trained without some digits keeps it)."""
-    from harness.worlds.digits.store import PIPELINE_DIR, ensure_world
-
-    encoder = DigitsPipeline.from_pretrained(ensure_world() / PIPELINE_DIR).text_encoder
-    return encoder.requires_grad_(False)
-
-
 def starting_pipeline(settings: TrainSettings) -> DigitsPipeline:
     """The generator training starts from: a world's (`init_from`) or a fresh one with small FFNs."""
     if settings.init_from is None:
@@ -228,12 +220,17 @@ def starting_pipeline(settings: TrainSettings) -> DigitsPipeline:
 
 
 def train_generator(
-    settings: TrainSettings, classifier: nn.Module | None = None, size: int = 16
+    settings: TrainSettings, classifier: nn.Module | None = None, size: int = 16,
+    frozen_text_encoder: nn.Module | None = None,
 ) -> tuple[DigitsPipeline, list[dict]]:
-    """Train a fresh world pipeline; returns its EMA weights and the history of measurements."""
+    """Train a fresh world pipeline; returns its EMA weights and the history of measurements.
+    With `settings.exclude` the generator trains beside `frozen_text_encoder` (the installed
+    world's), which it never changes."""
+    if settings.exclude and frozen_text_encoder is None:
+        raise HarnessError("a world without some digits keeps the installed world's text encoder; none was given")
     pipeline = starting_pipeline(settings)
     if settings.exclude:
-        pipeline.text_encoder = installed_text_encoder()
+        pipeline.text_encoder = frozen_text_encoder.requires_grad_(False)
     unet, text_encoder = pipeline.unet.train(), pipeline.text_encoder.train(not settings.exclude)
     ema = copy.deepcopy(pipeline)
     ema.unet.eval()

@@ -9,7 +9,7 @@ import torch
 import harness.score.metrics.classifiers as classifiers
 from harness.errors import HarnessError
 from harness.score.metrics.classifiers import concept_classifier
-from harness.unlearn.concept_filter import drop_concept_samples, sample_images
+from harness.train.concept_filter import drop_concept_samples, sample_images
 
 
 class BrightIsSeven(torch.nn.Module):
