@@ -45,6 +45,7 @@ from harness.attack.job import AttackJob
 from harness.errors import HarnessError, in_file
 from harness.generate.rewrite import PromptRewrite
 from harness.models.checkpoints import load_state_dict, load_tensor_file
+from harness.models.components import unet_part
 from harness.records import ReviveReport
 from harness.registry import Plugin, resolve
 from harness.settings.generate import GenerationSettings
@@ -126,17 +127,18 @@ class AttackContext:
         return self.job.runtime.data_dir
 
     def unlearned_tensors(self) -> dict[str, torch.Tensor]:
-        """The tensors the unlearning changed (the files' union, later files winning), on the CPU."""
+        """The tensors the unlearning changed (the files' union, later files winning), on the CPU;
+        UNet names and `text_encoder.`-prefixed ones (harness.models.components)."""
         tensors: dict[str, torch.Tensor] = {}
         for path in self.unlearned_files:
             tensors.update(load_tensor_file(path))
         return tensors
 
     def unlearned_state(self) -> dict[str, torch.Tensor]:
-        """The unlearned UNet's whole state (base weights with the changed tensors), on the CPU."""
+        """The unlearned UNet's whole state (base weights with the changed UNet tensors), on the CPU."""
         if self._unlearned is None:
             state = dict(load_state_dict(self.model))
-            state.update(self.unlearned_tensors())
+            state.update(unet_part(self.unlearned_tensors()))
             self._unlearned = state
         return self._unlearned
 

@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     set_scheduler(pipeline, generation.scheduler)
     unet_names = set(dict(pipeline.unet.named_parameters()))
     with keyed(f"--unlearned {options.unlearned}"):
-        apply_tensors(pipeline, {n: t for n, t in unlearned.tensors.items() if n in unet_names})
+        apply_tensors(pipeline, unlearned.tensors)
     missing = [layer.name for layer in layers if layer.name not in unet_names]
     if missing:
         raise HarnessError(f"--unlearned {options.unlearned}: '{missing[0]}' is not a parameter of {unlearned.base}'s UNet")

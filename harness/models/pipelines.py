@@ -1,5 +1,5 @@
-"""Loading a text-to-image pipeline by name, writing changed UNet tensors into it, and calling it
-the same way everywhere (unlearning methods, attacks and generation).
+"""Loading a text-to-image pipeline by name, writing changed UNet and text-encoder tensors into
+it, and calling it the same way everywhere (unlearning methods, attacks and generation).
 
 A pipeline is any diffusers pipeline called like StableDiffusionPipeline (prompt, steps,
 guidance, generator, output_type) whose `encode_prompt(prompt, device, num_images_per_prompt,
@@ -20,6 +20,7 @@ from diffusers import DiffusionPipeline
 
 from harness.errors import HarnessError
 from harness.models.checkpoints import is_hub_id, resolve_local
+from harness.models.components import is_text_encoder, model_parameters
 from harness.models.hub import hub_reachable, mirror_hint, unreachable_message
 from harness.registry import registered, resolve
 
@@ -81,14 +82,16 @@ def quiet_loading() -> None:
 
 
 def apply_tensors(pipeline: DiffusionPipeline, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy changed UNet tensors into `pipeline.unet` in place (dtype and device follow the UNet);
-    errors are keyed (the caller names the file with `in_file`)."""
-    params = dict(pipeline.unet.named_parameters())
+    """Copy changed tensors into the pipeline in place: UNet parameters by name, text-encoder
+    ones under `text_encoder.` (harness.models.components); dtype and device follow the
+    component. Errors are keyed (the caller names the file with `in_file`)."""
+    params = model_parameters(pipeline)
     for name, value in tensors.items():
         if name not in params:
-            raise HarnessError(f"'{name}' is not a parameter of the pipeline's UNet", key="")
+            where = "text encoder" if is_text_encoder(name) else "UNet"
+            raise HarnessError(f"'{name}' is not a parameter of the pipeline's {where}", key="")
         if tuple(params[name].shape) != tuple(value.shape):
-            raise HarnessError(f"'{name}' has shape {tuple(value.shape)}, the UNet's has {tuple(params[name].shape)}",
+            raise HarnessError(f"'{name}' has shape {tuple(value.shape)}, the model's has {tuple(params[name].shape)}",
                                key="")
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise HarnessError(f"'{name}' holds non-finite values", key="")

@@ -2,9 +2,10 @@
 
 `params: {path: FILE_OR_FOLDER}` names the unlearned model in the form its authors ship it
 (harness.unlearn.checkpoint_forms: diffusers UNet tensors, a pipeline folder, a CompVis / LDM
-state dict; text-encoder releases and LoRA files are refused by name). The form is recorded. Its
-tensors that are UNet parameters become the unlearned model; the mask marks the target-layer
-entries that are exactly zero in the checkpoint but not in the base model (what pruning left).
+state dict, a text-encoder release, a LoRA file). The form and the changed components are
+recorded. Its tensors become the unlearned model (UNet and text encoder); the mask marks the
+target-layer entries that are exactly zero in the checkpoint but not in the base model (what
+pruning left).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from dataclasses import dataclass, field
 
 from harness.errors import HarnessError, keyed
 from harness.inputs import INPUT_PATH
+from harness.models.components import changed_components, is_text_encoder
 from harness.registry import method
-from harness.unlearn.checkpoint_forms import unet_tensors
+from harness.unlearn.checkpoint_forms import CHANGES_ONLY, unlearned_tensors
 from harness.unlearn.method import UnlearnContext, UnlearnResult
 
 
@@ -23,22 +25,22 @@ class CheckpointParams:
     """`params` of the `checkpoint` method."""
 
     path: str = field(metadata=INPUT_PATH)
-    """The unlearned model: UNet tensors (.safetensors, .pt, .ckpt; diffusers or CompVis names) or a diffusers
-    pipeline or UNet folder."""
+    """The unlearned model: UNet tensors (.safetensors, .pt, .ckpt; diffusers or CompVis names), a diffusers
+    pipeline, UNet or CLIPTextModel folder, a text-encoder state dict or a LoRA file."""
 
 
 @method("checkpoint", params=CheckpointParams)
 def checkpoint(context: UnlearnContext, params: CheckpointParams) -> UnlearnResult:
     """The given unlearned model (harness.unlearn.method)."""
     base = dict(context.pipeline.unet.named_parameters())
-    encoder = getattr(context.pipeline, "text_encoder", None)
     with keyed("params.path"):
-        tensors, form = unet_tensors(params.path, {n: p.detach().cpu() for n, p in base.items()},
-                                     context.pipeline.unet.config,
-                                     {n: t.detach().cpu() for n, t in encoder.state_dict().items()} if encoder else None)
-    missing = [name for name in context.layers if name not in tensors]
-    if missing:
-        raise HarnessError(f"{params.path} has no target layer '{missing[0]}'", key="params.path")
-    masks = {name: (tensors[name] == 0) & (base[name].detach().cpu() != 0) for name in context.layers}
-    return UnlearnResult(masks=masks, tensors=tensors, info={"params": {"path": params.path}, "form": form,
-                                                               "tensors": len(tensors)})
+        tensors, form = unlearned_tensors(params.path, context.pipeline)
+    layers = [name for name in context.layers if not is_text_encoder(name)]
+    if form not in CHANGES_ONLY:  # a whole UNet, or UCE's changed tensors: the target layers must be there
+        missing = [name for name in layers if name not in tensors]
+        if missing:
+            raise HarnessError(f"{params.path} has no target layer '{missing[0]}'", key="params.path")
+    masks = {name: (tensors[name] == 0) & (base[name].detach().cpu() != 0) for name in layers if name in tensors}
+    return UnlearnResult(masks=masks, tensors=tensors,
+                         info={"params": {"path": params.path}, "form": form, "tensors": len(tensors),
+                               "components": changed_components(tensors)})

@@ -13,8 +13,10 @@ A method is one decorated function:
   device, the concept, the generation settings, the seed, the prompt data folder, the fidelity
   setting and a scratch folder for checkpoints with the key of the run's settings.
 - The result holds `masks` (name -> bool tensor, True where the method changed a weight) and
-  `tensors` (name -> the changed weight), both keyed by UNet parameter names and shaped like the
-  parameter, plus `info`: a JSON-ready record of what the method did (resolved params, counts).
+  `tensors` (name -> the changed weight), both keyed by parameter names in the model's namespace
+  (UNet names; text-encoder parameters as `text_encoder.<name>`: harness.models.components) and
+  shaped like the parameter, plus `info`: a JSON-ready record of what the method did (resolved
+  params, counts). Every stage applies both components' tensors.
 
 The declaration may add `layers` (glob patterns, the default target layers; else SD_FFN_LAYERS,
 ConceptPrune's) and `prunes=True` when the method only zeroes weights: a concept with several
@@ -51,7 +53,7 @@ class UnlearnContext:
     job: UnlearnJob
     pipeline: Any
     layers: list[str]
-    """The UNet parameter names the method may change."""
+    """The parameter names the method may change (UNet names, `text_encoder.`-prefixed ones)."""
     device: torch.device
     scratch: Path | None = None
     """A folder for training checkpoints; a crashed run resumes from it."""
@@ -98,7 +100,8 @@ class UnlearnContext:
 
 @dataclass
 class UnlearnResult:
-    """What a method changed: boolean masks and the new weights, by UNet parameter name."""
+    """What a method changed: boolean masks and the new weights, by parameter name (UNet names,
+    `text_encoder.`-prefixed ones)."""
 
     masks: dict[str, torch.Tensor]
     tensors: dict[str, torch.Tensor]

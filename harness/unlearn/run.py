@@ -1,6 +1,7 @@
 """The unlearn stage: load the model, call the method, apply the defense, publish the output.
 
-Output folder (harness.layout.UnlearnFiles): the changed tensors only (UNet parameter names),
+Output folder (harness.layout.UnlearnFiles): the changed tensors only (UNet parameter names, and
+`text_encoder.`-prefixed ones for a changed text encoder: harness.models.components),
 the mask (uint8, 1 = changed by the method) and the record (method, params, concept, layers,
 changed counts and shares, sigma_U, seeds, provenance). The three appear together or not at all,
 and a folder whose record has the same settings key is reused without work.
@@ -21,6 +22,7 @@ from harness.atomic import publish_folder
 from harness.errors import HarnessError, in_file, keyed
 from harness.layout import UnlearnFiles
 from harness.models.checkpoints import save_tensors
+from harness.models.components import is_text_encoder, model_parameters
 from harness.models.layers import select_layers
 from harness.models.pipelines import load_pipeline, resolve_dtype, set_scheduler
 from harness.outputs import check_output
@@ -67,7 +69,7 @@ def _run(job: UnlearnJob) -> UnlearnRecord:
     pipeline = load_pipeline(job.model, device, dtype=resolve_dtype(job.generation.dtype, device))
     with keyed("generation.scheduler"):
         set_scheduler(pipeline, job.generation.scheduler)
-    parameters = dict(pipeline.unet.named_parameters())
+    parameters = model_parameters(pipeline)
     globs = method_layers(job.method)
     with keyed("layers"):
         layers = select_layers(parameters, globs)
@@ -142,7 +144,8 @@ def check_result(result: UnlearnResult, parameters: dict[str, torch.Tensor]) -> 
     for kind, group in (("mask", result.masks), ("tensor", result.tensors)):
         for name, value in group.items():
             if name not in parameters:
-                raise HarnessError(f"{kind} '{name}' is not a UNet parameter", key="")
+                where = "a text-encoder" if is_text_encoder(name) else "a UNet"
+                raise HarnessError(f"{kind} '{name}' is not {where} parameter of the model", key="")
             if tuple(value.shape) != tuple(parameters[name].shape):
                 raise HarnessError(f"{kind} '{name}' has shape {tuple(value.shape)}, the parameter {tuple(parameters[name].shape)}", key="")
             if kind == "tensor" and value.is_floating_point() and not torch.isfinite(value).all():
@@ -167,7 +170,7 @@ def unlearn_record(
     rows = [LayerCount(n, list(m.shape), int(m.sum()), int(m.sum()) / m.numel()) for n, m in masks.items()]
     changed = sum(r.changed for r in rows)
     layer_size = sum(parameters[n].numel() for n in masks) or 1
-    unet_size = sum(p.numel() for p in parameters.values())
+    unet_size = sum(p.numel() for n, p in parameters.items() if not is_text_encoder(n))
     masked = {n: tensors[n] for n in masks}
     sigma_u = unmodified_sigma(masked, masks) if masks and changed < layer_size else None
     defense = job.method.defense
@@ -194,7 +197,7 @@ def unlearn_record(
         selected_layers=layers,
         changed=changed,
         fraction_of_layers=changed / layer_size,
-        fraction_of_unet=changed / unet_size,
+        fraction_of_unet=sum(r.changed for r in rows if not is_text_encoder(r.name)) / unet_size,
         sigma_u=sigma_u,
         defense=dataclasses.asdict(defense) if defense else None,
         detectability=record_detectability,

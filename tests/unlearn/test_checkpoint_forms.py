@@ -57,30 +57,77 @@ def test_each_form_gives_the_same_unet_tensors(form, unlearned, tmp_path, method
     assert int(result.masks[LAYER].sum()) == state[LAYER].shape[0]  # the zeroed column is what pruning left
 
 
-def test_text_encoder_and_lora_releases_are_refused_by_name(unlearned, tmp_path, method_context, run_method,
-                                                             tiny_sd_pipeline) -> None:
-    pipeline, state = unlearned
-    te = tmp_path / "advunlearn-text-encoder"
-    pipeline.text_encoder.save_pretrained(te)  # AdvUnlearn's release: a CLIPTextModel folder
-    with pytest.raises(HarnessError, match=r"a text-encoder release \(a CLIPTextModel folder\): it changes "
-                                           r"the text encoder, which the harness does not yet apply"):
-        _call(pipeline, te, method_context, run_method)
-    prefixed = tmp_path / "text_encoder.safetensors"
-    save_file({f"text_encoder.{k}": v.contiguous() for k, v in pipeline.text_encoder.state_dict().items()}, str(prefixed))
-    with pytest.raises(HarnessError, match=r"a text-encoder release: it changes the text encoder"):
-        _call(pipeline, prefixed, method_context, run_method)
-    lora = tmp_path / "spm.safetensors"  # kohya names, as SPM ships
-    save_file({"lora_unet_mid_block_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8),
-               "lora_unet_mid_block_attentions_0_proj_in.alpha": torch.tensor(4.0)}, str(lora))
-    with pytest.raises(HarnessError, match=r"a LoRA / adapter file; fuse it into the UNet first"):
-        _call(pipeline, lora, method_context, run_method)
-    changed = tiny_sd_pipeline()
+def _changed_encoder(pipeline):
+    """A copy of the pipeline's text encoder with its first encoder layer's fc1 moved at random
+    (an AdvUnlearn-style release changes the encoder layers, never the embeddings)."""
+    import copy
+
+    encoder = copy.deepcopy(pipeline.text_encoder)
+    name = next(n for n, _ in encoder.named_parameters() if n.endswith("layers.0.mlp.fc1.weight"))
+    weight = dict(encoder.named_parameters())[name]
     with torch.no_grad():
-        next(changed.text_encoder.parameters()).add_(1.0)
-    changed.unet.load_state_dict(state)
-    changed.save_pretrained(tmp_path / "mace-pipeline")
-    with pytest.raises(HarnessError, match=r"its text encoder differs from the base model's \('.*token_embedding"):
-        _call(pipeline, tmp_path / "mace-pipeline", method_context, run_method)
+        weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(1)))
+    return encoder, name
+
+
+def test_text_encoder_releases_give_the_changed_encoder_tensors(unlearned, tmp_path, method_context, run_method,
+                                                                tiny_sd_pipeline) -> None:
+    """AdvUnlearn's CLIPTextModel folder, its training wrapper's `text_encoder.`-prefixed state
+    dict (transformers-4 names, `text_model.*`) and a pipeline whose encoder differs all give the
+    changed tensors under `text_encoder.` names; an unchanged release is refused."""
+    pipeline, state = unlearned
+    encoder, name = _changed_encoder(pipeline)
+    expected = {f"text_encoder.{name}": dict(encoder.named_parameters())[name].detach()}
+    encoder.save_pretrained(tmp_path / "advunlearn-text-encoder")
+    prefixed = tmp_path / "advunlearn-wrapper.safetensors"
+    save_file({f"text_encoder.text_model.{k}": v.contiguous() for k, v in encoder.state_dict().items()}, str(prefixed))
+    for path in (tmp_path / "advunlearn-text-encoder", prefixed):
+        result = _call(pipeline, path, method_context, run_method)
+        assert result.info["form"] == "text-encoder" and result.info["components"] == ["text_encoder"]
+        assert set(result.tensors) == set(expected)
+        assert torch.equal(result.tensors[f"text_encoder.{name}"], expected[f"text_encoder.{name}"])
+        assert result.masks == {}
+    mace = tiny_sd_pipeline()
+    mace.text_encoder = encoder
+    mace.unet.load_state_dict(state)
+    mace.save_pretrained(tmp_path / "mace-pipeline")
+    result = _call(pipeline, tmp_path / "mace-pipeline", method_context, run_method)
+    assert result.info["form"] == "diffusers-pipeline" and result.info["components"] == ["unet", "text_encoder"]
+    assert torch.equal(result.tensors[f"text_encoder.{name}"], expected[f"text_encoder.{name}"])
+    assert torch.equal(result.tensors[LAYER], state[LAYER])
+    pipeline.text_encoder.save_pretrained(tmp_path / "unchanged")
+    with pytest.raises(HarnessError, match=r"unchanged: a text-encoder release identical to the base model's encoder"):
+        _call(pipeline, tmp_path / "unchanged", method_context, run_method)
+
+
+def test_a_kohya_lora_is_fused_as_diffusers_applies_it(unlearned, tmp_path, method_context, run_method) -> None:
+    """SPM's form: kohya names for a UNet and a text-encoder layer; each weight becomes
+    W + alpha / rank * up @ down, nothing else changes; a LoRA whose targets match no layer is
+    refused in one line."""
+    pipeline, _ = unlearned
+    unet = dict(pipeline.unet.named_parameters())
+    encoder = dict(pipeline.text_encoder.named_parameters())
+    unet_name = next(n for n in unet if n.endswith("attn2.to_k.weight"))
+    te_name = next(n for n in encoder if n.endswith("layers.0.mlp.fc1.weight"))
+    generator = torch.Generator().manual_seed(0)
+    state, expected = {}, {}
+    for prefix, name, weight, alpha in (("lora_unet_", unet_name, unet[unet_name], 1.0),
+                                        ("lora_te_text_model_", te_name, encoder[te_name], 2.0)):
+        key = prefix + name.removesuffix(".weight").replace(".", "_")
+        down, up = torch.randn(2, weight.shape[1], generator=generator), torch.randn(weight.shape[0], 2, generator=generator)
+        state |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(alpha)}
+        expected[("text_encoder." if prefix.startswith("lora_te") else "") + name] = weight.detach() + alpha / 2 * up @ down
+    path = tmp_path / "spm.safetensors"
+    save_file(state, str(path))
+    result = _call(pipeline, path, method_context, run_method)
+    assert result.info["form"] == "lora" and set(result.tensors) == set(expected)
+    for key, value in expected.items():
+        assert torch.allclose(result.tensors[key], value, atol=1e-5)
+    stray = tmp_path / "stray.safetensors"
+    save_file({"lora_unet_no_such_block.lora_down.weight": torch.zeros(2, 8),
+               "lora_unet_no_such_block.lora_up.weight": torch.zeros(8, 2)}, str(stray))
+    with pytest.raises(HarnessError, match=r"stray.safetensors: a LoRA file diffusers cannot apply to this model"):
+        _call(pipeline, stray, method_context, run_method)
 
 
 def test_a_file_of_no_known_form_is_refused(unlearned, tmp_path, method_context, run_method) -> None:
@@ -93,3 +140,43 @@ def test_a_file_of_no_known_form_is_refused(unlearned, tmp_path, method_context,
     torch.save({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, broken)
     with pytest.raises(HarnessError, match=r"a CompVis checkpoint diffusers cannot convert for this UNet"):
         _call(pipeline, broken, method_context, run_method)
+
+
+@pytest.mark.slow
+def test_a_text_encoder_release_is_applied_by_every_stage(tmp_path, save_tiny_sd_pipeline, tiny_sd_pipeline) -> None:
+    """Through the stages: the unlearn stage publishes the changed encoder under `text_encoder.`
+    names, generation's pipeline carries it (its prompt embeddings move), and weight revival,
+    which reads the UNet, finds no pruned layer there and says so instead of attacking."""
+    from harness.attack.job import AttackJob
+    from harness.attack.run import run as run_attack
+    from harness.generate.run import build_pipeline
+    from harness.layout import UnlearnFiles
+    from harness.models.checkpoints import load_tensor_file
+    from harness.models.pipelines import prompt_embeddings
+    from harness.recipe import load_recipe
+    from harness.runtime import RuntimeSettings
+    from harness.unlearn.job import UnlearnJob
+    from harness.unlearn.run import run as run_unlearning
+
+    model = save_tiny_sd_pipeline(tmp_path / "pipe")
+    base = tiny_sd_pipeline()
+    encoder, name = _changed_encoder(base)
+    encoder.save_pretrained(tmp_path / "advunlearn-text-encoder")
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text(
+        f"name: te\nmodel: {model}\nconcept: {{target: golf ball, kind: object}}\n"
+        f"methods: [{{method: checkpoint, params: {{path: {tmp_path / 'advunlearn-text-encoder'}}}}}]\n"
+        "attacks: [{attack: nms}]\ngeneration: {steps: 2, height: 64, width: 64}\n")
+    recipe = load_recipe(recipe_path)
+    record = run_unlearning(UnlearnJob.from_recipe(recipe, None, tmp_path / "unlearned", RuntimeSettings(device="cpu")))
+    files = UnlearnFiles(tmp_path / "unlearned")
+    assert record.info["form"] == "text-encoder" and record.changed == 0
+    assert list(load_tensor_file(files.tensors)) == [f"text_encoder.{name}"]
+    pipeline = build_pipeline(str(model), [files.tensors], recipe.generation, torch.float32)
+    assert torch.equal(dict(pipeline.text_encoder.named_parameters())[name], dict(encoder.named_parameters())[name])
+    original = build_pipeline(str(model), [], recipe.generation, torch.float32)
+    moved = prompt_embeddings(pipeline, ["a golf ball"]) - prompt_embeddings(original, ["a golf ball"])
+    assert moved.abs().max() > 1e-3
+    attacked = run_attack(AttackJob.from_recipe(recipe, "nms", tmp_path / "unlearned", tmp_path / "attacked",
+                                                RuntimeSettings(device="cpu")))
+    assert not attacked.applicable and "pruned" in attacked.reason
