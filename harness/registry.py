@@ -46,6 +46,7 @@ BUILTIN: dict[str, dict[str, str]] = {
         "erasediff": "harness.unlearn.erasediff",
         "salun": "harness.unlearn.salun",
         "fmn": "harness.unlearn.fmn",
+        "advunlearn": "harness.unlearn.advunlearn",
     },
     "attack": {
         "nms": "harness.attack.revival.family",
