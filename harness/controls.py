@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.config import load_yaml, parse_dataclass
 from harness.errors import HarnessError, in_file, keyed
+from harness.registry import resolve
 from harness.resources import resource_dir
 from harness.settings.unlearn import MethodSettings
+
+if TYPE_CHECKING:
+    from harness.recipe import Recipe
 
 STABLE_DIFFUSION = "stable-diffusion"
 """The preset of every model that is not a world of the zoo (hub ids and folders)."""
@@ -37,8 +41,6 @@ def preset_path(model: str) -> Path | None:
 def needed_controls(recipe: dict[str, Any]) -> dict[str, list[str]]:
     """Per control method no undefended row of `recipe` (a recipe's dataclasses.asdict form)
     stands for: the labels of the attacks it controls."""
-    from harness.registry import resolve
-
     needed: dict[str, list[str]] = {}
     for entry in recipe.get("attacks") or []:
         try:
@@ -57,30 +59,40 @@ def stand_in(recipe: dict[str, Any], control: str, attack: str) -> str | None:
                  and (m.get("attacks") is None or attack in m["attacks"])), None)
 
 
-def missing_reason(model: str, several: bool, control: str) -> str:
-    """Why `controls: auto` could not add a row of `control` for `model`."""
-    from harness.registry import resolve
+def erases_several(control: str) -> bool:
+    """Whether method `control` erases several concepts at once (pruning methods unite masks)."""
+    return resolve("method", control).prunes
 
-    if several and not resolve("method", control).prunes:
+
+def missing_reason(model: str, several: bool, control: str) -> str | None:
+    """Why `controls: auto` could not add a row of `control` for `model` (`several`: the concept
+    lists several targets); None when it could (a run made before the row was added lacks it)."""
+    if several and not erases_several(control):
         return f"{control} erases one concept at a time and concept.target lists several"
-    return f"no control preset for this model; add a row of {control}"
+    path = preset_path(model)
+    if path is None or control not in load_yaml(path):
+        return f"no control preset for this model; add a row of {control}"
+    return None
 
 
-def control_rows(recipe: Any) -> list[MethodSettings]:
+def control_rows(recipe: Recipe) -> list[MethodSettings]:
     """The rows `controls: auto` adds to a loaded recipe: one per control method it lacks, where
     the model's family has a preset for it and the concept allows it."""
     needed = needed_controls(dataclasses.asdict(recipe))
     path = preset_path(recipe.model)
     if not needed or path is None or recipe.concept is None:
         return []
-    from harness.registry import resolve
-
+    taken = sorted({control_label(c) for c in needed} & {m.name for m in recipe.methods})
+    if taken:
+        raise HarnessError(f"a row is named '{taken[0]}', the label of an automatic control row "
+                           "(rename it, or set controls: off)", key="methods", rooted=True)
     preset = load_yaml(path)
     rows = []
     with in_file(path):
         for control, attacks in needed.items():
-            if control not in preset or (recipe.concept.several and not resolve("method", control).prunes):
+            if control not in preset or (recipe.concept.several and not erases_several(control)):
                 continue
+
             with keyed(control):
                 rows.append(parse_dataclass(MethodSettings, {
                     **preset[control], "method": control, "name": control_label(control),

@@ -115,8 +115,10 @@ class Recipe:
         raise HarnessError(f"{self.source}: {kind}s: no {kind} named '{name}' (have: {', '.join(e.name for e in entries)})")
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file (a path, or the name of a shipped recipe)."""
+def load_recipe(path: str | Path, controls: bool = True) -> Recipe:
+    """Read and validate a recipe file (a path, or the name of a shipped recipe); with `controls`
+    and the recipe's `controls: auto`, the matrix's automatic control rows are added (the
+    one-stage commands, which pick one method, leave them out)."""
     path = find_recipe(str(path))
     data = load_yaml(path)
     for key, moved in OLD_FORM.items():
@@ -138,7 +140,7 @@ def load_recipe(path: str | Path) -> Recipe:
             with keyed("concept.kind"):
                 check_concept_kind(recipe.concept.kind)
         check_entries(recipe)
-    if recipe.controls == "auto":
+    if controls and recipe.controls == "auto":
         from harness.controls import control_rows
 
         with in_file(path), keyed("controls"):
