@@ -4,11 +4,10 @@ Sections: `model` (hub id, local path or `zoo:NAME`), `concept`, `methods` (the 
 unlearning methods with params, an optional defense and optionally the attacks run on them),
 `attacks` (its columns beside the implicit `none`: attacks with params), `controls` (auto: a
 row for each attack's positive control the rows lack, harness.controls), `generation`, `score`,
-`suites` and `fidelity`. Every
-key is checked: a typo is an error naming the file and the key. The sections are the settings
-the stages take, one module a stage in `harness/settings/` (below both the recipe and the
-stages); each method's and attack's params are parsed on load
-by the type its plug-in declares (harness.registry).
+`suites` and `fidelity`. Every key is checked: a typo is an error naming the file and the key.
+The sections are the settings the stages take, one module a stage in `harness/settings/` (below
+both the recipe and the stages); each method's and attack's params are parsed on load by the
+type its plug-in declares (harness.registry).
 """
 
 from __future__ import annotations
