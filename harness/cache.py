@@ -1,7 +1,8 @@
 """The one cache root: `$HARNESS_CACHE`, else `~/.cache/harness`.
 
-It holds the miniature worlds (`zoo/`), downloaded prompt data (`data/`) and FID reference
-statistics (`fid/`); moving `HARNESS_CACHE` moves all three.
+It holds the miniature worlds (`zoo/`), downloaded prompt data (`data/`), FID reference
+statistics (`fid/`) and the unlearned models of cached rows such as the positive controls
+(`unlearned/`); moving `HARNESS_CACHE` moves them all.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def cache_root() -> Path:
 
 
 def cache_dir(part: str) -> Path:
-    """A part of the cache (`zoo`, `data`, `fid`), not necessarily present yet."""
+    """A part of the cache (`zoo`, `data`, `fid`, `unlearned`), not necessarily present yet."""
     folder = cache_root() / part
     if folder.exists() and not folder.is_dir():
         raise HarnessError(f"{folder}: not a folder (the harness cache needs it as one)")

@@ -1,12 +1,13 @@
 """The recipe: the whole of one experiment in one YAML file, validated on load, and its sections.
 
 Sections: `model` (hub id, local path or `zoo:NAME`), `concept`, `methods` (the matrix's rows:
-unlearning methods with params and an optional defense), `attacks` (its columns beside the
-implicit `none`: attacks with params), `generation`, `score`, `suites` and `fidelity`. Every
-key is checked: a typo is an error naming the file and the key. The sections are the settings
-the stages take, one module a stage in `harness/settings/` (below both the recipe and the
-stages); each method's and attack's params are parsed on load
-by the type its plug-in declares (harness.registry).
+unlearning methods with params, an optional defense and optionally the attacks run on them),
+`attacks` (its columns beside the implicit `none`: attacks with params), `controls` (auto: a
+row for each attack's positive control the rows lack, harness.controls), `generation`, `score`,
+`suites` and `fidelity`. Every key is checked: a typo is an error naming the file and the key.
+The sections are the settings the stages take, one module a stage in `harness/settings/` (below
+both the recipe and the stages); each method's and attack's params are parsed on load by the
+type its plug-in declares (harness.registry).
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ class Recipe:
     concept: ConceptSettings | None = None
     methods: list[MethodSettings] = field(default_factory=list)
     attacks: list[AttackEntry] = field(default_factory=list)
-    """Attacks run against every method (the attack `none`, the unlearned model as it is, is always there)."""
+    """Attacks run against every method that does not restrict them (the attack `none`, the
+    unlearned model as it is, is always there)."""
+    controls: Literal["auto", "off"] = "auto"
+    """auto: a row of each attack's positive control that no undefended row has, from the model
+    family's control preset (harness.controls); off: no such rows."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     score: ScoreSettings = field(default_factory=ScoreSettings)
     suites: list[str] | None = None
@@ -76,11 +81,16 @@ class Recipe:
         if self.methods and self.concept is None:
             raise ValueError("methods need a 'concept' section (what is erased)")
 
+    def pairs(self) -> list[tuple[str, str]]:
+        """Every (method, attack) label pair of the matrix that runs: each method with each
+        attack its entry does not leave out."""
+        return [(m.name, a.name) for m in self.methods for a in self.attacks if m.runs(a.name)]
+
     def models(self) -> list[ModelRef]:
         """Every model of the matrix: the pretrained one, each method's unlearned model, and each
-        method's model after each attack."""
+        method's model after each of its attacks."""
         return [PRETRAINED_MODEL, *(ModelRef(m.name) for m in self.methods),
-                *(ModelRef(m.name, a.name) for m in self.methods for a in self.attacks)]
+                *(ModelRef(method, attack) for method, attack in self.pairs())]
 
     def method(self, name: str | None) -> tuple[int, MethodSettings]:
         """The index and entry of the method labelled `name` (None: the recipe's only method)."""
@@ -104,8 +114,10 @@ class Recipe:
         raise HarnessError(f"{self.source}: {kind}s: no {kind} named '{name}' (have: {', '.join(e.name for e in entries)})")
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file (a path, or the name of a shipped recipe)."""
+def load_recipe(path: str | Path, controls: bool = True) -> Recipe:
+    """Read and validate a recipe file (a path, or the name of a shipped recipe); with `controls`
+    and the recipe's `controls: auto`, the matrix's automatic control rows are added (the
+    one-stage commands, which pick one method, leave them out)."""
     path = find_recipe(str(path))
     data = load_yaml(path)
     for key, moved in OLD_FORM.items():
@@ -113,6 +125,8 @@ def load_recipe(path: str | Path) -> Recipe:
             raise HarnessError(f"{path}: '{key}' is the recipe form before the matrix: {moved} (README: Recipes)")
     if "source" in data:
         raise HarnessError(f"{path}: unknown key 'source'")
+    if data.get("controls") is False:  # YAML reads a bare `off` as false
+        data["controls"] = "off"
     from harness.world import ZOO_PREFIX, check_concept_kind, world_named
 
     with in_file(path):
@@ -125,18 +139,29 @@ def load_recipe(path: str | Path) -> Recipe:
             with keyed("concept.kind"):
                 check_concept_kind(recipe.concept.kind)
         check_entries(recipe)
+    if controls and recipe.controls == "auto":
+        from harness.controls import control_rows
+
+        with in_file(path), keyed("controls"):
+            recipe.methods += control_rows(recipe)
+            check_entries(recipe)
     return recipe
 
 
 def check_entries(recipe: Recipe) -> None:
     """Every method and attack resolves to a declared plug-in and its params parse, before any
-    work; several targets need a pruning method. Errors are keyed at the entry."""
+    work; several targets need a pruning method; a method's `attacks` are labels of the recipe's.
+    Errors are keyed at the entry."""
     for index, method in enumerate(recipe.methods):
         with keyed(f"methods[{index}]"):
             plugin, _ = declared("method", method.method, method.params)
             if recipe.concept is not None and recipe.concept.several and not plugin.prunes:
                 raise HarnessError(f"{method.method} erases one concept at a time; concept.target lists "
                                    f"{len(recipe.concept.targets)} (only pruning methods unite masks)", key="method")
+        unknown = [label for label in method.attacks or [] if label not in {a.name for a in recipe.attacks}]
+        if unknown:
+            raise HarnessError(f"no attack labelled '{unknown[0]}' (have: {', '.join(a.name for a in recipe.attacks) or 'none'})",
+                               key=f"methods[{index}].attacks")
     for index, attack in enumerate(recipe.attacks):
         with keyed(f"attacks[{index}]"):
             declared("attack", attack.attack, attack.params)

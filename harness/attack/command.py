@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the attack (sharded over Accelerate processes when it declares so) and print what it did."""
     options = settings_from_arguments(AttackOptions, args, args._flags)
     runtime = settings_from_arguments(RuntimeSettings, args, args._runtime)
-    job = AttackJob.from_recipe(load_recipe(options.recipe), options.attack, Path(options.unlearned),
+    job = AttackJob.from_recipe(load_recipe(options.recipe, controls=False), options.attack, Path(options.unlearned),
                                 Path(options.out), runtime)
     record = attack_stage.run(job, make_accelerator(runtime.device))
     if record is None:

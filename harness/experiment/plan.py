@@ -1,5 +1,5 @@
-"""The plan of one recipe's experiment: the matrix's models (methods x attacks, and the
-pretrained model), its suites and shards, and the job of every stage, built from the recipe and
+"""The plan of one recipe's experiment: the matrix's models (each method with each of its attacks,
+Recipe.pairs, and the pretrained model), its suites and shards, and the job of every stage, built from the recipe and
 the upstream stage's record. The local runner and the SLURM planner share it."""
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ class Plan:
             "run_dir": str(self.run_dir),
             "methods": [m.name for m in self.recipe.methods],
             "attacks": [a.name for a in self.recipe.attacks],
+            "pairs": [f"{method}/{attack}" for method, attack in self.recipe.pairs()],
             "models": [m.label for m in self.models],
             "limit": self.recipe.limit,
             "suites": {suite: {"prompts": size, "shards": self.shard_count(suite)} for suite, size in self.suite_sizes.items()},

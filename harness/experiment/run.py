@@ -85,7 +85,7 @@ def run_benchmark(plan: Plan, selection: Selection | None = None) -> Results | N
         if "unlearn" in selected:
             stages.unlearn(plan, methods)
         if "attack" in selected:
-            stages.attack(plan, [(m, a) for m in methods for a in attacks])
+            stages.attack(plan, [(m, a) for m, a in recipe.pairs() if m in methods and a in attacks])
         for stage in ("generate", "score"):
             if stage in selected:
                 every = stages.with_snapshots(plan, models)

@@ -2,14 +2,16 @@
 break (`harness.registry.attack(..., control=...)`: revival breaks ConceptPrune, the prompt
 attacks ESD, DiMRA EraseDiff, whole-network fine-tuning unlearning). Where the run has that method
 undefended, its cells say whether the attack broke it here: broken when the attacked share's 95%
-interval lies wholly above the unattacked one's. An attack that did not break its control gives a
-"no" that is weak evidence, and every verdict of it says so; one whose control is not in the run
-says that instead."""
+interval lies wholly above the unattacked one's (`controls: auto` adds the row where the model's
+family has a preset, harness.controls). An attack that did not break its control gives a "no"
+that is weak evidence, and every verdict of it says so; one whose control is not in the run says
+that instead, and why."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from harness.controls import missing_reason, stand_in
 from harness.errors import HarnessError
 from harness.layout import NO_ATTACK
 from harness.records import ResultRow
@@ -18,7 +20,8 @@ from harness.registry import resolve
 
 def control_verdicts(recipe: dict[str, Any], rows: list[ResultRow], suite: str | None) -> dict[str, dict[str, Any]]:
     """Per attack label of the recipe: its control method, the run's method that stands for it
-    (None when absent), the shares before and after the attack on `suite`, and whether it broke it."""
+    (None when absent, with why under `missing` when `controls: auto` could not add it), the
+    shares before and after the attack on `suite`, and whether it broke it."""
     by_cell = {(r.method, r.attack): r for r in rows if r.suite == suite and r.step is None}
     verdicts = {}
     for entry in recipe.get("attacks") or []:
@@ -29,11 +32,14 @@ def control_verdicts(recipe: dict[str, Any], rows: list[ResultRow], suite: str |
             control = None
         if control is None:
             continue
-        stand_in = next((m.get("name") or m["method"] for m in recipe.get("methods") or []
-                         if m["method"] == control and not m.get("defense")), None)
-        before, after = by_cell.get((stand_in, NO_ATTACK)), by_cell.get((stand_in, label))
-        verdicts[label] = {"control": control, "method": stand_in, "suite": suite,
+        method = stand_in(recipe, control, label)
+        before, after = by_cell.get((method, NO_ATTACK)), by_cell.get((method, label))
+        verdicts[label] = {"control": control, "method": method, "suite": suite,
                            "before": _share(before), "after": _share(after), "broken": _broken(before, after)}
+        if method is None and recipe.get("controls") == "auto":
+            concept = recipe.get("concept") or {}
+            several = isinstance(concept.get("target"), list) and len(concept["target"]) > 1
+            verdicts[label]["missing"] = missing_reason(recipe.get("model", ""), several, control)
     return verdicts
 
 
@@ -50,7 +56,8 @@ def control_lines(verdicts: dict[str, dict[str, Any]]) -> list[str]:
     lines = []
     for label, v in verdicts.items():
         if v["method"] is None:
-            lines.append(f"  {label}: its control ({v['control']}) is not in this run; its 'no' is untested here")
+            why = f" ({v['missing']})" if v.get("missing") else ""
+            lines.append(f"  {label}: its control ({v['control']}) is not in this run{why}; its 'no' is untested here")
         elif v["broken"] is None:
             lines.append(f"  {label}: its control {v['method']} has no score on {v['suite']}")
         else:

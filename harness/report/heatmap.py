@@ -1,6 +1,7 @@
 """The matrix as a heat map: methods (rows) x attacks (columns), each cell coloured by the erased
 concept's accuracy after the attack and labelled with it, its 95% interval and n; a cell with
-no numbers is grey and says why (not applicable, not run)."""
+no numbers is grey and says why (not applicable, missing); a cell not in the matrix (the
+pretrained row's attacks, the attacks a row leaves out) is blank."""
 
 from __future__ import annotations
 
@@ -24,13 +25,13 @@ def matrix_heatmap(run: RunData, suite: str, path: Path) -> Path | None:
     methods = list(dict.fromkeys(m.method for m in run.models))
     attacks = list(dict.fromkeys(m.attack for m in run.models))
     values = np.full((len(methods), len(attacks)), np.nan)
-    labels = [["not run"] * len(attacks) for _ in methods]
+    labels = [[""] * len(attacks) for _ in methods]
     for i, method in enumerate(methods):
         for j, attack in enumerate(attacks):
             row = run.row(ModelRef(method, attack), suite)
-            if row is None:
-                labels[i][j] = "" if method == "pretrained" and attack != "none" else "not run"
-            elif row.status != "done" or row.erased_accuracy is None:
+            if row is None:  # not in the matrix: the pretrained row's attacks, a row's left-out attacks
+                continue
+            if row.status != "done" or row.erased_accuracy is None:
                 labels[i][j] = "\n".join(textwrap.wrap(row.status, 18)[:3])
             else:
                 values[i, j] = row.erased_accuracy

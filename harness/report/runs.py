@@ -97,10 +97,19 @@ class RunData:
         return None
 
 
+def run_recipe(layout: RunLayout) -> Recipe:
+    """The run's recipe with the automatic control rows it unlearned (a run made before they
+    were added has none)."""
+    recipe = load_recipe(layout.recipe, controls=False)
+    added = load_recipe(layout.recipe).methods[len(recipe.methods):]
+    recipe.methods += [m for m in added if layout.unlearn(m.name).folder.is_dir()]
+    return recipe
+
+
 def load_run(path: str | Path) -> RunData:
     """Read a run directory and write its results.json afresh from its files."""
     layout = require_run_dir(Path(path))
-    recipe = load_recipe(layout.recipe) if layout.recipe.is_file() else None
+    recipe = run_recipe(layout) if layout.recipe.is_file() else None
     results = collect_results(layout, recipe)
     write_results(layout, results)
     models = list(dict.fromkeys(ModelRef(r.method, r.attack) for r in results.rows))

@@ -73,7 +73,7 @@ class DefenseSettings:
 @dataclass
 class MethodSettings:
     """One unlearning method of the matrix: a registered name or `package.module:function`, its
-    params, the layers it may change and an optional defense."""
+    params, the layers it may change, an optional defense and the attacks run on it."""
 
     method: str
     name: str | None = None
@@ -83,6 +83,10 @@ class MethodSettings:
     """Glob patterns over UNet parameter names: the weights the method may change (default: the
     method's `default_layers`, else SD_FFN_LAYERS)."""
     defense: DefenseSettings | None = None
+    attacks: list[str] | None = None
+    """The labels of the recipe's attacks run on this row (default: every attack)."""
+    cache: bool = False
+    """Keep the unlearned model in the harness cache and reuse it across runs (control rows do)."""
 
     def __post_init__(self) -> None:
         if self.layers is not None and not self.layers:
@@ -91,3 +95,7 @@ class MethodSettings:
             base = self.method.rpartition(":")[2].replace("_", "-")
             self.name = base + (f"-sigma{self.defense.sigma:g}" if self.defense else "")
         check_label(self.name, "name")
+
+    def runs(self, attack: str) -> bool:
+        """Whether the attack labelled `attack` runs on this row."""
+        return self.attacks is None or attack in self.attacks

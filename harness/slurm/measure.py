@@ -74,8 +74,9 @@ def measure_units(plan: Plan, recipe_path: Path, python: str, scratch: Path, dat
     units = []
     if method:
         units.append(("unlearn", f"method {method}", ["--method", method]))
-    if method and plan.recipe.attacks:
-        attack = plan.recipe.attacks[0].name
+    its_attacks = [attack for name, attack in plan.recipe.pairs() if name == method]
+    if method and its_attacks:
+        attack = its_attacks[0]
         units.append(("attack", f"attack {attack} on {method}", ["--method", method, "--attack", attack]))
     units.append(("generate", f"shard 0 of {suite} ({limit} prompts) for {model}",
                   ["--model", model, "--suite", suite, "--shard", "0"]))
@@ -125,7 +126,7 @@ def size_jobs(plan: Plan, units: list[Unit], margin: float) -> dict[str, Sizing]
     shards = sum(plan.shard_count(s) for s in plan.suites)
     layout = {  # stage: (tasks, units per task)
         "unlearn": (methods, 1),
-        "attack": (methods * len(plan.recipe.attacks), 1),
+        "attack": (len(plan.recipe.pairs()), 1),
         "generate": (shards, models),
         "score": (1, models * all_prompts / measured_prompts),
     }

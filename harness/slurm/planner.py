@@ -91,7 +91,7 @@ def write_plan(plan: Plan, recipe_path: Path, options: SlurmOptions, out: Path) 
     if methods:
         jobs.append(writer.job("unlearn", "unlearn", [], {"methods": bash_array(methods)},
                                array=array_range(len(methods), options.max_parallel)))
-    cells = [f"{method} {attack.name}" for method in methods for attack in plan.recipe.attacks]
+    cells = [f"{method} {attack}" for method, attack in plan.recipe.pairs()]
     if cells:
         jobs.append(writer.job("attack", "attack", [j.name for j in jobs], {"cells": bash_array(cells)},
                                array=array_range(len(cells), options.max_parallel)))

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     options = settings_from_arguments(UnlearnOptions, args, args._flags)
     runtime = settings_from_arguments(RuntimeSettings, args, args._runtime)
-    recipe = load_recipe(options.recipe)
+    recipe = load_recipe(options.recipe, controls=False)
     if options.fidelity:
         recipe = dataclasses.replace(recipe, fidelity=options.fidelity)
     job = UnlearnJob.from_recipe(recipe, options.method, Path(options.out), runtime)

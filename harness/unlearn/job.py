@@ -43,7 +43,9 @@ class UnlearnJob:
                    source=recipe.source, entry=f"methods[{index}]")
 
     def key(self) -> str:
-        """The identity of the output: base model content, concept, method entry, sampling, fidelity."""
+        """The identity of the output: base model content, concept, method entry (not which attacks
+        run on it, nor whether it is cached), sampling, fidelity."""
         concept = dataclasses.asdict(self.concept) | {"data_dir": None}
-        return settings_key("unlearn", source_identity(self.model), concept, dataclasses.asdict(self.method),
+        method = {k: v for k, v in dataclasses.asdict(self.method).items() if k not in ("attacks", "cache")}
+        return settings_key("unlearn", source_identity(self.model), concept, method,
                             dataclasses.asdict(self.generation), self.fidelity)

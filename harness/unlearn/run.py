@@ -30,6 +30,7 @@ from harness.provenance import provenance
 from harness.records import LayerCount, UnlearnRecord, completed, write_record
 from harness.registry import Plugin
 from harness.runtime import resolve_device
+from harness.unlearn.cached import run_cached
 from harness.unlearn.defense import obfuscate
 from harness.unlearn.detectability import detectability, exact_zeros, modified_share, unmodified_sigma
 from harness.unlearn.job import UnlearnJob
@@ -46,9 +47,12 @@ def output_is_ours(folder: Path) -> bool:
 
 
 def run(job: UnlearnJob) -> UnlearnRecord:
-    """Unlearn as `job` says and publish the output folder; an output with the same key is reused.
-    An error names the recipe file and the method's entry."""
+    """Unlearn as `job` says and publish the output folder; an output with the same key is reused,
+    and a method marked `cache` is also kept in (and taken from) the harness cache. An error names
+    the recipe file and the method's entry."""
     with in_file(job.source), keyed(job.entry):
+        if job.method.cache:
+            return run_cached(job.key(), Path(job.out), job.method.name or job.method.method, lambda: _run(job))
         return _run(job)
 
 

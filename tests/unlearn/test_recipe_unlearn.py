@@ -104,5 +104,5 @@ def test_the_matrix_recipes_cover_every_family() -> None:
     assert any((a.params or {}).get("mask") for a in quick.attacks)  # the defended row is attacked too
     assert all((a.params or {}).get("budget") == "quick" for a in quick.attacks if a.attack in ("dimra", "unlearndiff"))
     finetune = load_recipe(RECIPES / "digits-finetune.yaml")
-    assert [m.method for m in finetune.methods] == ["esd", "ac", "dimum", "conceptprune"]
+    assert [m.method for m in finetune.methods] == ["esd", "ac", "dimum", "conceptprune", "erasediff"]  # DiMRA's control
     assert {a.attack for a in finetune.attacks} == {"dimra", "nms"} and finetune.suites[0] == "digits-seven-50"

@@ -33,7 +33,7 @@ def settings_from_args(args: argparse.Namespace) -> ReviveSettings:
     """The recipe attack's params (or the defaults) with the given options applied."""
     base = ReviveSettings()
     if args.recipe:
-        recipe = load_recipe(args.recipe)
+        recipe = load_recipe(args.recipe, controls=False)
         entry = recipe.attack(args.attack)[1] if args.attack else next(
             (a for a in recipe.attacks if resolve("attack", a.attack).params is RevivalParams), None)
         if entry is None:
