@@ -26,8 +26,19 @@ float32). A projection with a bias (SD's to_k/to_v have none) keeps it, and its 
 without it: the bias is added to the edited output as to the original (the code's `module(t_emb)`
 would count it twice).
 
-No images and no training: seconds on a CPU. The 2023 script's token-slice behaviour (METHODS.md
-1(f)) is not offered.
+Under the recipe's `fidelity: reference-code` the edit is the 2023 script's, the paper era's
+(`train-scripts/train_erase.py` at bd5fb51, `edit_model` and its `__main__`; METHODS.md 1(f)),
+which measurably differs in the miniature world (BENCHMARKS.md, "UCE in the world"):
+- each erase concept is a slice of vectors, not one: from its last word token to the end of the
+  padded sequence, aligned with its guide's slice from the guide's last word, both
+  L - max(k_e, k_g) long (so the end-of-text and padding states are edited too);
+- a guide "" (and the default guide, for every concept kind) is " ";
+- the preserve concepts are "" plus the recipe's, every position of each;
+- preserve_scale, when not given, is max(0.1, 1 / (1 + number of preserve concepts)).
+Not reproduced: art with no preserve list preserving every other artist of the authors' CSV (not
+shipped; give `preserve` instead), and the "tensor" technique (the script's default is "replace").
+
+No images and no training: seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -66,7 +77,8 @@ class UCEParams:
     preserve: list[str] | None = None
     """concepts whose outputs are kept (default: none)"""
     erase_scale: Annotated[float, Ge(0)] = 1.0
-    preserve_scale: Annotated[float, Ge(0)] = 1.0
+    preserve_scale: Annotated[float, Ge(0)] | None = None
+    """default 1; under `fidelity: reference-code` max(0.1, 1 / (1 + number of preserve concepts))"""
     lamb: Annotated[float, Ge(0)] = 0.5
     """weight of staying close to the original weights"""
     expand_prompts: bool = False
@@ -91,11 +103,12 @@ def _same(a: str, b: str) -> bool:
 
 def resolve_concepts(context: UnlearnContext, params: UCEParams) -> tuple[list[str], list[str], list[str]]:
     """The erase concepts, their guides (one each) and the preserve concepts, with the recipe's
-    defaults and `expand_prompts`; a preserve concept that is an erase concept is an error."""
+    defaults (the 2023 script's under `fidelity: reference-code`) and `expand_prompts`; a preserve
+    concept that is an erase concept is an error."""
     erase = list(params.erase) if params.erase is not None else concept_prompts(context, [])
     kind = context.concept.kind
     if params.guide is None:
-        guides = ["art" if kind == "artist" else ""] * len(erase)
+        guides = [" " if reference_code(context) else "art" if kind == "artist" else ""] * len(erase)
     elif isinstance(params.guide, str):
         guides = [params.guide] * len(erase)
     elif len(params.guide) == 1:
@@ -117,24 +130,87 @@ def resolve_concepts(context: UnlearnContext, params: UCEParams) -> tuple[list[s
         if clash is not None:
             raise HarnessError(f"'{concept}' is also erased ('{clash}'): a concept cannot be erased and preserved",
                                key="params.preserve")
+    if reference_code(context):
+        guides = [" " if g == "" else g for g in guides]
+        preserve = ["", *preserve]
     return erase, guides, preserve
 
 
+def reference_code(context: UnlearnContext) -> bool:
+    """Whether the recipe asks for the 2023 script's edit (`fidelity: reference-code`)."""
+    return context.fidelity == "reference-code"
+
+
 @torch.no_grad()
-def concept_vectors(pipeline: Any, prompts: list[str]) -> torch.Tensor:
-    """(N, width): each prompt's text-encoder state at its last real token (the code's
-    `attention_mask.sum() - 2`), from the pipeline's own `encode_prompt`, in float64 on the CPU."""
-    if not prompts:
-        return torch.zeros(0, 0, dtype=torch.float64)
+def encoded(pipeline: Any, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, L, width) text-encoder states of `prompts` padded to the tokenizer's length, from the
+    pipeline's own `encode_prompt`, in float64 on the CPU, and (N,) the index of each prompt's
+    last real token (the code's `attention_mask.sum() - 2`; 0, the start token, for "")."""
     tokenizer = getattr(pipeline, "tokenizer", None)
     if tokenizer is None or not hasattr(pipeline, "encode_prompt"):
         raise HarnessError("uce needs a pipeline with a tokenizer and encode_prompt (its concepts are text)", key="method")
     embeddings, _ = pipeline.encode_prompt(prompts, pipeline.unet.device, 1, False)
     tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                        return_tensors="pt")
-    last = tokens["attention_mask"].sum(dim=1) - 2
-    rows = torch.arange(len(prompts))
-    return embeddings.detach().cpu().double()[rows, last.clamp(min=0)]
+    return embeddings.detach().cpu().double(), (tokens["attention_mask"].sum(dim=1) - 2).clamp(min=0)
+
+
+def concept_vectors(pipeline: Any, prompts: list[str]) -> torch.Tensor:
+    """(N, width): each prompt's text-encoder state at its last real token (the current code's
+    one vector per concept)."""
+    if not prompts:
+        return torch.zeros(0, 0, dtype=torch.float64)
+    embeddings, last = encoded(pipeline, prompts)
+    return embeddings[torch.arange(len(prompts)), last]
+
+
+def token_slices(pipeline: Any, erase: list[str], guides: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 2023 script's erase and guide vectors: for each pair, the erase prompt's states from
+    its last word token and the guide's from its own, aligned and cut to the same length
+    L - max(k_e, k_g), stacked over pairs into (M, width) each."""
+    embeddings, last = encoded(pipeline, [*erase, *guides])
+    length = embeddings.shape[1]
+    erased, guided = [], []
+    for i in range(len(erase)):
+        k_e, k_g = int(last[i]), int(last[len(erase) + i])
+        farthest = max(k_e, k_g)
+        erased.append(embeddings[i, k_e:length - (farthest - k_e)])
+        guided.append(embeddings[len(erase) + i, k_g:length - (farthest - k_g)])
+    return torch.cat(erased), torch.cat(guided)
+
+
+def all_positions(pipeline: Any, prompts: list[str]) -> torch.Tensor:
+    """(N * L, width): every position of each prompt (the 2023 script's preserve vectors)."""
+    embeddings, _ = encoded(pipeline, prompts)
+    return embeddings.reshape(-1, embeddings.shape[-1])
+
+
+def edit_vectors(context: UnlearnContext, erase: list[str], guides: list[str],
+                 preserve: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The erase, guide and preserve vectors of the closed form: one per concept (the current
+    code), or the 2023 script's token slices and every preserve position (`reference-code`)."""
+    pipeline = context.pipeline
+    width = pipeline.unet.config.cross_attention_dim
+    none = torch.zeros(0, width, dtype=torch.float64)
+    if reference_code(context):
+        e, g = token_slices(pipeline, erase, guides) if erase else (none, none)
+        return e, g, all_positions(pipeline, preserve) if preserve else none
+    prompts = list(dict.fromkeys([*erase, *guides, *preserve]))
+    vectors = concept_vectors(pipeline, prompts)
+    index = {p: i for i, p in enumerate(prompts)}
+
+    def rows(chosen: list[str]) -> torch.Tensor:
+        return vectors[[index[p] for p in chosen]] if chosen else none
+
+    return rows(erase), rows(guides), rows(preserve)
+
+
+def preserve_scale(context: UnlearnContext, params: UCEParams, preserve: list[str]) -> float:
+    """The preserve scale given, else the code's default: 1, or the 2023 script's
+    max(0.1, 1 / len(preserve)) (its preserve list always holds "")."""
+    if params.preserve_scale is not None:
+        return params.preserve_scale
+    return max(0.1, 1 / len(preserve)) if reference_code(context) else 1.0
 
 
 def uce_solve(weight: torch.Tensor, erase: torch.Tensor, guides: torch.Tensor, preserve: torch.Tensor,
@@ -165,13 +241,8 @@ def uce(context: UnlearnContext, params: UCEParams) -> UnlearnResult:
     pipeline = context.pipeline
     modules = dict(pipeline.unet.named_modules())
     width = pipeline.unet.config.cross_attention_dim
-    vectors = concept_vectors(pipeline, list(dict.fromkeys([*erase, *guides, *preserve])))
-    index = {p: i for i, p in enumerate(dict.fromkeys([*erase, *guides, *preserve]))}
-
-    def rows(prompts: list[str]) -> torch.Tensor:
-        return vectors[[index[p] for p in prompts]] if prompts else torch.zeros(0, width, dtype=torch.float64)
-
-    e, g, p = rows(erase), rows(guides), rows(preserve)
+    e, g, p = edit_vectors(context, erase, guides, preserve)
+    scale = preserve_scale(context, params, preserve)
     masks, tensors = {}, {}
     for name in context.layers:
         module = modules.get(name.rpartition(".")[0])
@@ -180,7 +251,7 @@ def uce(context: UnlearnContext, params: UCEParams) -> UnlearnResult:
             raise HarnessError(f"'{name}' is not the weight of a linear layer that reads the text conditioning "
                                f"(uce edits {', '.join(UCE_LAYERS)})", key="layers")
         weight = module.weight.detach().cpu()
-        new = uce_solve(weight, e, g, p, params.erase_scale, params.preserve_scale, params.lamb).to(weight.dtype)
+        new = uce_solve(weight, e, g, p, params.erase_scale, scale, params.lamb).to(weight.dtype)
         masks[name] = new != weight
         tensors[name] = new
     info = {
@@ -188,6 +259,9 @@ def uce(context: UnlearnContext, params: UCEParams) -> UnlearnResult:
         "erase": erase,
         "guide": guides,
         "preserve": preserve,
+        "preserve_scale": scale,
+        "vectors": {"erase": len(e), "preserve": len(p)},
+        "fidelity": context.fidelity,
         "edited_layers": len(tensors),
     }
     return UnlearnResult(masks=masks, tensors=tensors, info=info)

@@ -57,9 +57,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory, save_tiny_sd_pipeline) -> Pat
     return save_tiny_sd_pipeline(tmp_path_factory.mktemp("sd") / "pipe")
 
 
-def recipe(tmp_path: Path, model: Path | str, method: str, concept: str = "{target: golf ball, kind: object}") -> Path:
+def recipe(tmp_path: Path, model: Path | str, method: str, concept: str = "{target: golf ball, kind: object}",
+           extra: str = "") -> Path:
     path = tmp_path / "r.yaml"
-    path.write_text(f"name: t\nmodel: {model}\nconcept: {concept}\nmethods: [{method}]\ngeneration: {GENERATION}\n")
+    path.write_text(f"name: t\nmodel: {model}\nconcept: {concept}\nmethods: [{method}]\ngeneration: {GENERATION}\n{extra}")
     return path
 
 
@@ -82,6 +83,37 @@ def test_uce_edits_every_cross_attention_key_and_value_of_a_tiny_sd_pipeline(tin
         old = modules[name.removesuffix(".weight")].weight.detach().double()
         moved, kept = new.double() @ e - old @ g, new.double() @ p - old @ p
         assert moved.norm() < 0.2 * (old @ e - old @ g).norm() and kept.norm() < 0.2 * (old @ p).norm()
+
+
+def test_reference_code_edits_the_2023_scripts_token_slices_and_preserves_every_position(
+        tiny: Path, tmp_path: Path) -> None:
+    path = recipe(tmp_path, tiny, "{method: uce, params: {preserve: [a photo of a cat]}}",
+                  extra="fidelity: reference-code\n")
+    record = unlearn(tmp_path, path)
+    info = record.info
+    assert info["fidelity"] == "reference-code" and info["guide"] == [" "]
+    assert info["preserve"] == ["", "a photo of a cat"] and info["preserve_scale"] == 0.5
+    pipeline = load_pipeline(str(tiny))
+    length = pipeline.tokenizer.model_max_length
+    words = len(pipeline.tokenizer("golf ball")["input_ids"]) - 2      # the slice starts at the last word
+    assert info["vectors"] == {"erase": length - words, "preserve": 2 * length}
+    # the edit is the closed form on the erase slice, the guide's aligned slice and every position
+    # of "" and the preserve prompt, at preserve_scale 1/2
+    embeddings, _ = pipeline.encode_prompt(["golf ball", " ", "", "a photo of a cat"], "cpu", 1, False)
+    embeddings = embeddings.detach().double()
+    e, g = embeddings[0, words:], embeddings[1, :length - words]
+    kept = embeddings[2:].reshape(-1, embeddings.shape[-1])
+    tensors = load_file(UnlearnFiles(tmp_path / "out").tensors)
+    modules = dict(pipeline.unet.named_modules())
+    for name, new in tensors.items():
+        old = modules[name.removesuffix(".weight")].weight.detach()
+        expected = uce_solve(old, e, g, kept, 1.0, 0.5, 0.5).float()
+        torch.testing.assert_close(new, expected, rtol=1e-4, atol=1e-5)
+    # the current code's form edits one vector per concept: a different edit of the same recipe
+    current = unlearn(tmp_path / "current", recipe(tmp_path, tiny, "{method: uce, params: {preserve: [a photo of a cat]}}"))
+    assert current.info["vectors"] == {"erase": 1, "preserve": 1} and current.info["preserve_scale"] == 1.0
+    other = load_file(UnlearnFiles(tmp_path / "current" / "out").tensors)
+    assert all(not torch.allclose(other[name], tensors[name]) for name in tensors)
 
 
 def test_uce_on_artists_guides_to_art_and_expands_prompts(tiny: Path, tmp_path: Path) -> None:
