@@ -27,10 +27,12 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -70,7 +72,7 @@ def erasure(recipe_name: str, targets: list[str], methods: list[str], per_digit:
     print("|---|---|---|---|---|---|---|---|---|")
     for target in targets:
         recipe = {**base, "name": f"learned-masks-{target}", "concept": {**base["concept"], "target": target},
-                  "methods": chosen, "attacks": [], "suites": [f"digits-all-{per_digit}"]}
+                  "methods": retarget(chosen, base["concept"]["target"], target), "attacks": [], "suites": [f"digits-all-{per_digit}"]}
         folder = out / f"erase-{target}"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -84,6 +86,18 @@ def erasure(recipe_name: str, targets: list[str], methods: list[str], per_digit:
             print(f"| {target} | {method} | {share(row, 'erased')} | {share(row, 'preserved')} | "
                   f"{pre['erased_accuracy']:.3f} | {pre['preserved_accuracy']:.3f} | "
                   f"{unlearned['fraction_of_layers']:.4f} | {unlearned['seconds']:.1f} | {'yes' if passed else 'no'} |")
+
+
+def retarget(value: Any, old: str, new: str) -> Any:
+    """`value` (a recipe's method entries) with the word `old` replaced by `new` in every string
+    (a method's own prompts of the concept, such as FMN's, name the erased digit)."""
+    if isinstance(value, str):
+        return re.sub(rf"\b{re.escape(old)}\b", new, value)
+    if isinstance(value, list):
+        return [retarget(v, old, new) for v in value]
+    if isinstance(value, dict):
+        return {k: retarget(v, old, new) for k, v in value.items()}
+    return value
 
 
 def print_cells(title: str, by_cell: dict, methods: list[str], attacks: list[str], suite: str, side: str) -> None:

@@ -138,7 +138,7 @@ def dimra(context: AttackContext, params: DiMRAParams) -> AttackResult:
         outcome = fine_tune(pipeline, objective, params, files.checkpoints,
                             context.settings_key, context.job.label, context.device, context.runtime,
                             snapshot=Snapshots(params.curve_every, files.snapshot))
-    snapshots = {step: files.snapshot(step) for step in range(params.curve_every, outcome.steps + 1, params.curve_every)
+    snapshots = {step: files.snapshot(step) for step in range(params.curve_every, outcome.steps, params.curve_every)
                  if files.snapshot(step).is_file()}
     info = {"steps": outcome.steps, "final_loss": outcome.final_loss, "train_seconds": outcome.seconds,
             "resumed_from_step": outcome.resumed_from, "data": data.source, "data_samples": len(data.inputs),

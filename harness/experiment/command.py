@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from harness.config import settings_arguments, settings_from_arguments
+from harness.experiment.lanes import resolve_workers
 from harness.experiment.run import Selection, plan_for, run_benchmark
 from harness.experiment.summary import print_summary
 from harness.runtime import RuntimeSettings
@@ -37,6 +38,9 @@ class BenchmarkOptions:
     """override the recipe's fidelity: paper, or reference-code (the authors' published code's behaviour)"""
     limit: int | None = None
     """a pilot: generate and score only the first N prompts of every suite (recorded in results.json)"""
+    workers: str = "auto"
+    """worker processes of a whole run on this machine: a count, or auto (1 on a GPU; on a CPU its
+    core count, at most 4)"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if options.list_jobs:
         print(json.dumps(plan.as_dict(), indent=2))
         return 0
-    results = run_benchmark(plan, options.selection)
+    results = run_benchmark(plan, options.selection, resolve_workers(options.workers, runtime.device))
     if results is not None:
         concept = plan.recipe.concept
         print_summary(results, concept.label if concept else None)

@@ -135,6 +135,8 @@ ROWS = [
     Row("benchmark-prompt-file-missing", BENCHMARK, 2, "recipe.yaml: suites[1]: {tmp}/mine.csv: no such prompt file",
         recipe=swap("[digits-seven-2]", "[digits-seven-2, '{tmp}/mine.csv']"), absent=("{tmp}/run",)),
     Row("benchmark-limit-zero", BENCHMARK + " --limit 0", 2, "--limit: must be at least 1", absent=("{tmp}/run",)),
+    Row("benchmark-workers-zero", BENCHMARK + " --workers 0", 2, "--workers: expected a positive count or 'auto', got '0'",
+        absent=("{tmp}/run",)),
     Row("generate-limit-zero", GENERATE + " --limit 0", 2, "--limit: must be at least 1", absent=("{tmp}/images",)),
     Row("benchmark-empty-suites", BENCHMARK, 2, "suites: list at least one prompt suite", recipe=swap("[digits-seven-2]", "[]")),
     Row("benchmark-unknown-suite", BENCHMARK, 2, "recipe.yaml: suites: unknown suite 'digits-eleven'",
