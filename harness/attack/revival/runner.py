@@ -137,8 +137,8 @@ def revive_layers(
 ) -> tuple[dict[str, torch.Tensor], list[LayerReport]] | None:
     """Revive every job, this process's share on `device`; the merged tensors and reports (in the
     jobs' order) come back on the main process, None elsewhere."""
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
+    if device.type == "cpu":  # a share of the cores per process, never more threads than the process was given
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) // accelerator.num_processes)))
     if accelerator.is_main_process:
         shutil.rmtree(parts.parts, ignore_errors=True)
         parts.parts.mkdir(parents=True, exist_ok=True)
