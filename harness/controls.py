@@ -7,18 +7,14 @@ their unlearned model in the harness cache, so one world or model trains each co
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness.config import load_yaml, parse_dataclass
 from harness.errors import HarnessError, in_file, keyed
 from harness.registry import resolve
 from harness.resources import resource_dir
 from harness.settings.unlearn import MethodSettings
-
-if TYPE_CHECKING:
-    from harness.recipe import Recipe
 
 STABLE_DIFFUSION = "stable-diffusion"
 """The preset of every model that is not a world of the zoo (hub ids and folders)."""
@@ -75,14 +71,15 @@ def missing_reason(model: str, several: bool, control: str) -> str | None:
     return None
 
 
-def control_rows(recipe: Recipe) -> list[MethodSettings]:
-    """The rows `controls: auto` adds to a loaded recipe: one per control method it lacks, where
-    the model's family has a preset for it and the concept allows it."""
-    needed = needed_controls(dataclasses.asdict(recipe))
-    path = preset_path(recipe.model)
-    if not needed or path is None or recipe.concept is None:
+def control_rows(recipe: dict[str, Any], several: bool) -> list[MethodSettings]:
+    """The rows `controls: auto` adds to a loaded recipe (`recipe` as a dict, `several`: its concept
+    lists several targets): one per control method it lacks, where the model's family has a
+    preset for it and the concept allows it."""
+    needed = needed_controls(recipe)
+    path = preset_path(recipe["model"])
+    if not needed or path is None or recipe["concept"] is None:
         return []
-    taken = sorted({control_label(c) for c in needed} & {m.name for m in recipe.methods})
+    taken = sorted({control_label(c) for c in needed} & {m["name"] for m in recipe["methods"]})
     if taken:
         raise HarnessError(f"a row is named '{taken[0]}', the label of an automatic control row "
                            "(rename it, or set controls: off)", key="methods", rooted=True)
@@ -90,7 +87,7 @@ def control_rows(recipe: Recipe) -> list[MethodSettings]:
     rows = []
     with in_file(path):
         for control, attacks in needed.items():
-            if control not in preset or (recipe.concept.several and not erases_several(control)):
+            if control not in preset or (several and not erases_several(control)):
                 continue
 
             with keyed(control):

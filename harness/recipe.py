@@ -12,7 +12,7 @@ type its plug-in declares (harness.registry).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -143,7 +143,7 @@ def load_recipe(path: str | Path, controls: bool = True) -> Recipe:
         from harness.controls import control_rows
 
         with in_file(path), keyed("controls"):
-            recipe.methods += control_rows(recipe)
+            recipe.methods += control_rows(asdict(recipe), recipe.concept is not None and recipe.concept.several)
             check_entries(recipe)
     return recipe
 

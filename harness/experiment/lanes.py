@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 
 import torch
@@ -82,9 +82,9 @@ def _prepare_model(plan: Plan) -> None:
         world.pipeline_dir()
 
 
-def _finish(futures: object) -> None:
+def _finish(futures: Iterable[Future]) -> None:
     """Wait for every task; the first failure is raised (the others still finish their work)."""
-    pending: list[Future] = list(futures)  # type: ignore[arg-type]
+    pending = list(futures)
     wait(pending)
     for future in pending:
         future.result()
