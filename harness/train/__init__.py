@@ -1,2 +1,3 @@
-"""The Lightning fine-tuning engine that training methods (ESD, AC, DiMUM) and training attacks
-(DiMRA) share: trainable parameters by glob, objectives as plug-ins, resume after a crash."""
+"""What training methods (ESD, AC, DiMUM, AdvUnlearn) and training attacks (DiMRA, CCE, the prompt
+attacks) share: the Lightning fine-tuning engine (trainable parameters by glob, objectives as
+plug-ins, resume after a crash), the data, learned prompt tokens and prompt prefixes."""

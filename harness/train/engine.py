@@ -230,6 +230,18 @@ class StepBar(TQDMProgressBar):
         super().on_train_epoch_start(trainer)
         self.train_progress_bar.set_description(self.desc)
 
+    @property
+    def total_train_batches(self) -> int | float:
+        """The run's optimizer steps (Lightning counts micro-batches, and none when accumulating)."""
+        return self.trainer.max_steps if self.trainer.max_steps > 0 else super().total_train_batches
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_: Any) -> None:
+        """Move on once per optimizer step, to the step count (a resumed run starts at its step)."""
+        bar, step = self.train_progress_bar, trainer.global_step
+        if step > bar.n:
+            bar.update(step - bar.n)
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)

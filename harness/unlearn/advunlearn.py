@@ -8,7 +8,7 @@ line numbers are of the authors' train-scripts/).
   and masks are keyed `text_encoder.<name in pipeline.text_encoder.named_parameters()>` (the
   declared default layers match that with or without transformers' `text_model.` level).
 - Inner attack (a, `utils/attack_util.py` L126-222): one (`adv_prompt_num` k) continuous token
-  embedding delta inserted after the start token ("prefix_k", `harness.attack.prompt.relaxed.
+  embedding delta inserted after the start token ("prefix_k", `harness.train.prefix.
   PrefixEncoder`); `attack_step` (30) Adam steps at `attack_lr` (1e-3), each on fresh draws,
   minimising MSE(eps(z, t, E_theta([BOS, delta, c, ...])), eps(z, t, E_orig(c))) (L203), with
   the text encoder being trained and its parameters frozen during the attack (AdvUnlearn.py
@@ -70,6 +70,7 @@ from harness.registry import method
 from harness.settings.generate import GenerationSettings
 from harness.train.data import latent_shape
 from harness.train.engine import FineTuneModule, Objective, OptimParams, fine_tune
+from harness.train.prefix import PrefixEncoder
 from harness.unlearn.method import UnlearnContext, UnlearnResult
 from harness.unlearn.training import concept_prompts
 
@@ -258,8 +259,6 @@ class AdvUnlearnObjective(Objective):
         module.extra[DELTA] = torch.nn.Parameter(torch.zeros(self.params.adv_prompt_num, width))
 
     def prepare(self, module: Any) -> None:
-        from harness.attack.prompt.relaxed import PrefixEncoder
-
         pipeline, device = module.pipeline, module.device
         self.encoder = pipeline.text_encoder
         self.prefix = PrefixEncoder(pipeline, self.params.adv_prompt_num)
@@ -413,8 +412,6 @@ def advunlearn(context: UnlearnContext, params: AdvUnlearnParams) -> UnlearnResu
     pipeline = context.pipeline
     parameters = dict(pipeline.text_encoder.named_parameters())
     before = {name: parameters[name].detach().float().cpu().clone() for name in targets}
-    from harness.attack.prompt.relaxed import PrefixEncoder
-
     try:
         PrefixEncoder(pipeline, params.adv_prompt_num).ids(prompts)
     except HarnessError as error:

@@ -13,7 +13,7 @@ import torch
 import harness.attack.prompt.per_prompt as per_prompt
 from harness.attack.job import AttackJob
 from harness.attack.prompt.per_prompt import round_timesteps
-from harness.attack.prompt.relaxed import PrefixEncoder, project_simplex, sample_one_hot
+from harness.attack.prompt.relaxed import project_simplex, sample_one_hot
 from harness.attack.run import run as run_attack
 from harness.errors import HarnessError
 from harness.generate.rewrite import prompt_changes
@@ -23,6 +23,7 @@ from harness.registry import resolve
 from harness.runtime import RuntimeSettings
 from harness.settings.generate import GenerationSettings
 from harness.settings.unlearn import ConceptSettings
+from harness.train.prefix import PrefixEncoder
 
 
 def sorted_projection(v: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,7 @@ that resumes from its last checkpoint to the weights an uninterrupted run reache
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -92,6 +93,17 @@ class DrawRecorder(Objective):
     def loss(self, module: FineTuneModule, generator: torch.Generator) -> torch.Tensor:
         self.draws.append(float(torch.rand(1, generator=generator)))
         return ((module.extra["w"] - 1.0) ** 2).sum()
+
+
+def test_the_training_bar_counts_optimizer_steps_when_accumulating(tiny_sd_pipeline, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Lightning's bar counts micro-batches and has no total under accumulation ("12 of ?"); the
+    harness's counts the run's steps."""
+    caplog.set_level(logging.INFO, logger="harness.progress")
+    params = OptimParams(steps=4, lr=0.1, accumulate=3, checkpoint_every=10)
+    fine_tune(tiny_sd_pipeline(), DrawRecorder(), params, tmp_path / "ckpt", "k", "toy", torch.device("cpu"))
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("train toy: ")]
+    assert lines and lines[-1].startswith("train toy: 4 of 4 step (100%)"), lines
 
 
 def test_accumulation_draws_fresh_samples_per_micro_batch_and_snapshots_optimizer_steps(

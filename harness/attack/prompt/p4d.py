@@ -22,9 +22,9 @@ import torch
 
 from harness.attack.interface import AttackContext, AttackResult
 from harness.attack.prompt.per_prompt import PerPromptParams, PrefixLoss, run_per_prompt
-from harness.attack.prompt.relaxed import PrefixEncoder
 from harness.generate.suites import PromptRecord
 from harness.registry import attack
+from harness.train.prefix import PrefixEncoder
 from harness.train.tokens import nearest_rows
 
 

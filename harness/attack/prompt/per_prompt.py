@@ -33,7 +33,6 @@ from diffusers import DDPMScheduler
 
 from harness.attack.interface import AttackContext, AttackResult
 from harness.attack.prompt.adversarial import concept_prompt_list
-from harness.attack.prompt.relaxed import PrefixEncoder
 from harness.budgets import PUBLISHED, budget_record
 from harness.errors import HarnessError, keyed
 from harness.generate.loop import effective_guidance
@@ -44,6 +43,7 @@ from harness.models.pipelines import model_samples
 from harness.progress import bar
 from harness.score.metrics.classifiers import ImageClassifier, concept_classifier, load_image_classifier
 from harness.stats import wilson_interval
+from harness.train.prefix import PrefixEncoder
 from harness.world import concept_names
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,10 @@ import torch
 
 from harness.attack.interface import AttackContext, AttackResult
 from harness.attack.prompt.per_prompt import PerPromptParams, run_per_prompt
-from harness.attack.prompt.relaxed import PrefixEncoder, project_simplex, sample_one_hot
+from harness.attack.prompt.relaxed import project_simplex, sample_one_hot
 from harness.generate.suites import PromptRecord
 from harness.registry import attack
+from harness.train.prefix import PrefixEncoder
 
 
 @dataclass
