@@ -37,7 +37,14 @@ INTERRUPTED = "interrupted; complete outputs are kept, a rerun resumes"
 def harness(repo: Path, cache: Path, *argv: str) -> subprocess.Popen[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo), "HARNESS_CACHE": str(cache)}
     return subprocess.Popen([sys.executable, "-m", "harness.cli", *argv], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_by_default)
+
+
+def ctrl_c_by_default() -> None:
+    """The child starts with SIGINT at its default, as under a terminal. Started in the background
+    of a shell without job control (`pytest &`), the tests inherit SIGINT as ignored, Python then
+    installs no handler for it, and the run would ignore the test's Ctrl-C and finish (exit 0)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def interrupt_when(process: subprocess.Popen[str], started: Callable[[], bool]) -> str:
